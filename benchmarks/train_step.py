@@ -7,7 +7,12 @@ untied LM head on both sides (transformers 5.x ties it on construction: we repla
 run interleaved in one process (`--rounds` rounds of `--steps` steps each), PyTorch on all cores;
 the median step time of each side gives tokens/s (input + target tokens per second).
 
+Malloc: by default the process gets the glibc settings that `xmtf_jax.train` applies on the CPU
+(cpu_malloc.py); they apply to both sides, since both run in this process. `--malloc=default` measures
+with glibc's defaults instead (what a bare `jax.jit` step without our trainer sees).
+
     python benchmarks/train_step.py                       # mt5-small shapes and the tiny model
+    python benchmarks/train_step.py --malloc=default      # glibc's default malloc settings
     python benchmarks/train_step.py --workloads=tiny --rounds=5
     python benchmarks/train_step.py --profile=/tmp/trace  # also writes a JAX profiler trace
 """
@@ -25,7 +30,7 @@ sys.path.insert(0, REPO_ROOT)
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from xmtf_jax import losses, optim, partitioning, trainer  # noqa: E402
+from xmtf_jax import cpu_malloc, losses, optim, partitioning, trainer  # noqa: E402
 from xmtf_jax.config import T5Config  # noqa: E402
 from xmtf_jax.models import EncoderDecoderModel  # noqa: E402
 
@@ -167,12 +172,17 @@ def main() -> None:
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--steps", type=int, default=2, help="steps per side per round")
   parser.add_argument("--profile", default=None, help="write a JAX profiler trace here")
+  parser.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
+                      help="tuned: xmtf_jax.train's CPU malloc settings (both sides); default: glibc's")
   args = parser.parse_args()
+  if args.malloc == "tuned" and not cpu_malloc.tune_for_xla_cpu():
+    raise SystemExit("--malloc=tuned needs glibc's mallopt; run with --malloc=default")
+  print(f"malloc settings: {args.malloc}")
   import torch
   torch.set_num_threads(os.cpu_count())
   results = [run(name, args.rounds, args.steps, args.profile) for name in args.workloads.split(",")]
-  print("\n| workload | ours tokens/s | HF PyTorch tokens/s | ours / HF (wall) | ours / HF (CPU s) |"
-        "\n|---|---|---|---|---|")
+  print(f"\nmalloc: {args.malloc}\n| workload | ours tokens/s | HF PyTorch tokens/s | ours / HF (wall) "
+        "| ours / HF (CPU s) |\n|---|---|---|---|---|")
   for r in results:
     print(f"| {r['workload']} | {r['ours_tokens_per_second']:.0f} | "
           f"{r['hf_tokens_per_second']:.0f} | {r['ratio']:.2f}x | {r['cpu_ratio']:.2f}x |")

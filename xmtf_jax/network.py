@@ -54,6 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from xmtf_jax.config import T5Config
+from xmtf_jax.dropout import Dropout
 
 Array = Any
 # Large negative logit for masked keys: finite so that fully-masked rows (padding queries) give a uniform
@@ -263,7 +264,7 @@ class MultiHeadAttention(nn.Module):
 
     scores = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
     probs = jax.nn.softmax(scores + bias, axis=-1)
-    probs = nn.Dropout(cfg.dropout_rate)(probs, deterministic=self.deterministic)
+    probs = Dropout(cfg.dropout_rate)(probs, deterministic=self.deterministic)
     context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dtype), value)
     return _matmul(context, wo.astype(dtype), 2)
 
@@ -283,7 +284,7 @@ class GatedGeluMlp(nn.Module):
     gate = jax.nn.gelu(_matmul(x, wi_0.astype(dtype), 1), approximate=True)
     hidden = gate * _matmul(x, wi_1.astype(dtype), 1)
     hidden = _constrain(hidden, ("batch", "length", "mlp"))
-    hidden = nn.Dropout(cfg.dropout_rate)(hidden, deterministic=self.deterministic)
+    hidden = Dropout(cfg.dropout_rate)(hidden, deterministic=self.deterministic)
     return _matmul(hidden, wo.astype(dtype), 1)
 
 
@@ -294,7 +295,7 @@ class EncoderLayer(nn.Module):
   @nn.compact
   def __call__(self, x: Array, bias: Array) -> Array:
     cfg = self.config
-    dropout = nn.Dropout(cfg.dropout_rate)
+    dropout = Dropout(cfg.dropout_rate)
     y = RMSNorm(cfg, name="pre_attention_layer_norm")(x)
     y = MultiHeadAttention(cfg, self.deterministic, name="attention")(y, y, bias)
     x = x + dropout(y, deterministic=self.deterministic)
@@ -313,7 +314,7 @@ class DecoderLayer(nn.Module):
   def __call__(self, x: Array, encoded: Array, self_bias: Array, cross_bias: Array,
                cache_index: Optional[Array] = None) -> Array:
     cfg = self.config
-    dropout = nn.Dropout(cfg.dropout_rate)
+    dropout = Dropout(cfg.dropout_rate)
     y = RMSNorm(cfg, name="pre_self_attention_layer_norm")(x)
     y = MultiHeadAttention(cfg, self.deterministic, self.decode, name="self_attention")(
         y, y, self_bias, cache_index)
@@ -361,13 +362,13 @@ class Encoder(nn.Module):
         encoder_positions, encoder_positions)
     bias = bias + mask_bias(key_valid, encoder_segment_ids, encoder_segment_ids)
 
-    x = nn.Dropout(cfg.dropout_rate)(embedded, deterministic=deterministic)
+    x = Dropout(cfg.dropout_rate)(embedded, deterministic=deterministic)
     x = _constrain(x, ("batch", "length", "embed"))
     layer_cls = _maybe_remat(EncoderLayer, cfg.remat_policy)
     for i in range(cfg.num_encoder_layers):
       x = layer_cls(cfg, deterministic, name=f"layers_{i}")(x, bias)
     x = RMSNorm(cfg, name="encoder_norm")(x)
-    return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    return Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
 
 class Decoder(nn.Module):
@@ -413,14 +414,14 @@ class Decoder(nn.Module):
     else:
       cross_bias = mask_bias(encoder_input_tokens > 0)
 
-    x = nn.Dropout(cfg.dropout_rate)(embedded, deterministic=deterministic)
+    x = Dropout(cfg.dropout_rate)(embedded, deterministic=deterministic)
     x = _constrain(x, ("batch", "length", "embed"))
     layer_cls = DecoderLayer if decode else _maybe_remat(DecoderLayer, cfg.remat_policy)
     for i in range(cfg.num_decoder_layers):
       x = layer_cls(cfg, deterministic, decode, name=f"layers_{i}")(x, encoded, self_bias, cross_bias,
                                                                      cache_index)
     x = RMSNorm(cfg, name="decoder_norm")(x)
-    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    x = Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     return LMHead(cfg, name="logits_dense")(x)
 
 
