@@ -7,9 +7,9 @@ untied LM head on both sides (transformers 5.x ties it on construction: we repla
 run interleaved in one process (`--rounds` rounds of `--steps` steps each), PyTorch on all cores;
 the median step time of each side gives tokens/s (input + target tokens per second).
 
-Malloc: by default the process gets the glibc settings that `xmtf_jax.train` applies on the CPU
-(cpu_malloc.py); they apply to both sides, since both run in this process. `--malloc=default` measures
-with glibc's defaults instead (what a bare `jax.jit` step without our trainer sees).
+Malloc: by default the script re-executes itself with the glibc settings that `python -m
+xmtf_jax.train` uses on CPU-only hosts (cpu_malloc.py); they apply to both sides, since both run in
+this process. `--malloc=default` keeps glibc's defaults (what a plain Python process gets).
 
     python benchmarks/train_step.py                       # mt5-small shapes and the tiny model
     python benchmarks/train_step.py --malloc=default      # glibc's default malloc settings
@@ -27,10 +27,15 @@ import time
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
+from xmtf_jax import cpu_malloc  # noqa: E402
+
+if __name__ == "__main__" and "--malloc=default" not in sys.argv:
+  cpu_malloc.reexec_tuned(None, sys.argv)
+
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from xmtf_jax import cpu_malloc, losses, optim, partitioning, trainer  # noqa: E402
+from xmtf_jax import losses, optim, partitioning, trainer  # noqa: E402
 from xmtf_jax.config import T5Config  # noqa: E402
 from xmtf_jax.models import EncoderDecoderModel  # noqa: E402
 
@@ -175,9 +180,11 @@ def main() -> None:
   parser.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
                       help="tuned: xmtf_jax.train's CPU malloc settings (both sides); default: glibc's")
   args = parser.parse_args()
-  if args.malloc == "tuned" and not cpu_malloc.tune_for_xla_cpu():
-    raise SystemExit("--malloc=tuned needs glibc's mallopt; run with --malloc=default")
-  print(f"malloc settings: {args.malloc}")
+  if args.malloc == "tuned" and not cpu_malloc.is_tuned():
+    raise SystemExit("--malloc=tuned: could not apply cpu_malloc.TUNED_ENV (not glibc, an accelerator "
+                     "host, or XMTF_CPU_MALLOC=0); run with --malloc=default")
+  settings = ", ".join(f"{k}={os.environ.get(k)}" for k in cpu_malloc.TUNED_ENV)
+  print(f"malloc settings: {args.malloc} ({settings})")
   import torch
   torch.set_num_threads(os.cpu_count())
   results = [run(name, args.rounds, args.steps, args.profile) for name in args.workloads.split(",")]
