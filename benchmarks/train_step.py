@@ -5,7 +5,8 @@ Both sides: float32, dropout 0.1 in training mode, Adafactor with the t5x finetu
 transformers.optimization.Adafactor with relative_step=False), random tokens with no padding, an
 untied LM head on both sides (transformers 5.x ties it on construction: we replace it). The two sides
 run interleaved in one process (`--rounds` rounds of `--steps` steps each), PyTorch on all cores;
-the median step time of each side gives tokens/s (input + target tokens per second).
+after `--warmup` untimed steps each, the median step time of each side gives tokens/s (input + target
+tokens per second).
 
 Malloc: by default the script re-executes itself with the glibc settings that `python -m
 xmtf_jax.train` uses on CPU-only hosts (cpu_malloc.py); they apply to both sides, since both run in
@@ -132,7 +133,7 @@ def load_average() -> str:
     return "n/a"
 
 
-def run(name: str, rounds: int, steps: int, profile: str | None) -> dict:
+def run(name: str, rounds: int, steps: int, warmup: int, profile: str | None) -> dict:
   import torch
   config, batch_size, inputs, targets = WORKLOADS[name]
   batch = make_batch(config, batch_size, inputs, targets)
@@ -145,7 +146,9 @@ def run(name: str, rounds: int, steps: int, profile: str | None) -> dict:
   start = time.perf_counter()
   ours.step()  # compilation
   print(f"  ours: first step (compilation) {time.perf_counter() - start:.1f}s", flush=True)
-  hf.step()  # warm-up (allocator, Adafactor state)
+  for _ in range(warmup):  # both sides: allocator pools (first steps grow the heap), Adafactor state
+    ours.step()
+    hf.step()
   ours_times, hf_times, ours_cpu, hf_cpu = [], [], [], []
   for r in range(rounds):
     ours_times += timed_steps(ours, steps, ours_cpu)
@@ -176,6 +179,7 @@ def main() -> None:
   parser.add_argument("--workloads", default="small,tiny")
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--steps", type=int, default=2, help="steps per side per round")
+  parser.add_argument("--warmup", type=int, default=2, help="untimed steps per side first")
   parser.add_argument("--profile", default=None, help="write a JAX profiler trace here")
   parser.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
                       help="tuned: xmtf_jax.train's CPU malloc settings (both sides); default: glibc's")
@@ -187,7 +191,8 @@ def main() -> None:
   print(f"malloc settings: {args.malloc} ({settings})")
   import torch
   torch.set_num_threads(os.cpu_count())
-  results = [run(name, args.rounds, args.steps, args.profile) for name in args.workloads.split(",")]
+  results = [run(name, args.rounds, args.steps, args.warmup, args.profile)
+             for name in args.workloads.split(",")]
   print(f"\nmalloc: {args.malloc}\n| workload | ours tokens/s | HF PyTorch tokens/s | ours / HF (wall) "
         "| ours / HF (CPU s) |\n|---|---|---|---|---|")
   for r in results:
