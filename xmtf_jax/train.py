@@ -11,6 +11,7 @@ Exit status: 0 finished, stopped on SIGTERM/SIGINT after saving, or nothing left
 3 a non-finite loss stopped the run (the last good checkpoint is kept); 1 any other error.
 The run itself is `xmtf_jax.training.train`.
 """
+import logging
 import os
 import sys
 
@@ -22,7 +23,8 @@ if __name__ == "__main__":
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before tensorflow is imported (by the data)
 
-from xmtf_jax import distributed, gin_utils, losses, optim, partitioning, progress, training  # noqa: E402
+from xmtf_jax import (cpu_malloc, distributed, gin_utils, losses, optim, partitioning,  # noqa: E402
+                      progress, training)
 from xmtf_jax.config import T5Config  # noqa: E402
 
 
@@ -34,6 +36,9 @@ def main(argv=None) -> int:
   if rest:
     raise SystemExit(f"unknown arguments: {rest} (gin settings are --gin_file=F and --gin.NAME=VALUE)")
   progress.configure_logging()
+  if cpu_malloc.jax_is_cpu_only():
+    logging.info("CPU malloc settings: %s", "tuned (cpu_malloc.py)" if cpu_malloc.is_tuned() else
+                 "glibc defaults (XMTF_CPU_MALLOC=0, or not started with `python -m xmtf_jax.train`)")
   config = training.TrainConfig()
   training.write_gin_config(config.model_dir)
   try:
