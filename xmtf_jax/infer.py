@@ -19,7 +19,7 @@ from typing import Sequence
 import gin
 import jax
 
-from xmtf_jax import generation, gin_utils, model_functions
+from xmtf_jax import generation, gin_utils, heldout, model_functions
 
 
 if __name__ == "__main__":
@@ -31,19 +31,15 @@ if __name__ == "__main__":
 
 
 def read_inputs(path: str) -> list[dict]:
-  """Records with an `inputs` text from a jsonl file; errors name the line."""
+  """Records with an `inputs` text from a .jsonl (or .tsv/.csv/.parquet) file; errors name the line."""
   records = []
-  with open(path, encoding="utf-8") as f:
-    for line_number, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise SystemExit(f"{path}:{line_number}: not a JSON object per line ({e.msg})") from e
-      if not isinstance(record, dict) or not isinstance(record.get("inputs"), str):
+  try:
+    for line_number, record in heldout.read_records(path):
+      if not isinstance(record.get("inputs"), str):
         raise SystemExit(f"{path}:{line_number}: expected an object with an 'inputs' text field")
       records.append(record)
+  except heldout.HeldoutDataError as e:
+    raise SystemExit(str(e)) from e
   return records
 
 
