@@ -30,7 +30,20 @@ sys.path.insert(0, REPO_ROOT)
 
 from xmtf_jax import cpu_malloc  # noqa: E402
 
-if __name__ == "__main__" and "--malloc=default" not in sys.argv:
+
+def parse_args(argv=None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--workloads", default="small,tiny")
+  parser.add_argument("--rounds", type=int, default=3)
+  parser.add_argument("--steps", type=int, default=2, help="steps per side per round")
+  parser.add_argument("--warmup", type=int, default=2, help="untimed steps per side first")
+  parser.add_argument("--profile", default=None, help="write a JAX profiler trace here")
+  parser.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
+                      help="tuned: xmtf_jax.train's CPU malloc settings (both sides); default: glibc's")
+  return parser.parse_args(argv)
+
+
+if __name__ == "__main__" and parse_args().malloc == "tuned":
   cpu_malloc.reexec_tuned(None, sys.argv)
 
 import jax  # noqa: E402
@@ -175,15 +188,7 @@ def run(name: str, rounds: int, steps: int, warmup: int, profile: str | None) ->
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--workloads", default="small,tiny")
-  parser.add_argument("--rounds", type=int, default=3)
-  parser.add_argument("--steps", type=int, default=2, help="steps per side per round")
-  parser.add_argument("--warmup", type=int, default=2, help="untimed steps per side first")
-  parser.add_argument("--profile", default=None, help="write a JAX profiler trace here")
-  parser.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
-                      help="tuned: xmtf_jax.train's CPU malloc settings (both sides); default: glibc's")
-  args = parser.parse_args()
+  args = parse_args()
   if args.malloc == "tuned" and not cpu_malloc.is_tuned():
     raise SystemExit("--malloc=tuned: could not apply cpu_malloc.TUNED_ENV (not glibc, an accelerator "
                      "host, or XMTF_CPU_MALLOC=0); run with --malloc=default")
