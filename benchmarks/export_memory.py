@@ -25,7 +25,9 @@ SIZES = {  # d_model, d_ff, heads, layers (mT5 shapes; vocabulary 250112)
 def child(kind: str, workdir: str) -> None:
   sys.path.insert(0, REPO)
   os.environ["JAX_PLATFORMS"] = "cpu"
-  from xmtf_jax import checkpoints, export_hf, export_sources  # noqa: F401
+  from xmtf_jax.train import checkpoints
+  from xmtf_jax.cli import export_hf
+  from xmtf_jax.hf import sources as export_sources  # noqa: F401
   if kind == "load":
     checkpoints.load_model_params(os.path.join(workdir, "run"))
   elif kind.startswith("export"):
@@ -47,9 +49,9 @@ def make_checkpoint(size: str, workdir: str) -> dict:
   import numpy as np
   import sentencepiece as spm
   import io
-  from xmtf_jax import checkpoints
-  from xmtf_jax.config import T5Config
-  from xmtf_jax.models import EncoderDecoderModel
+  from xmtf_jax.train import checkpoints
+  from xmtf_jax.model.config import T5Config
+  from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
   d_model, d_ff, heads, layers = SIZES[size]
   config = T5Config(vocab_size=250112, d_model=d_model, d_ff=d_ff, num_heads=heads, d_kv=64,
                     num_encoder_layers=layers, num_decoder_layers=layers)

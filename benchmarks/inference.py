@@ -26,8 +26,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from xmtf_jax import generation, models, scoring  # noqa: E402
-from xmtf_jax.config import T5Config  # noqa: E402
+from xmtf_jax.inference import generation
+from xmtf_jax.model import encoder_decoder as models
+from xmtf_jax.model import scoring  # noqa: E402
+from xmtf_jax.model.config import T5Config  # noqa: E402
 
 SIZES = {
     "tiny": T5Config(vocab_size=2048, d_model=64, d_kv=16, d_ff=128, num_heads=4, num_encoder_layers=2,
@@ -99,7 +101,7 @@ def main() -> None:
 
     def step(i, sequences):
       decoder_inputs = jnp.concatenate([jnp.zeros((batch, 1), jnp.int32), sequences[:, :-1]], 1)
-      logits = scoring.model_functions.decode(model, p, encoded, tokens, decoder_inputs)
+      logits = model.decode_from_encoded(p, encoded, tokens, decoder_inputs)
       next_token = jnp.argmax(logits[:, i], -1).astype(jnp.int32)
       return sequences.at[:, i].set(next_token)
     return jax.lax.fori_loop(0, decode_length, step, jnp.zeros((batch, decode_length), jnp.int32))
@@ -107,7 +109,7 @@ def main() -> None:
   # Equal up to the first EOS (the baseline does not stop at EOS). Where they differ, the
   # teacher-forced logits show how close the two tokens were (a near-tie decided by rounding).
   cached_sequences = np.asarray(cached(params, prompts))
-  teacher_forced = np.asarray(jax.jit(lambda p, e, d: scoring.model_functions.decode(
+  teacher_forced = np.asarray(jax.jit(lambda p, e, d: (lambda m, *a: m.decode_from_encoded(*a))(
       model, p, model.encode_fn(p, e), e, d))(
           params, prompts, np.concatenate([np.zeros((batch, 1), np.int32), cached_sequences[:, :-1]], 1)),
       np.float32)

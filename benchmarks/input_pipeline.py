@@ -20,7 +20,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import mixtures  # noqa: E402
-from xmtf_jax import input_pipeline, jsonl_source  # noqa: E402
+import seqio  # noqa: E402
+from xmtf_jax.data import pipeline as input_pipeline
+from xmtf_jax.data import jsonl_source  # noqa: E402
 
 WORDS = {
     "en": "the cat sleeps on a warm mat while children read stories about distant mountains".split(),
@@ -84,7 +86,7 @@ def time_pipeline(name: str, lengths: dict, batch_size: int, batches: int, packi
 
 def time_source_only(task_name: str, max_examples: int) -> dict:
   """Baseline: the checked-JSONL source alone (read, parse, check; no tokenization)."""
-  source = mixtures.get_mixture_or_task(task_name).source
+  source = seqio.get_mixture_or_task(task_name).source
   # batched like the pipeline's output, so Python's per-element iteration cost is not measured
   ds = source.get_dataset("train", shuffle=False).take(max_examples).batch(256)
   start, cpu_start = time.perf_counter(), time.process_time()

@@ -28,7 +28,7 @@ import time
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-from xmtf_jax import cpu_malloc  # noqa: E402
+from xmtf_jax.cli import cpu_malloc  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -49,9 +49,12 @@ if __name__ == "__main__" and parse_args().malloc == "tuned":
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from xmtf_jax import losses, optim, partitioning, trainer  # noqa: E402
-from xmtf_jax.config import T5Config  # noqa: E402
-from xmtf_jax.models import EncoderDecoderModel  # noqa: E402
+from xmtf_jax.train import losses
+from xmtf_jax.train import optim
+from xmtf_jax.parallel import partitioning
+from xmtf_jax.train import trainer  # noqa: E402
+from xmtf_jax.model.config import T5Config  # noqa: E402
+from xmtf_jax.model.encoder_decoder import EncoderDecoderModel  # noqa: E402
 
 WORKLOADS = {
     # name: (T5Config, batch, inputs length, targets length)

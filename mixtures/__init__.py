@@ -1,36 +1,30 @@
-"""seqio tasks and mixtures of xmtf_jax. `import mixtures` registers them (see README "Data").
+"""seqio tasks and mixtures of xmtf_jax: definitions to copy for your own. `import mixtures` registers
+the bundled demo (`demo`, `demo_{lang}`, `demo_heldout_*`); the xP3 family (`xp3`, `xp3mt`, `xp3all`,
+`xp3x`, `p3` and their `{variant}_{lang}` tasks) is registered from its data root by
+`register_for(name, config)` (what the entry points call after reading gin) or `register_variant`.
+After that, seqio's own `seqio.get_mixture_or_task(name)` finds them.
 
-- The bundled demo (`demo`, `demo_{lang}`, `demo_heldout_*`) is registered right away.
-- The xP3 family (`xp3`, `xp3mt`, `xp3all`, `xp3x`, `p3` and their `{variant}_{lang}` tasks) is
-  registered on first use through `get_mixture_or_task(name)`, from the data root that gin
-  (`XP3_DATA_DIR`) or the environment variable XP3_DATA_DIR names. Call `register_variant(...)`
-  to register one explicitly (e.g. before using seqio's own `get_mixture_or_task`).
-- Your own tasks: see `add_jsonl_task` / `add_mixture` and the README example.
+The building blocks live in the library: `xmtf_jax.data.tasks` (`add_jsonl_task`, `add_mixture`,
+`vocabulary`), `xmtf_jax.data.config.DataConfig`, `xmtf_jax.data.xp3_family`.
 """
-import difflib
+from typing import Optional
 
-import seqio
+from mixtures import demo  # noqa: F401  (registers the demo tasks)
+from mixtures.xp3 import VARIANTS, ensure_registered, register_variant, variant_of
+from xmtf_jax.data import xp3_family
+from xmtf_jax.data.xp3_family import language_rates, mixture_info
+from xmtf_jax.data.config import MT5_VOCABULARY_PATH, DataConfig
+from xmtf_jax.data.tasks import add_jsonl_task, add_mixture, output_features, vocabulary
 
-from mixtures.config import MT5_VOCABULARY_PATH, DataConfig
-from mixtures.tasks import add_jsonl_task, add_mixture, output_features, resolve_path, vocabulary
-from mixtures.xp3 import (VARIANTS, ensure_registered, language_rates, mixture_info,
-                          register_layout, register_variant)
-from mixtures import demo  # noqa: E402  (registers the demo tasks)
 
-
-def get_mixture_or_task(name: str):
-  """seqio's lookup, registering the xP3-family variant `name` belongs to on first use."""
-  ensure_registered(name)
-  known = set(seqio.MixtureRegistry.names()) | set(seqio.TaskRegistry.names())
-  if name not in known:
-    close = difflib.get_close_matches(name, sorted(known), n=5)
-    raise ValueError(
-        f"no seqio task or mixture named {name!r}" + (f"; did you mean {close}?" if close else ".")
-        + f" xP3-family names ({', '.join(sorted(VARIANTS))}, and `{{variant}}_{{lang}}`) register "
-        "on first use; your own must be registered by a module you import (gin: `import my_module`).")
-  return seqio.get_mixture_or_task(name)
+def register_for(name: str, config: Optional[DataConfig] = None) -> None:
+  """Makes `name` findable by seqio: registers the xP3-family variant it belongs to (from `config`'s
+  data root) and applies `config`'s mixing settings to mixtures without their own (the demo)."""
+  config = config or DataConfig()
+  xp3_family.configure_rates(config)
+  ensure_registered(name, config)
 
 
 __all__ = ["DataConfig", "MT5_VOCABULARY_PATH", "VARIANTS", "add_jsonl_task", "add_mixture",
-           "demo", "ensure_registered", "get_mixture_or_task", "language_rates", "mixture_info",
-           "output_features", "register_layout", "register_variant", "resolve_path", "vocabulary"]
+           "ensure_registered", "language_rates", "mixture_info", "output_features", "register_for", "register_variant", "variant_of",
+           "vocabulary"]

@@ -12,12 +12,11 @@ import json
 import logging
 import os
 
-from mixtures import tasks, xp3
-from mixtures.config import DataConfig
-from xmtf_jax import line_counts
-from xmtf_jax.jsonl_source import RecordSchema
+from xmtf_jax.paths import REPO_ROOT
+from xmtf_jax.data import line_counts, tasks, xp3_family
+from xmtf_jax.data.config import DataConfig
+from xmtf_jax.data.jsonl_source import RecordSchema
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_DIR = os.path.join(REPO_ROOT, "data", "demo")
 DEMO_HELDOUT_DIR = os.path.join(REPO_ROOT, "data", "demo_heldout")
 DEMO_VOCABULARY_PATH = os.path.join(DEMO_DIR, "sentencepiece.model")
@@ -39,9 +38,9 @@ def register(overwrite: bool = False) -> None:
   vocab = tasks.vocabulary(DEMO_VOCABULARY_PATH)
   config = DataConfig(data_dir=DEMO_DIR, vocabulary_path=DEMO_VOCABULARY_PATH,
                       shuffle_buffer_size=1_000)
-  # rate_config=None: the mixing scheme of the demo follows gin (DataConfig) when it is first used.
-  xp3.register_layout("demo", DEMO_DIR, kind="xp3", vocab=vocab, config=config, overwrite=overwrite)
-  with open(os.path.join(DEMO_HELDOUT_DIR, HELDOUT_MANIFEST)) as f:
+  # rate_config=None: the demo mixes by the settings the entry point passes to configure_rates.
+  xp3_family.register_layout("demo", DEMO_DIR, kind="xp3", vocab=vocab, config=config, overwrite=overwrite)
+  with open(os.path.join(DEMO_HELDOUT_DIR, HELDOUT_MANIFEST)) as f:  # local-only: in the repository
     manifest = json.load(f)
   counts = line_counts.line_counts_for(DEMO_HELDOUT_DIR)
   names = []

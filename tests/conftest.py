@@ -106,8 +106,9 @@ def p3_fixture(tmp_path_factory, data_spm_path):
 def tiny_trained_run(tmp_path_factory):
   """(MODEL_DIR, T5Config): 3 training steps of a tiny random mT5 (vocab 2048 = the bundled demo
   SentencePiece model, padded) on the demo mixture, checkpoints at steps 2 and 3, on a 4x2 mesh."""
-  from xmtf_jax import partitioning, training
-  from xmtf_jax.config import T5Config
+  from xmtf_jax.parallel import partitioning
+  from xmtf_jax.train import loop as training
+  from xmtf_jax.model.config import T5Config
   config = T5Config(vocab_size=2048, d_model=32, d_kv=8, d_ff=64, num_heads=4, num_encoder_layers=2,
                     num_decoder_layers=2, relative_attention_num_buckets=8,
                     relative_attention_max_distance=20, dropout_rate=0.0)

@@ -14,7 +14,9 @@ jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2, process_id=process_id)
 
 import xmtf_jax  # noqa: E402
-from xmtf_jax import export_sources, hf_export, partitioning  # noqa: E402
+from xmtf_jax.hf import sources as export_sources
+from xmtf_jax.hf import export as hf_export
+from xmtf_jax.parallel import partitioning  # noqa: E402
 
 assert jax.process_count() == 2
 # 2-D parameter sharding on a (data=4, model=2) mesh over both processes: tensors span the hosts.

@@ -7,8 +7,10 @@ import tensorflow as tf
 
 import mixtures
 from tests import data_fixtures
-from xmtf_jax import input_pipeline, jsonl_source, xp3_layouts
-from xmtf_jax.jsonl_source import BadDataError, JsonlDataSource
+from xmtf_jax.data import pipeline as input_pipeline
+from xmtf_jax.data import jsonl_source
+from xmtf_jax.data import xp3_layouts
+from xmtf_jax.data.jsonl_source import BadDataError, JsonlDataSource
 
 # (bad line, reason counted in lenient mode, what the strict error says)
 BAD_LINES = {

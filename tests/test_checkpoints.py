@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import xmtf_jax
-from xmtf_jax import checkpoints
-from xmtf_jax.config import T5Config
-from xmtf_jax.models import EncoderDecoderModel
+from xmtf_jax.train import checkpoints
+from xmtf_jax.model.config import T5Config
+from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -85,7 +85,7 @@ def test_load_pretrained_rebuilds_the_model_from_a_checkpoint(saved_tiny_model):
 
 
 def test_load_pretrained_onto_a_mesh(saved_tiny_model):
-  from xmtf_jax import partitioning
+  from xmtf_jax.parallel import partitioning
   model_dir, _, params = saved_tiny_model
   mesh = partitioning.make_mesh(2)
   loaded_model, loaded_params = xmtf_jax.load_pretrained(model_dir, mesh)

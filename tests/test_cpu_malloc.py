@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from xmtf_jax import cpu_malloc
+from xmtf_jax.cli import cpu_malloc
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -9,7 +9,7 @@ import pytest
 import sentencepiece as spm
 
 import mixtures
-from xmtf_jax import data_report
+from xmtf_jax.cli import data_report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

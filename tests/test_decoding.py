@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from xmtf_jax import decoding
+from xmtf_jax.inference import decoding
 
 VOCAB, STATES, EOS = 6, 101, 1
 

@@ -7,7 +7,7 @@ import numpy as np
 import seqio
 
 import mixtures
-from xmtf_jax import input_pipeline
+from xmtf_jax.data import pipeline as input_pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_LANGUAGES = ["ar", "bn", "en", "es", "fr", "id", "pt", "ru", "te", "vi"]

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from xmtf_jax import dropout, partitioning
+from xmtf_jax.model import dropout
+from xmtf_jax.parallel import partitioning
 
 
 def _seed(n: int):

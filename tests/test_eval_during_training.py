@@ -8,8 +8,8 @@ import sys
 
 import gin
 
-from xmtf_jax import evaluate as evaluate_lib
-from xmtf_jax import infer as infer_lib
+from xmtf_jax.cli import evaluate as evaluate_lib
+from xmtf_jax.cli import infer as infer_lib
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASKS = ["demo_heldout_number_compare_en_more", "demo_heldout_number_compare_es_more",

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from xmtf_jax.eval_results import PromptResult, aggregate, write_results
+from xmtf_jax.evaluation.results import PromptResult, aggregate, write_results
 
 
 def hand_checked_results():

@@ -5,8 +5,10 @@ import os
 import pytest
 import seqio
 
-from xmtf_jax import heldout, heldout_tasks
-from xmtf_jax import templates as T
+from xmtf_jax.data import records
+from xmtf_jax.evaluation import heldout
+from xmtf_jax.evaluation import heldout_tasks
+from xmtf_jax.evaluation import templates as T
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "promptsource")
 
@@ -86,8 +88,8 @@ def test_missing_files_say_what_is_expected(tmp_path):
   with pytest.raises(heldout.HeldoutDataError, match=r"xwinograd/pt/test.jsonl.*option1"):
     heldout.raw_files(str(tmp_path), "xwinograd", "pt")
   (tmp_path / "bad.jsonl").write_text('{"premise": 1}\nnot json\n')
-  with pytest.raises(heldout.HeldoutDataError, match=r"bad.jsonl:2: not a JSON object"):
-    list(heldout.read_records(str(tmp_path / "bad.jsonl")))
+  with pytest.raises(records.RecordsError, match=r"bad.jsonl:2: not a JSON object"):
+    list(records.read_records(str(tmp_path / "bad.jsonl")))
 
 
 def test_prompt_variants_pick_english_or_translated_templates():

@@ -15,10 +15,17 @@ from safetensors import safe_open
 from safetensors.numpy import load_file
 
 import xmtf_jax
-from xmtf_jax import (export_hf, export_sources, hf, hf_export, hf_tokenizer, hf_verify, model_card,
-                      partitioning)
-from xmtf_jax.config import T5Config
-from xmtf_jax.models import EncoderDecoderModel
+from xmtf_jax.cli import export_hf
+from xmtf_jax.hf import sources as export_sources
+from xmtf_jax import hf
+from xmtf_jax.hf import export as hf_export
+from xmtf_jax.hf import safetensors_writer
+from xmtf_jax.hf import tokenizer as hf_tokenizer
+from xmtf_jax.hf import verify as hf_verify
+from xmtf_jax.hf import model_card
+from xmtf_jax.parallel import partitioning
+from xmtf_jax.model.config import T5Config
+from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
 
 from conftest import build_random_hf_mt5
 
@@ -296,15 +303,15 @@ def test_tokenizer_json_reproduces_sentencepiece_t5tokenizer_cannot(options, tmp
 
 
 def test_plan_sizes_and_streaming_reads_each_tensor_once(sharded_model, spm_path, tmp_path):
-  assert hf_export.parse_size("5GB") == 5 * 10**9 and hf_export.parse_size("2GiB") == 2 * 2**30
-  assert hf_export.parse_size("500kb") == 500_000 and hf_export.parse_size(123) == 123
+  assert safetensors_writer.parse_size("5GB") == 5 * 10**9 and safetensors_writer.parse_size("2GiB") == 2 * 2**30
+  assert safetensors_writer.parse_size("500kb") == 500_000 and safetensors_writer.parse_size(123) == 123
   with pytest.raises(ValueError, match="500MB"):
-    hf_export.parse_size("lots")
-  entries = hf_export.tensor_entries(TINY, "bfloat16")
+    safetensors_writer.parse_size("lots")
+  entries = safetensors_writer.tensor_entries(TINY, "bfloat16")
   assert sum(e.nbytes for e in entries) == 2 * sum(int(np.prod(e.shape)) for e in entries)
-  assert [s.filename for s in hf_export.plan_shards(entries, "1GB")] == ["model.safetensors"]
+  assert [s.filename for s in safetensors_writer.plan_shards(entries, "1GB")] == ["model.safetensors"]
   big = max(e.nbytes for e in entries)
-  shards = hf_export.plan_shards(entries, big // 2)
+  shards = safetensors_writer.plan_shards(entries, big // 2)
   assert [e for s in shards for e in s.entries] == entries
   assert all(s.nbytes <= big // 2 or len(s.entries) == 1 for s in shards)
 
@@ -402,7 +409,7 @@ def test_trained_checkpoint_exports_and_verifies(tiny_trained_run, tmp_path, cap
   chosen step tensor by tensor (orbax partial restores), verifies it, and transformers agrees."""
   import seqio
   from transformers import AutoTokenizer
-  from xmtf_jax import checkpoints
+  from xmtf_jax.train import checkpoints
   run, config = tiny_trained_run
   assert checkpoints.list_steps(run) == [2, 3]
   with pytest.raises(FileNotFoundError, match=r"--step=7: .* available steps: \[2, 3\]"):

@@ -12,7 +12,7 @@ from safetensors.numpy import save_file
 
 import xmtf_jax
 from xmtf_jax import hf
-from xmtf_jax.config import T5Config
+from xmtf_jax.model.config import T5Config
 
 
 def hf_numpy_state(model):

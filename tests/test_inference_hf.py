@@ -9,8 +9,11 @@ import pytest
 import torch
 
 import xmtf_jax
-from xmtf_jax import generation, partitioning, scoring
-from xmtf_jax.generation import DecodingConfig
+from xmtf_jax.inference import generation
+from xmtf_jax.parallel import partitioning
+from xmtf_jax.evaluation import rank_classification
+from xmtf_jax.model import scoring
+from xmtf_jax.inference.generation import DecodingConfig
 
 MAX_DECODE = 10
 
@@ -59,8 +62,8 @@ def hf_generate(hf_model, tokens, **kwargs):
 
 
 def predict(model, params, tokens, **config):
-  # model.predict_batch compiles once per (config, shape): tests sharing a config share the compile.
-  return model.predict_batch(params, tokens, DecodingConfig(max_decode_length=MAX_DECODE, **config))
+  # generation.generate compiles once per (config, shape): tests sharing a config share the compile.
+  return generation.generate(model, params, tokens, DecodingConfig(max_decode_length=MAX_DECODE, **config))
 
 
 def test_greedy_equals_hf_generate_and_stops_rows_at_eos(models, inputs):
@@ -163,10 +166,10 @@ def test_sharded_scoring_and_decoding_equal_unsharded(models, inputs):
   sharded_model = model.with_mesh(mesh)
   sharded_params = jax.device_put(params, sharded_model.param_shardings())
   encoder, choices = choice_fixture()
-  unsharded = scoring.make_choice_scorer(model, params)(encoder, choices)
-  sharded = scoring.make_choice_scorer(sharded_model, sharded_params, mesh)(encoder, choices)
+  unsharded = rank_classification.make_choice_scorer(model, params)(encoder, choices)
+  sharded = rank_classification.make_choice_scorer(sharded_model, sharded_params, mesh)(encoder, choices)
   np.testing.assert_allclose(sharded, unsharded, rtol=1e-5, atol=1e-5)
   config = DecodingConfig(method="beam", num_beams=3, max_decode_length=MAX_DECODE)
   np.testing.assert_array_equal(
       generation.make_predictor(sharded_model, sharded_params, config, mesh)(inputs),
-      np.asarray(model.predict_batch(params, inputs, config).sequences))
+      np.asarray(generation.generate(model, params, inputs, config).sequences))

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from xmtf_jax import losses
+from xmtf_jax.train import losses
 
 
 def _log_softmax(x):

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from xmtf_jax import metrics
+from xmtf_jax.evaluation import metrics
 
 
 def test_rouge_is_the_mean_f_measure_with_every_script_tokenized():

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import xmtf_jax
-from xmtf_jax.config import T5Config
-from xmtf_jax.models import EncoderDecoderModel
+from xmtf_jax.model.config import T5Config
+from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
 
 
 @pytest.fixture(scope="module")

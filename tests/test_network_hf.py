@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import xmtf_jax
-from xmtf_jax import network
+from xmtf_jax.model import layers as network
 
 TOL = 1e-4
 
@@ -93,7 +93,7 @@ def test_packed_rows_match_examples_run_alone(loaded):
   groups = [random_examples(rng, 3, model.config.vocab_size, (2, 12), (2, 9)),
             random_examples(rng, 2, model.config.vocab_size, (5, 25), (3, 20))]
   batch = pack(groups, 40, 32)
-  from xmtf_jax.models import model_inputs
+  from xmtf_jax.model.encoder_decoder import model_inputs
   packed = np.asarray(model.logits(params, **model_inputs({**batch, "decoder_loss_weights": None})))
   # Positions derived from the segment ids give the same answer as explicit positions.
   no_positions = {k: v for k, v in batch.items() if not k.endswith("positions")}

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from xmtf_jax import optim
+from xmtf_jax.train import optim
 
 
 def numpy_adafactor(params, grads_per_step, lr=1e-3, decay=0.8, clip=1.0, eps=1e-30, min_factor=128):

@@ -3,9 +3,12 @@ import gin
 import pytest
 import torch
 
-from xmtf_jax import gin_utils, hf, param_count, partitioning
-from xmtf_jax.config import T5Config
-from xmtf_jax.models import EncoderDecoderModel
+from xmtf_jax.cli import gin_flags as gin_utils
+from xmtf_jax import hf
+from xmtf_jax.cli import param_count
+from xmtf_jax.parallel import partitioning
+from xmtf_jax.model.config import T5Config
+from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
 
 
 @pytest.fixture

@@ -5,9 +5,9 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import xmtf_jax
-from xmtf_jax import partitioning
-from xmtf_jax.config import T5Config
-from xmtf_jax.models import EncoderDecoderModel
+from xmtf_jax.parallel import partitioning
+from xmtf_jax.model.config import T5Config
+from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
 
 # Logical axes written out by hand per parameter name (independent of the network's annotations).
 EXPECTED_LOGICAL = {
@@ -115,4 +115,4 @@ def test_host_local_to_global_round_trip():
   array = global_batch["encoder_input_tokens"]
   assert array.shape == (8, 5) and array.sharding.spec == P("data")
   assert len({s.device for s in array.addressable_shards}) == 8
-  np.testing.assert_array_equal(partitioning.global_to_host_local(array), local["encoder_input_tokens"])
+  np.testing.assert_array_equal(partitioning.fetch_global(array), local["encoder_input_tokens"])

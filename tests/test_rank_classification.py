@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import seqio
 
-from xmtf_jax import evaluation, heldout_tasks, rank_classification as rc
+from xmtf_jax.evaluation import tasks as evaluation
+from xmtf_jax.evaluation import heldout_tasks
+from xmtf_jax.evaluation import rank_classification as rc
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "promptsource")
 

@@ -3,10 +3,17 @@ functions are reused across calls."""
 import jax
 import numpy as np
 import pytest
+import seqio
 
 import mixtures  # noqa: F401  (registers the demo tasks)
-from xmtf_jax import evaluation, generation, metrics, models, scoring, train_eval
-from xmtf_jax.config import T5Config
+from xmtf_jax.evaluation import tasks as evaluation
+from xmtf_jax.inference import generation
+from xmtf_jax.evaluation import metrics
+from xmtf_jax.model import encoder_decoder as models
+from xmtf_jax.evaluation import rank_classification
+from xmtf_jax.model import scoring
+from xmtf_jax.evaluation import during_training as train_eval
+from xmtf_jax.model.config import T5Config
 
 RANK_TASKS = ["demo_heldout_language_id_en_identify", "demo_heldout_language_id_es_identify",
               "demo_heldout_language_id_es_language_of"]
@@ -28,14 +35,14 @@ def test_evaluator_matches_standalone_evaluation_and_reuses_compilation(tiny):
       max_examples_per_task=8, batch_size=8, decoding=decoding)
   first = evaluator(10, params)
   # Rank classification: the same numbers as python -m xmtf_jax.evaluate would write.
-  standalone = evaluation.evaluate_tasks(scoring.make_choice_scorer(model, params), RANK_TASKS,
+  standalone = evaluation.evaluate_tasks(rank_classification.make_choice_scorer(model, params), RANK_TASKS,
                                          batch_size=8, max_examples_per_task=8, print_fn=None)
   for result in standalone:
     assert first[f"{result.task}/accuracy"] == pytest.approx(result.accuracy)
   en, es = (np.median([r.accuracy for r in standalone if r.language == lang]) for lang in ("en", "es"))
   assert first["language_id/median_accuracy"] == pytest.approx((en + es) / 2)
   # Generation: BLEU / ROUGE of greedy predictions (demo tasks define no metric_fns).
-  task = evaluation.get_mixture_or_task("demo_en")
+  task = seqio.get_mixture_or_task("demo_en")
   records = evaluation.text_records(task, "validation", 8, require_targets=True)
   predictions = generation.predict_texts(model, params, task.output_features["targets"].vocabulary,
                                          [r["inputs"] for r in records], decoding, batch_size=8)

@@ -5,9 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from xmtf_jax import checkpoints, losses, optim, partitioning, trainer
-from xmtf_jax.config import T5Config
-from xmtf_jax.models import EncoderDecoderModel
+from xmtf_jax.train import checkpoints
+from xmtf_jax.train import losses
+from xmtf_jax.train import optim
+from xmtf_jax.parallel import partitioning
+from xmtf_jax.train import trainer
+from xmtf_jax.model.config import T5Config
+from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
 
 # One layer each side keeps compilation short; d_kv * heads != d_model as in mT5.
 CONFIG = T5Config(vocab_size=64, d_model=32, d_kv=12, d_ff=48, num_heads=4, num_encoder_layers=1,

@@ -16,8 +16,13 @@ import sys
 import numpy as np
 import pytest
 
-from xmtf_jax import checkpoints, losses, optim, partitioning, progress, training
-from xmtf_jax.config import T5Config
+from xmtf_jax.train import checkpoints
+from xmtf_jax.train import losses
+from xmtf_jax.train import optim
+from xmtf_jax.parallel import partitioning
+from xmtf_jax.train import reporting
+from xmtf_jax.train import loop as training
+from xmtf_jax.model.config import T5Config
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_STEPS = 12
@@ -62,7 +67,7 @@ def run_train(model_dir, cache, extra=(), devices=8, process=None, check=True, w
 
 
 def train_losses(model_dir):
-  return {r["step"]: r["loss"] for r in progress.read_metrics(model_dir, "train")}
+  return {r["step"]: r["loss"] for r in reporting.read_metrics(model_dir, "train")}
 
 
 def signal_gin(tmp_path, signals, wait_for_checkpoint=None):
@@ -99,7 +104,7 @@ def test_uninterrupted_run_writes_everything(reference_run):
   with open(position) as f:
     assert [s["batches_consumed"] for s in json.load(f)] == [12, 12]  # one per data shard
   assert os.path.exists(os.path.join(model_dir, "config.gin"))
-  assert os.path.getsize(os.path.join(model_dir, progress.LOSS_CURVE_FILE)) > 1000
+  assert os.path.getsize(os.path.join(model_dir, reporting.LOSS_CURVE_FILE)) > 1000
   assert any(name.startswith("events.out.tfevents")
              for name in os.listdir(os.path.join(model_dir, "train")))
   assert "step  4/12  loss " in output and "MFU n/a  ETA " in output
@@ -178,7 +183,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
                    optim.OptimizerConfig(learning_rate=1e15), losses.LossConfig())
   assert "checkpoint_1" in str(error.value)
   assert checkpoints.list_steps(model_dir) == [1]
-  assert [r["step"] for r in progress.read_metrics(model_dir, "train")] == [1]
+  assert [r["step"] for r in reporting.read_metrics(model_dir, "train")] == [1]
   _, params = checkpoints.load_model_params(model_dir)
   import jax
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
@@ -200,8 +205,9 @@ def test_finished_run_says_so(reference_run, caplog):
 
 def test_validation_loss_hook_matches_a_hand_computation():
   import jax
-  from xmtf_jax import eval_hooks, host_data
-  from xmtf_jax.models import EncoderDecoderModel
+  from xmtf_jax.train import hooks as eval_hooks
+  from xmtf_jax.data import host_batches as host_data
+  from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
   mesh = partitioning.make_mesh(1)
   model = EncoderDecoderModel(TINY, mesh)
   params = model.init_params(jax.random.key(0, impl="rbg"))
@@ -234,7 +240,7 @@ def test_validation_loss_hook_matches_a_hand_computation():
 def test_initial_parameters_from_an_hf_folder_or_a_checkpoint(hf_mt5_dir, tmp_path):
   import jax
   from xmtf_jax import hf
-  from xmtf_jax.models import EncoderDecoderModel
+  from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
   folder, _ = hf_mt5_dir
   config = hf.read_hf_config(folder)
   model = EncoderDecoderModel(config, partitioning.make_mesh(2))

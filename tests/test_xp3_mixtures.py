@@ -10,8 +10,10 @@ import seqio
 
 import mixtures
 from mixtures import xp3
+from xmtf_jax.data import tasks as data_tasks
 from tests import data_fixtures
-from xmtf_jax import line_counts, mixing_rates
+from xmtf_jax.data import line_counts
+from xmtf_jax.data import mixing_rates
 
 
 def read(task_name, split):
@@ -149,7 +151,7 @@ def test_xp3x_paths_json_listing_a_missing_file(tmp_path, data_spm_path):
   data_fixtures.make_xp3x(root)
   os.remove(f"{root}/data/python/xp3x_codeparrot_apps_all_train_solve.jsonl")
   config = mixtures.DataConfig(vocabulary_path=data_spm_path)
-  with pytest.raises(mixtures.xp3.xp3_layouts.jsonl_source.BadDataError,
+  with pytest.raises(xp3.xp3_layouts.jsonl_source.BadDataError,
                      match=r"paths.json lists .*data/python/xp3x_codeparrot_apps_all_train_solve.jsonl"):
     mixtures.register_variant("xp3x", config, data_dir=root, name="fx_missing", overwrite=True)
 
@@ -161,23 +163,24 @@ def test_p3_layout_reads_the_zip(p3_fixture):
   assert p3_fixture["info"].sizes() == {"fx_p3_en": 11}
 
 
-def test_registration_is_lazy_and_follows_the_environment(xp3_fixture, monkeypatch):
+def test_registration_is_explicit_and_follows_the_environment(xp3_fixture, monkeypatch):
   assert "xp3mt" not in seqio.MixtureRegistry.names()  # import mixtures registered no family member
   monkeypatch.setenv("XP3_DATA_DIR", xp3_fixture["root"])
-  task = mixtures.get_mixture_or_task("xp3mt_zh")
+  mixtures.register_for("xp3mt_zh")
+  task = seqio.get_mixture_or_task("xp3mt_zh")  # seqio's own lookup finds it
   assert task.name == "xp3mt_zh" and "xp3mt" in seqio.MixtureRegistry.names()
   assert "xp3" not in seqio.MixtureRegistry.names()  # only the variant asked for
 
 
 def test_registration_follows_gin(xp3x_fixture):
-  from xmtf_jax import gin_utils
+  from xmtf_jax.cli import gin_flags as gin_utils, runtime
   gin.clear_config()
   try:
     gin_utils.parse_gin(["--gin_file=gin/mixtures/xp3x.gin",
                          f"--gin.XP3_DATA_DIR='{xp3x_fixture['root']}'",
                          "--gin.MIXING_RATE='temperature'", "--gin.MIXING_TEMPERATURE=2.0"])
     assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == "xp3x"
-    mixtures.get_mixture_or_task("xp3x")
+    runtime.register_tasks("xp3x")
     info = mixtures.mixture_info("xp3x")
     assert info.root == xp3x_fixture["root"]
     sizes = data_fixtures.EXPECTED_XP3X_TRAIN
@@ -229,7 +232,7 @@ def test_a_non_local_filesystem_works_like_a_bucket(xp3_fixture, data_spm_path):
 
 def test_unknown_names_get_suggestions():
   with pytest.raises(ValueError, match=r"no seqio task or mixture named 'demo_heldot'; did you mean \['demo_heldout'"):
-    mixtures.get_mixture_or_task("demo_heldot")
+    data_tasks.get_mixture_or_task("demo_heldot")
 
 
 def test_eos_on_inputs_is_configurable(xp3_fixture, data_spm_path):

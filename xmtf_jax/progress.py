@@ -1,229 +1,43 @@
-"""What a person watching a run sees: one progress line per logging period, a metrics JSONL, TensorBoard
-event files and, at the end, a loss-curve PNG. Only process 0 writes files.
+"""Progress of a counted job (examples scored, decoded, read): done/total, rate and time left.
 
-A progress line:
-
-  step 200/1000  loss 3.214  acc 0.412  lr 1.0e-03  tokens/s 18.2k  s/step 0.041  MFU n/a  ETA 0:00:33
-
-`tokens/s` counts real (non-padding) input + target tokens; MFU divides the step's matmul FLOPs on the
-padded shapes (trainer.training_flops_per_step) by the devices' peak (PEAK_FLOPS_PER_DEVICE by device
-kind, bfloat16 dense; "n/a" on CPU unless TrainConfig.peak_flops_per_device is given).
+Training reports steps, tokens/s and MFU through `xmtf_jax.train.reporting.ProgressMeter`, which uses
+`format_duration` from here.
 """
 from __future__ import annotations
 
 import datetime
-import json
-import logging
 import math
-import os
+import sys
 import time
-from typing import Mapping, Optional
-
-import jax
-
-METRICS_FILE = "metrics.jsonl"
-LOSS_CURVE_FILE = "loss_curve.png"
-
-# Peak dense bfloat16 FLOP/s per device (per chip; per GPU), from the vendors' spec sheets.
-PEAK_FLOPS_PER_DEVICE = {
-    "TPU v2": 45e12 / 2,  # a v2 chip has 2 devices (cores)
-    "TPU v3": 123e12 / 2,
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,  # v5e
-    "TPU v5e": 197e12,
-    "TPU v5": 459e12,  # v5p
-    "TPU v5p": 459e12,
-    "TPU v6 lite": 918e12,  # v6e (Trillium)
-    "TPU v6e": 918e12,
-    "NVIDIA H100": 989e12,
-    "NVIDIA H200": 989e12,
-    "NVIDIA A100": 312e12,
-    "NVIDIA L4": 121e12,
-}
-
-
-def peak_flops_per_device(device_kind: str, override: Optional[float] = None) -> Optional[float]:
-  """Peak FLOP/s of one device of `device_kind`; the longest matching table prefix; None if unknown."""
-  if override:
-    return float(override)
-  matches = [k for k in PEAK_FLOPS_PER_DEVICE if device_kind.startswith(k)]
-  return PEAK_FLOPS_PER_DEVICE[max(matches, key=len)] if matches else None
+from typing import Callable
 
 
 def format_duration(seconds: float) -> str:
+  """H:MM:SS, or "?" when unknown."""
   if not math.isfinite(seconds) or seconds < 0:
     return "?"
   return str(datetime.timedelta(seconds=int(round(seconds))))
 
 
-def _si(x: float) -> str:
-  for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-    if abs(x) >= scale:
-      return f"{x / scale:.1f}{unit}"
-  return f"{x:.0f}"
+def to_stderr(message: str) -> None:
+  """A print_fn for reports whose stdout is data (e.g. JSON)."""
+  print(message, file=sys.stderr, flush=True)
 
 
-class MetricsLog:
-  """Appends one JSON object per line to MODEL_DIR/metrics.jsonl (process 0 only).
+class Progress:
+  """Prints examples/s and the time left every `every_seconds` (or not at all with print_fn None)."""
 
-  Train lines: {"kind": "train", "step": s, "loss": ..., ...} for every step; eval lines:
-  {"kind": "eval", "step": s, "name": ..., ...}. On resume, `truncate_after(step)` drops the lines
-  of steps a killed run had done after its last checkpoint, so the file reads as one uninterrupted run.
-  """
+  def __init__(self, total: int, print_fn: Callable[[str], None] | None = print,
+               every_seconds: float = 10.0, label: str = "scored"):
+    self.total, self.done, self.print_fn, self.every, self.label = total, 0, print_fn, every_seconds, label
+    self.start = self.last = time.perf_counter()
 
-  def __init__(self, model_dir: str):
-    self.path = os.path.join(model_dir, METRICS_FILE)
-    self.enabled = jax.process_index() == 0
-    if self.enabled:
-      os.makedirs(model_dir, exist_ok=True)
-
-  def truncate_after(self, step: int) -> None:
-    if not self.enabled or not os.path.exists(self.path):
-      return
-    kept = [line for line in read_metrics(self.path) if line.get("step", 0) <= step]
-    tmp = self.path + ".tmp"
-    with open(tmp, "w") as f:
-      f.writelines(json.dumps(line) + "\n" for line in kept)
-    os.replace(tmp, self.path)
-
-  def write(self, record: Mapping) -> None:
-    if self.enabled:
-      with open(self.path, "a") as f:
-        f.write(json.dumps(dict(record)) + "\n")
-
-
-def read_metrics(path: str, kind: Optional[str] = None) -> list[dict]:
-  """The records of a metrics.jsonl (a file or a MODEL_DIR), optionally only one kind."""
-  if os.path.isdir(path):
-    path = os.path.join(path, METRICS_FILE)
-  records = []
-  with open(path) as f:
-    for line in f:
-      if line.strip():
-        record = json.loads(line)
-        if kind is None or record.get("kind") == kind:
-          records.append(record)
-  return records
-
-
-class TensorBoard:
-  """Scalars under MODEL_DIR/train and MODEL_DIR/eval (tensorboardX; process 0 only)."""
-
-  def __init__(self, model_dir: str):
-    self._writers = {}
-    self._model_dir = model_dir
-    self.enabled = jax.process_index() == 0
-
-  def scalars(self, kind: str, step: int, values: Mapping[str, float]) -> None:
-    if not self.enabled:
-      return
-    if kind not in self._writers:
-      from tensorboardX import SummaryWriter
-      self._writers[kind] = SummaryWriter(os.path.join(self._model_dir, kind))
-    writer = self._writers[kind]
-    for name, value in values.items():
-      if isinstance(value, (int, float)) and math.isfinite(value):
-        writer.add_scalar(name, value, step)
-    writer.flush()
-
-  def close(self) -> None:
-    for writer in self._writers.values():
-      writer.close()
-
-
-class ProgressMeter:
-  """Accumulates per-step metrics over a logging period and formats the progress line."""
-
-  def __init__(self, total_steps: int, flops_per_step: float, num_devices: int,
-               peak_flops_per_device: Optional[float]):
-    self.total_steps = total_steps
-    self.flops_per_step = flops_per_step
-    self.peak_flops = None if peak_flops_per_device is None else peak_flops_per_device * num_devices
-    self._reset(time.time())
-
-  def _reset(self, now: float) -> None:
-    self._start = now
-    self._steps = 0
-    self._sums = {"loss": 0.0, "correct": 0.0, "target_tokens": 0.0, "tokens": 0.0}
-    self._last = {}
-
-  def restart_clock(self) -> None:
-    """Start a new period from now (after compilation)."""
-    self._reset(time.time())
-
-  def exclude(self, seconds: float) -> None:
-    """Leave time spent outside training steps (saving, evaluating) out of the rates."""
-    self._start += seconds
-
-  def add(self, metrics: Mapping[str, float]) -> None:
-    self._steps += 1
-    self._sums["loss"] += metrics["loss"]
-    self._sums["correct"] += metrics["accuracy"] * metrics["num_target_tokens"]
-    self._sums["target_tokens"] += metrics["num_target_tokens"]
-    self._sums["tokens"] += metrics["num_target_tokens"] + metrics["num_input_tokens"]
-    self._last = dict(metrics)
-
-  def summary(self, step: int) -> dict[str, float]:
-    """Averages over the period since the last summary, and restarts the period."""
-    now = time.time()
-    seconds = max(now - self._start, 1e-9)
-    n = max(self._steps, 1)
-    seconds_per_step = seconds / n
-    out = {
-        "loss": self._sums["loss"] / n,
-        "accuracy": self._sums["correct"] / max(self._sums["target_tokens"], 1.0),
-        "learning_rate": self._last.get("learning_rate", float("nan")),
-        "tokens_per_second": self._sums["tokens"] / seconds,
-        "seconds_per_step": seconds_per_step,
-        "eta_seconds": seconds_per_step * (self.total_steps - step),
-    }
-    if self.peak_flops:
-      out["mfu"] = self.flops_per_step / seconds_per_step / self.peak_flops
-    self._reset(now)
-    return out
-
-  def line(self, step: int, summary: Mapping[str, float]) -> str:
-    mfu = f"{100 * summary['mfu']:.1f}%" if "mfu" in summary else "n/a"
-    width = len(str(self.total_steps))
-    return (f"step {step:>{width}}/{self.total_steps}  loss {summary['loss']:.4f}  "
-            f"acc {summary['accuracy']:.3f}  lr {summary['learning_rate']:.2e}  "
-            f"tokens/s {_si(summary['tokens_per_second'])}  s/step {summary['seconds_per_step']:.3f}  "
-            f"MFU {mfu}  ETA {format_duration(summary['eta_seconds'])}")
-
-
-def plot_loss_curve(model_dir: str, output: Optional[str] = None) -> Optional[str]:
-  """Writes MODEL_DIR/loss_curve.png (train loss per step, and validation loss) from metrics.jsonl."""
-  path = os.path.join(model_dir, METRICS_FILE)
-  if jax.process_index() != 0 or not os.path.exists(path):
-    return None
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  train = read_metrics(path, "train")
-  evals = [r for r in read_metrics(path, "eval") if "loss" in r and r.get("name") == "validation"]
-  fig, ax = plt.subplots(figsize=(7, 4))
-  if train:
-    ax.plot([r["step"] for r in train], [r["loss"] for r in train], lw=0.8, label="train loss")
-  if evals:
-    ax.plot([r["step"] for r in evals], [r["loss"] for r in evals], "o-", label="validation loss")
-  ax.set_xlabel("step")
-  ax.set_ylabel("loss")
-  ax.set_title("/".join(os.path.normpath(os.path.abspath(model_dir)).split(os.sep)[-2:]))
-  ax.grid(alpha=0.3)
-  ax.legend()
-  output = output or os.path.join(model_dir, LOSS_CURVE_FILE)
-  fig.tight_layout()
-  fig.savefig(output, dpi=100)
-  plt.close(fig)
-  return output
-
-
-def configure_logging() -> None:
-  """INFO lines with a time stamp from process 0 (others: warnings, prefixed with their index)."""
-  level = logging.INFO if jax.process_index() == 0 else logging.WARNING
-  prefix = f"[{jax.process_index()}] " if jax.process_count() > 1 else ""
-  logging.basicConfig(level=level, format=f"%(asctime)s {prefix}%(message)s", datefmt="%H:%M:%S",
-                      force=True)
-  for noisy in ("absl", "orbax", "jax", "tensorflow", "etils", "seqio"):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
+  def update(self, count: int) -> None:
+    self.done += count
+    now = time.perf_counter()
+    if self.print_fn and (now - self.last >= self.every or self.done >= self.total):
+      self.last = now
+      rate = self.done / max(now - self.start, 1e-9)
+      left = (self.total - self.done) / rate if rate > 0 else float("inf")
+      self.print_fn(f"{self.label} {self.done}/{self.total} examples, {rate:.1f} examples/s, "
+                    f"about {format_duration(left)} left")

@@ -1,0 +1,45 @@
+"""`python -m xmtf_jax.data_report --gin_file=gin/mixtures/demo.gin [--gin.TASK_FEATURE_LENGTHS=...]`
+
+Per task of a mixture (or for one task): examples, token lengths, truncation, mixing rate, packing
+efficiency and bad lines (`xmtf_jax.data.report`), written to `output_dir` as report.json, report.md
+and language_shares.png. On big data set `DATA_REPORT_MAX_EXAMPLES` (examples read per task):
+statistics are then over a sample.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Mapping, Optional
+
+import gin
+import tensorflow as tf
+
+from xmtf_jax.cli import gin_flags, runtime
+from xmtf_jax.data.report import build_report, markdown, plot_language_shares
+from xmtf_jax.progress import to_stderr
+
+
+@gin.configurable(module="data_report")
+def make_report(mixture_or_task_name: str = gin.REQUIRED,
+                task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+                output_dir: str = "runs/data_report", split: str = "train",
+                max_examples_per_task: Optional[int] = 10_000) -> dict:
+  """Builds the report and writes report.json, report.md and language_shares.png to output_dir."""
+  runtime.register_tasks(mixture_or_task_name)
+  report = build_report(mixture_or_task_name, task_feature_lengths, split, max_examples_per_task)
+  tf.io.gfile.makedirs(output_dir)
+  with tf.io.gfile.GFile(os.path.join(output_dir, "report.json"), "w") as f:
+    json.dump(report, f, indent=1, ensure_ascii=False)
+  with tf.io.gfile.GFile(os.path.join(output_dir, "report.md"), "w") as f:
+    f.write(markdown(report))
+  plot_language_shares(report, os.path.join(output_dir, "language_shares.png"))
+  to_stderr(f"wrote report.json, report.md, language_shares.png to {output_dir} "
+            f"({report['seconds']:.1f}s)")
+  return report
+
+
+def main(argv=None) -> None:
+  gin_flags.parse_gin(argv, default_files=["gin/runs/data_report.gin"])
+  report = make_report()
+  print(markdown(report))
+

@@ -1,0 +1,80 @@
+"""`python -m xmtf_jax.evaluate`: zero-shot rank-classification evaluation, written for people.
+
+    python -m xmtf_jax.evaluate --gin_file=gin/eval/heldout_en.gin \
+      --gin.MODEL_PATH="'/models/mt0-small'" --gin.OUTPUT_DIR="'/tmp/eval'" \
+      --gin.HELDOUT_DATA_DIR="'/data/heldout'" --gin.PROMPTSOURCE_PATH="'/src/promptsource'"
+
+writes `results.json`, `results.md` and `{dataset}_accuracy.png` into OUTPUT_DIR. Evaluate any seqio
+tasks with answer choices (e.g. the demo's held-out tasks) with `--gin.evaluate.tasks="['name']"`.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Sequence
+
+import gin
+import jax
+
+from xmtf_jax.cli import gin_flags, runtime
+from xmtf_jax.evaluation import rank_classification
+from xmtf_jax.evaluation import results as eval_results
+from xmtf_jax.evaluation import tasks as evaluation
+from xmtf_jax.evaluation.heldout_tasks import HeldoutSuite
+from xmtf_jax.train import pretrained
+
+
+@gin.configurable(denylist=["model", "params"])
+def evaluate(*, model_path: str = gin.REQUIRED, output_dir: str = gin.REQUIRED,
+             tasks: Sequence[str] = (), heldout: HeldoutSuite | None = None,
+             split: str | None = None, batch_size: int = 32, max_input_length: int = 512,
+             max_choice_length: int = 256, max_examples_per_task: int | None = None,
+             vocabulary_path: str | None = None, plots: bool = True, model=None, params=None) -> dict:
+  """Scores `tasks` and/or the held-out suite; writes results; returns the written paths.
+
+  model_path: an HF folder (config.json + safetensors) or a training run's checkpoint directory.
+  batch_size counts examples (each with all its choices). max_input_length 512 is the paper's.
+  """
+  started = time.time()
+  if model is None:
+    partitioning = runtime.partitioning_config()
+    mesh = partitioning.make_mesh()
+    model, params = runtime.load_model(model_path, mesh, partitioning)
+  else:
+    mesh = model.mesh
+  names = list(tasks)
+  if heldout is not None:
+    vocabulary = pretrained.load_vocabulary(model_path, vocabulary_path)
+    names += heldout.register(vocabulary)
+  if not names:
+    raise ValueError("nothing to evaluate: set evaluate.tasks and/or evaluate.heldout "
+                     "(e.g. --gin_file=gin/eval/heldout_en.gin)")
+  runtime.register_tasks(*tasks)
+  scorer = rank_classification.make_choice_scorer(model, params, mesh)
+  # Every process scores the same batches (a collective computation); one reports and writes.
+  main_process = jax.process_index() == 0
+  results = evaluation.evaluate_tasks(scorer, names, batch_size=batch_size, split=split,
+                                      max_input_length=max_input_length,
+                                      max_choice_length=max_choice_length,
+                                      max_examples_per_task=max_examples_per_task,
+                                      print_fn=print if main_process else None)
+  metadata = dict(model_path=model_path, batch_size=batch_size, max_input_length=max_input_length,
+                  protocol="rank classification: sum of choice log-probs incl. EOS, no length "
+                           "normalisation, inputs without EOS",
+                  seconds=round(time.time() - started, 1))
+  if heldout is not None:
+    metadata["prompt_variant"] = heldout.prompt_variant
+  if not main_process:
+    return {}
+  paths = eval_results.write_results(output_dir, results, metadata, plots=plots)
+  print(open(paths["markdown"], encoding="utf-8").read().split("\n## ")[0])
+  print(f"wrote {', '.join(sorted(paths.values()))}")
+  return paths
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  rest = gin_flags.parse_gin(sys.argv[1:] if argv is None else argv)
+  if rest:
+    raise SystemExit(f"unrecognised arguments {rest}; configure with --gin_file / --gin.NAME=VALUE")
+  evaluate()
+

@@ -1,0 +1,107 @@
+"""`python -m xmtf_jax.export_hf`: write a HuggingFace MT5ForConditionalGeneration folder.
+
+    python -m xmtf_jax.export_hf --checkpoint_dir=runs/demo --output_dir=runs/demo/hf
+    python -m xmtf_jax.export_hf --checkpoint_dir=gs://bucket/mt0-xxl --step=7000 \
+        --output_dir=/mnt/disk/mt0-xxl --dtype=bfloat16 --noverify
+
+--checkpoint_dir is a training run's directory (MODEL_DIR: checkpoints, config and vocabulary) or an
+HF mT5/mT0 folder (re-export: change the dtype or the sharding). gin arguments (`--gin_file`,
+`--gin.NAME=VALUE`) are accepted, e.g. to pick the partitioning used to restore a large checkpoint.
+See `xmtf_jax.hf_export` for what is written and how memory is bounded.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Optional, Sequence
+
+from xmtf_jax.hf import sources as export_sources
+from xmtf_jax.train import checkpoint_source
+from xmtf_jax.cli import gin_flags as gin_utils
+from xmtf_jax.hf import export as hf_export
+from xmtf_jax.hf import model_card
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="python -m xmtf_jax.export_hf", description=__doc__.split("\n")[0])
+  p.add_argument("--checkpoint_dir", required=True,
+                 help="training run directory (MODEL_DIR) or an HF mT5/mT0 folder")
+  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+  p.add_argument("--output_dir", required=True, help="folder to create (must not exist or be empty)")
+  p.add_argument("--dtype", choices=sorted(hf_export.DTYPES), default="float32",
+                 help="weights' dtype in the folder (float32 is exact; bfloat16 halves the size)")
+  p.add_argument("--max_shard_size", default=hf_export.DEFAULT_MAX_SHARD_SIZE,
+                 help="shard the safetensors above this size, e.g. 5GB, 500MB, 2GiB")
+  p.add_argument("--verify", dest="verify", action="store_const", const=True, default="auto",
+                 help="compare with transformers (default: on when the model fits in host memory)")
+  p.add_argument("--noverify", dest="verify", action="store_const", const=False,
+                 help="skip the comparison with transformers")
+  p.add_argument("--vocabulary_path", default=None,
+                 help="SentencePiece model (default: the one recorded with the checkpoint)")
+  p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
+  card = p.add_argument_group("model card (README.md); defaults come from the training run")
+  card.add_argument("--model_name", default=None)
+  card.add_argument("--base_model", default=None, help="e.g. google/mt5-xxl")
+  card.add_argument("--mixture", default=None)
+  card.add_argument("--languages", default=None, help="comma-separated ISO codes")
+  card.add_argument("--eval_results", action="append", default=None,
+                    help="results.json from `xmtf_jax.evaluate` (repeatable; default: those found "
+                         "under --checkpoint_dir)")
+  return p
+
+
+def open_source(checkpoint_dir: str, step: Optional[int] = None) -> export_sources.ParamSource:
+  """An HF folder (config.json inside) or a training run's checkpoint (MODEL_DIR or checkpoint_<step>)."""
+  local = os.path.expanduser(checkpoint_dir)
+  if "://" not in checkpoint_dir and not os.path.isdir(local):
+    raise FileNotFoundError(f"--checkpoint_dir={checkpoint_dir}: no such directory (expected a training "
+                            "run's MODEL_DIR or an HF mT5/mT0 folder)")
+  if "://" not in checkpoint_dir and os.path.exists(os.path.join(local, "config.json")):
+    if step is not None:
+      raise ValueError(f"--step={step}: {checkpoint_dir} is an HF folder, which holds one set of weights")
+    return export_sources.HFFolderParams(local)
+  return checkpoint_source.CheckpointParams(local, step)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  argv = list(sys.argv[1:] if argv is None else argv)
+  gin_files, gin_bindings, rest = gin_utils.split_gin_args(argv)
+  if gin_files or gin_bindings:  # gin is optional here; parsing locks gin's config for the process
+    rest = gin_utils.parse_gin(argv)
+  args = _parser().parse_args(rest)
+  source = open_source(args.checkpoint_dir, args.step)
+  vocabulary_path = args.vocabulary_path or getattr(source, "vocabulary_path", None)
+  if not vocabulary_path:
+    raise SystemExit(f"no SentencePiece model recorded with {args.checkpoint_dir}: pass "
+                     "--vocabulary_path=/path/to/sentencepiece.model")
+  facts = source.card_facts()
+  card = model_card.ModelCard(
+      model_name=args.model_name or os.path.basename(os.path.normpath(args.output_dir)),
+      base_model=args.base_model or facts.get("base_model"),
+      mixture=args.mixture or facts.get("mixture"), steps=facts.get("steps"))
+  if args.languages:
+    card.languages = [c.strip() for c in args.languages.split(",") if c.strip()]
+  if args.eval_results is not None:
+    card.eval_results = args.eval_results
+  elif "://" not in args.checkpoint_dir and not card.eval_results:
+    card.eval_results = model_card.find_eval_results(os.path.expanduser(args.checkpoint_dir))
+  try:
+    result = hf_export.export_source(source, vocabulary_path, args.output_dir, dtype=args.dtype,
+                                     max_shard_size=args.max_shard_size, card=card,
+                                     overwrite=args.overwrite, verify=args.verify)
+  except hf_export.VerificationFailed as e:
+    print(str(e), file=sys.stderr)
+    return 1
+  print(f"exported {result.num_parameters:,} parameters ({result.total_bytes / 1e6:.1f} MB, "
+        f"{result.dtype}, {result.shards} file(s)) to {result.output_dir} in {result.seconds:.1f}s: "
+        f"{', '.join(result.files)}")
+  if result.verify_skipped_reason:
+    print(result.verify_skipped_reason)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,99 @@
+"""`python -m xmtf_jax.infer`: generate predictions for a jsonl file or a seqio task split.
+
+    python -m xmtf_jax.infer --gin_file=gin/infer/greedy.gin \
+      --gin.MODEL_PATH="'/models/mt0-small'" --gin.infer.input_file="'prompts.jsonl'" \
+      --gin.infer.output_file="'predictions.jsonl'"
+
+Input lines are JSON objects with an `inputs` text (and optionally `targets`); a seqio task is read
+with `--gin.infer.task="'name'" --gin.infer.split="'validation'"`. Each output line holds `inputs`,
+`prediction` and, when known, `targets`, in input order.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Sequence
+
+import gin
+import jax
+
+from xmtf_jax.cli import gin_flags, runtime
+from xmtf_jax.data import records as records_lib
+from xmtf_jax.data import tasks as data_tasks
+from xmtf_jax.evaluation import tasks as evaluation
+from xmtf_jax.inference import generation
+from xmtf_jax.train import pretrained
+
+
+def read_inputs(path: str) -> list[dict]:
+  """Records with an `inputs` text from a .jsonl (or .tsv/.csv/.parquet) file; errors name the line."""
+  records = []
+  try:
+    for line_number, record in records_lib.read_records(path):
+      if not isinstance(record.get("inputs"), str):
+        raise SystemExit(f"{path}:{line_number}: expected an object with an 'inputs' text field")
+      records.append(record)
+  except records_lib.RecordsError as e:
+    raise SystemExit(str(e)) from e
+  return records
+
+
+def read_task(task_name: str, split: str, max_examples: int | None) -> list[dict]:
+  """Records (`inputs`, `targets` texts) of a seqio task split, in order."""
+  runtime.register_tasks(task_name)
+  task = data_tasks.get_mixture_or_task(task_name)
+  try:
+    return evaluation.text_records(task, split, max_examples)
+  except ValueError as e:
+    raise SystemExit(str(e)) from e
+
+
+@gin.configurable
+def infer(*, model_path: str = gin.REQUIRED, output_file: str = gin.REQUIRED,
+          input_file: str | None = None, task: str | None = None, split: str = "validation",
+          max_examples: int | None = None, decoding: generation.DecodingConfig | None = None,
+          batch_size: int = 32, max_input_length: int = 1024, add_eos: bool = True,
+          vocabulary_path: str | None = None) -> str:
+  """Writes predictions for `input_file` (jsonl) or `task`/`split` to `output_file`."""
+  if (input_file is None) == (task is None):
+    raise SystemExit("set exactly one of infer.input_file and infer.task")
+  decoding = decoding or generation.DecodingConfig()
+  records = read_inputs(input_file) if input_file else read_task(task, split, max_examples)
+  partitioning = runtime.partitioning_config()
+  mesh = partitioning.make_mesh()
+  model, params = runtime.load_model(model_path, mesh, partitioning)
+  vocabulary = pretrained.load_vocabulary(model_path, vocabulary_path)
+  started = time.time()
+  main_process = jax.process_index() == 0  # all processes decode (collectively); one writes
+  predictions = generation.predict_texts(
+      model, params, vocabulary, [r["inputs"] for r in records], decoding, batch_size=batch_size,
+      max_input_length=max_input_length, add_eos=add_eos, mesh=mesh,
+      print_fn=print if main_process else None)
+  if not main_process:
+    return output_file
+  os.makedirs(os.path.dirname(os.path.abspath(output_file)), exist_ok=True)
+  with open(output_file, "w", encoding="utf-8") as f:
+    for record, prediction in zip(records, predictions):
+      row = {"inputs": record["inputs"], "prediction": prediction}
+      if "targets" in record:
+        row["targets"] = record["targets"]
+      f.write(json.dumps(row, ensure_ascii=False) + "\n")
+  seconds = time.time() - started
+  print(f"wrote {len(records)} predictions to {output_file} ({len(records) / max(seconds, 1e-9):.1f} "
+        f"examples/s, {decoding.method})")
+  with_targets = [(r["targets"], p) for r, p in zip(records, predictions) if "targets" in r]
+  if with_targets:
+    exact = sum(t.strip() == p.strip() for t, p in with_targets)
+    print(f"exact match with targets: {exact}/{len(with_targets)} "
+          f"({100 * exact / len(with_targets):.1f}%)")
+  return output_file
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  rest = gin_flags.parse_gin(sys.argv[1:] if argv is None else argv)
+  if rest:
+    raise SystemExit(f"unrecognised arguments {rest}; configure with --gin_file / --gin.NAME=VALUE")
+  infer()
+

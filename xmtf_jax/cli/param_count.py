@@ -1,0 +1,134 @@
+"""Parameter counts and bytes per device of an mT5 config on a mesh, from abstract shapes (no allocation).
+
+  python -m xmtf_jax.param_count --gin_file=gin/models/mt5_xxl.gin --mesh=data:4,model:8
+  python -m xmtf_jax.param_count --gin_file=gin/models/mt5_xl.gin \
+      --gin_file=gin/partitioning/model_parallel_4.gin --gin_file=gin/partitioning/fsdp.gin \
+      --num_devices=64 --optimizer=adafactor
+
+Without --mesh the mesh comes from `PartitioningConfig` (gin/partitioning/*.gin) over --num_devices
+(default: this host's device count). Bytes are float32 parameters (and, with --optimizer=adafactor,
+the training optimizer's state: Adafactor as `OptimizerConfig` in gin sets it) on the most loaded device.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from typing import Any, Optional
+
+import jax
+import numpy as np
+
+from xmtf_jax.cli import gin_flags as gin_utils
+from xmtf_jax.train import optim
+from xmtf_jax.parallel import partitioning
+from xmtf_jax.train import trainer
+from xmtf_jax.model.config import T5Config
+from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
+
+
+def parameter_group(path: tuple[str, ...]) -> str:
+  """token_embedder, lm_head, or <stack>/<sublayer kind> (attention, mlp, layer_norms, relpos_bias)."""
+  if path[0] == "token_embedder":
+    return "token_embedder"
+  if path[-2] == "logits_dense":
+    return "lm_head"
+  part = path[2] if path[1].startswith("layers_") else path[1]
+  if part.endswith("_norm"):
+    part = "layer_norms"
+  return f"{path[0]}/{part}"
+
+
+def _keys(path) -> tuple[str, ...]:
+  return tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+def _shard_bytes(shape, sharding, itemsize=4) -> int:
+  return int(np.prod(sharding.shard_shape(tuple(shape)), dtype=np.int64)) * itemsize
+
+
+def optimizer_state_bytes(model: EncoderDecoderModel, mesh: Any) -> int:
+  """Bytes per device of the training optimizer's state (`OptimizerConfig` from gin, as `train` builds
+  it: attention kernels factored as [embed, heads*kv]), sharded as the trainer shards it."""
+  optimizer = trainer.make_optimizer(model, optim.OptimizerConfig())
+  state_shardings = trainer.train_state_shardings(model, optimizer, mesh)
+  abstract_state = jax.eval_shape(optimizer.init, model.abstract_params())
+  return sum(_shard_bytes(leaf.shape, sharding, leaf.dtype.itemsize) for leaf, sharding in zip(
+      jax.tree.leaves(abstract_state), jax.tree.leaves(state_shardings.opt_state)))
+
+
+def count(config: T5Config, mesh: Any, rules: partitioning.LogicalRules, optimizer: Optional[str] = None
+          ) -> dict[str, Any]:
+  """{'groups': {group: (parameters, bytes_per_device)}, 'total': ..., 'optimizer_bytes_per_device': ...}."""
+  model = EncoderDecoderModel(config, logical_axis_rules=rules)
+  abstract = model.abstract_params()
+  shardings = model.param_shardings(mesh)
+  groups: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+  for (path, leaf), sharding in zip(jax.tree_util.tree_flatten_with_path(abstract)[0],
+                                    jax.tree.leaves(shardings)):
+    group = groups[parameter_group(_keys(path))]
+    group[0] += int(np.prod(leaf.shape, dtype=np.int64))
+    group[1] += _shard_bytes(leaf.shape, sharding)
+  result = {"groups": {k: tuple(v) for k, v in groups.items()},
+            "total": (sum(v[0] for v in groups.values()), sum(v[1] for v in groups.values()))}
+  if optimizer == "adafactor":
+    result["optimizer_bytes_per_device"] = optimizer_state_bytes(model, mesh)
+  elif optimizer is not None:
+    raise ValueError(f"--optimizer={optimizer!r}: only 'adafactor' is known")
+  return result
+
+
+def _parse_mesh(text: str) -> tuple[int, int]:
+  sizes = {}
+  for part in text.split(","):
+    name, _, value = part.partition(":")
+    if name not in partitioning.MESH_AXES or not value.isdigit():
+      raise SystemExit(f"--mesh={text}: write data:N,model:M")
+    sizes[name] = int(value)
+  return sizes.get("data", 1), sizes.get("model", 1)
+
+
+def _gib(n: int) -> str:
+  return f"{n / 2**30:,.2f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+  rest = gin_utils.parse_gin(argv)
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--mesh", help="data:N,model:M (default: PartitioningConfig from gin)")
+  parser.add_argument("--num_devices", type=int, default=None,
+                      help="devices for a gin PartitioningConfig mesh with data=-1 (default: this host's)")
+  parser.add_argument("--optimizer", choices=["adafactor"], default=None,
+                      help="also count the optimizer state per device")
+  args = parser.parse_args(rest)
+
+  config = T5Config()
+  part = partitioning.PartitioningConfig()
+  if args.mesh:
+    data, model = _parse_mesh(args.mesh)
+  else:
+    devices = args.num_devices or jax.device_count()
+    model = part.num_partitions
+    data = part.num_data_partitions if part.num_data_partitions != -1 else devices // model
+  mesh = partitioning.abstract_mesh(data, model)
+  rules = part.rules()
+  result = count(config, mesh, rules, args.optimizer)
+
+  print(f"T5Config: d_model={config.d_model} d_kv={config.d_kv} d_ff={config.d_ff} heads={config.num_heads} "
+        f"layers={config.num_encoder_layers}/{config.num_decoder_layers} vocab={config.vocab_size}")
+  print(f"mesh: data={data} x model={model} ({data * model} devices); 2-D parameter sharding: "
+        f"{part.parameter_sharding_2d}")
+  print(f"{'group':<38}{'parameters':>16}{'float32 bytes/device':>24}")
+  for name in sorted(result["groups"], key=lambda g: (g != "token_embedder", g == "lm_head", g)):
+    params, nbytes = result["groups"][name]
+    print(f"{name:<38}{params:>16,}{_gib(nbytes):>24}")
+  params, nbytes = result["total"]
+  print(f"{'total':<38}{params:>16,}{_gib(nbytes):>24}")
+  if "optimizer_bytes_per_device" in result:
+    opt = result["optimizer_bytes_per_device"]
+    print(f"{'Adafactor state':<38}{'':>16}{_gib(opt):>24}")
+    print(f"{'params + optimizer state':<38}{'':>16}{_gib(nbytes + opt):>24}")
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

@@ -1,0 +1,60 @@
+"""`python -m xmtf_jax.train`: gin-configured finetuning (and training from scratch) of mT5.
+
+    python -m xmtf_jax.train --gin_file=gin/models/mt5_small.gin --gin_file=gin/runs/finetune.gin \
+      --gin.MODEL_DIR="'/tmp/run'" --gin.MIXTURE_OR_TASK_NAME="'xp3'" \
+      --gin.INITIAL_CHECKPOINT_PATH="'/path/to/google-mt5-small'"
+
+Several processes: add `--multiprocess` on every host of a TPU pod slice (auto-detected), or
+`--coordinator_address=HOST:PORT --num_processes=N --process_id=I`.
+
+Exit status: 0 finished, stopped on SIGTERM/SIGINT after saving, or nothing left to train;
+3 a non-finite loss stopped the run (the last good checkpoint is kept); 1 any other error.
+The run itself is `xmtf_jax.train.loop.train`.
+"""
+import logging
+import os
+import sys
+
+from xmtf_jax.cli import cpu_malloc
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before tensorflow is imported (by the data)
+
+import gin  # noqa: E402
+import jax  # noqa: E402
+
+from xmtf_jax.cli import configurables, gin_flags, runtime  # noqa: E402
+from xmtf_jax.parallel import distributed  # noqa: E402
+from xmtf_jax.train import loop  # noqa: E402
+
+
+def write_gin_config(model_dir: str) -> None:
+  """MODEL_DIR/config.gin: every gin setting of the run (the operative subset goes in checkpoints)."""
+  if jax.process_index() == 0:
+    os.makedirs(model_dir, exist_ok=True)
+    with open(os.path.join(model_dir, "config.gin"), "w") as f:
+      f.write(gin.config_str())
+
+
+def main(argv=None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  flags, rest = distributed.parse_known(argv)
+  distributed.initialize_from_flags(flags)
+  rest = gin_flags.parse_gin(rest)
+  if rest:
+    raise SystemExit(f"unknown arguments: {rest} (gin settings are --gin_file=F and --gin.NAME=VALUE)")
+  runtime.configure_logging()
+  if cpu_malloc.jax_is_cpu_only():
+    logging.info("CPU malloc settings: %s", "tuned (cpu_malloc.py)" if cpu_malloc.is_tuned() else
+                 "glibc defaults (XMTF_CPU_MALLOC=0, or not started with `python -m xmtf_jax.train`)")
+  config = configurables.TrainConfig()
+  runtime.register_tasks(config.mixture_or_task_name)
+  write_gin_config(config.model_dir)
+  try:
+    result = loop.train(config, configurables.T5Config(), configurables.PartitioningConfig(),
+                        configurables.OptimizerConfig(), configurables.LossConfig(),
+                        describe_run=gin.operative_config_str)
+  except loop.NonFiniteLossError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return loop.EXIT_NON_FINITE
+  print(f"{result.status} at step {result.step}: {result.model_dir}")
+  return 0

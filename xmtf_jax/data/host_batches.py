@@ -1,0 +1,82 @@
+"""This process's part of every global batch, read from one or more data shards.
+
+The data stream is split into `num_data_shards` shards (default: one per process); process p reads the
+contiguous block of shards [p*k, (p+1)*k) with k = num_data_shards / process_count and hands over
+their rows in shard order. The global batch is the concatenation of all shards' rows in shard order,
+whatever the number of processes, so a run with 1 process reading 2 shards sees exactly the batches
+of a run with 2 processes reading one each.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence
+
+import jax
+import numpy as np
+
+from xmtf_jax.data import pipeline as input_pipeline
+
+
+def shards_of_process(num_data_shards: int, process_index: int, process_count: int) -> range:
+  if num_data_shards % process_count:
+    raise ValueError(f"num_data_shards={num_data_shards} must be a multiple of the number of "
+                     f"processes ({process_count})")
+  per_process = num_data_shards // process_count
+  return range(process_index * per_process, (process_index + 1) * per_process)
+
+
+class HostBatches:
+  """Iterator of host-local numpy batches (batch_size / process_count rows) with a restorable position."""
+
+  def __init__(self, iterators: Sequence[input_pipeline.BatchIterator]):
+    self.iterators = list(iterators)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    """The next rows; for a single pass (repeat=False) an exhausted shard gives all-zero rows (loss
+    weight 0) until every shard of this process is exhausted, then StopIteration."""
+    parts, exhausted = [], 0
+    for it in self.iterators:
+      try:
+        parts.append(next(it))
+      except StopIteration:
+        exhausted += 1
+        parts.append({k: np.zeros(shape, np.int32) for k, shape in it.shapes().items()})
+    if exhausted == len(parts):
+      raise StopIteration
+    if len(parts) == 1:
+      return parts[0]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+  def zeros(self) -> dict[str, np.ndarray]:
+    """An all-padding batch of the right shapes (for a process whose data ran out before the others')."""
+    parts = [{k: np.zeros(shape, np.int32) for k, shape in it.shapes().items()} for it in self.iterators]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+  def get_state(self) -> list[dict]:
+    return [it.get_state() for it in self.iterators]
+
+  def set_state(self, states: Sequence[Mapping[str, Any]]) -> None:
+    if len(states) != len(self.iterators):
+      raise ValueError(f"the saved input position covers {len(states)} data shard(s) of this process, "
+                       f"this run reads {len(self.iterators)}; keep num_data_shards and the number of "
+                       "processes, or set TrainConfig.restore_input_position=False")
+    for it, state in zip(self.iterators, states):
+      it.set_state(state)
+
+
+def make_host_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], split: str,
+                      batch_size: int, *, use_packing: bool, shuffle: bool, seed: int, repeat: bool,
+                      num_data_shards: Optional[int] = None) -> HostBatches:
+  """HostBatches of this process (jax.process_index() of jax.process_count())."""
+  num_data_shards = num_data_shards or jax.process_count()
+  if batch_size % num_data_shards:
+    raise ValueError(f"BATCH_SIZE={batch_size} must be a multiple of the number of data shards "
+                     f"({num_data_shards}, by default the number of processes)")
+  shards = shards_of_process(num_data_shards, jax.process_index(), jax.process_count())
+  return HostBatches([
+      input_pipeline.make_batch_iterator(
+          mixture_or_task_name, task_feature_lengths, split, batch_size, use_packing=use_packing,
+          shuffle=shuffle, seed=seed, shard_index=shard, num_shards=num_data_shards, repeat=repeat)
+      for shard in shards])

@@ -1,0 +1,202 @@
+"""Finding the files of xP3, xP3mt, xP3all, xP3x and P3 as published, on a disk or in a bucket.
+
+Layouts (see README "Data"):
+  xP3 / xP3mt / xP3all   {root}/{lang}/xp3_{dataset}_{config}_{split}_{template}.jsonl (per prompt)
+                         and/or {root}/{lang}/merged_{lang}.jsonl (their deduplicated union).
+                         A language reads merged_{lang}.jsonl when present, else its per-prompt
+                         files. Files named *_validation_* form the validation split.
+  xP3x                   {root}/data/{code}/*.jsonl, listed by {root}/paths.json
+                         ({code: ["data/{code}/...jsonl", ...]}); records carry 7 fields.
+  P3                     {root}/p31t0_train.jsonl (or p31t0_train.zip) and p31t0_validation.jsonl.
+
+Everything goes through tf.io.gfile, so local paths and gs:// work alike. Listing costs one call per
+language folder; nothing here reads file contents except paths.json.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from typing import Optional, Sequence
+
+import tensorflow as tf
+
+from xmtf_jax.data import jsonl_source
+
+XP3 = "xp3"
+XP3X = "xp3x"
+P3 = "p3"
+VALIDATION_MARK = "_validation_"
+
+
+@dataclasses.dataclass(frozen=True)
+class LanguageFiles:
+  """The files of one language (folder) of a layout.
+
+  `train` is what the language's task reads for training (the merged file when present);
+  `prompt_files` are the per-prompt files (all splits), each of which also gets its own task.
+  """
+  language: str
+  train: tuple[str, ...]
+  validation: tuple[str, ...] = ()
+  prompt_files: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  kind: str
+  root: str
+  languages: tuple[LanguageFiles, ...]
+
+
+def task_name_part(text: str) -> str:
+  """A string made safe for a seqio task name (letters, digits, '_', '.', ':')."""
+  return re.sub(r"[^\w.:]", "_", text)
+
+
+def prompt_file_stem(path: str) -> str:
+  """`xp3_{dataset}_{config}_{split}_{template}` without the `xp3_`/`xp3x_` prefix and extension."""
+  stem = os.path.basename(path)
+  stem = stem[:-len(".jsonl")] if stem.endswith(".jsonl") else stem
+  return re.sub(r"^xp3(x|mt|all)?_", "", stem)
+
+
+def _join(root: str, *parts: str) -> str:
+  return "/".join([root.rstrip("/")] + [p.strip("/") for p in parts])
+
+
+def _problem(strict: bool, source: str, path: str, reason: str, message: str) -> None:
+  """Raises in strict mode; otherwise records the problem (shown in the data report) and logs it."""
+  if strict:
+    raise jsonl_source.BadDataError(message)
+  jsonl_source.BAD_LINES.record(source, path, 0, reason, message)  # logged there
+
+
+def _listdir(path: str) -> list[str]:
+  return sorted(name.rstrip("/") for name in tf.io.gfile.listdir(path))
+
+
+def _subfolders(root: str) -> list[str]:
+  # Hidden folders (`.cache/` of `huggingface-cli download`, `.git/`) are not languages.
+  return [n for n in _listdir(root) if not n.startswith(".") and tf.io.gfile.isdir(_join(root, n))]
+
+
+def _check_root(root: str) -> None:
+  if not tf.io.gfile.isdir(root):
+    raise jsonl_source.BadDataError(
+        f"data root {root} does not exist or is not a folder. Point XP3_DATA_DIR (gin "
+        "`XP3_DATA_DIR = '...'` or the environment variable) at the downloaded dataset.")
+
+
+def detect_kind(root: str) -> str:
+  names = set(_listdir(root))
+  if "paths.json" in names or "data" in names:
+    return XP3X
+  if any(n.startswith("p31t0_") for n in names):
+    return P3
+  return XP3
+
+
+def scan(root: str, kind: Optional[str] = None, *, languages: Optional[Sequence[str]] = None,
+         strict: bool = True, source: str = "layout") -> Layout:
+  """Lists the files of the dataset under `root` (kind auto-detected when None).
+
+  `languages` restricts the scan to those folders and makes a missing one an error (strict) or a
+  counted problem (lenient); `source` names the bad-data log entry for folder problems.
+  """
+  _check_root(root)
+  kind = kind or detect_kind(root)
+  if kind == XP3:
+    found = _scan_xp3(root, languages, strict, source)
+  elif kind == XP3X:
+    found = _scan_xp3x(root, languages, strict, source)
+  elif kind == P3:
+    found = _scan_p3(root, strict, source)
+  else:
+    raise ValueError(f"unknown layout {kind!r}; expected one of {XP3!r}, {XP3X!r}, {P3!r}")
+  if not found:
+    raise jsonl_source.BadDataError(f"no usable language folders under {root} (layout {kind}).")
+  return Layout(kind, root, tuple(found))
+
+
+def _xp3_language(root: str, lang: str, files: list[str]) -> LanguageFiles:
+  merged = f"merged_{lang}.jsonl"
+  prompt = [f for f in files if f != merged]
+  validation = [f for f in prompt if VALIDATION_MARK in f]
+  # merged_{lang}.jsonl is the deduplicated union of the folder's files: read it alone.
+  train = [merged] if merged in files else [f for f in prompt if VALIDATION_MARK not in f]
+  path = lambda names: tuple(_join(root, lang, n) for n in names)  # noqa: E731
+  return LanguageFiles(lang, path(train), path(validation), path(prompt))
+
+
+def _check_folders(root: str, present: list[str], languages: Optional[Sequence[str]], strict: bool,
+                   source: str, how: str) -> list[str]:
+  if languages is None:
+    return present
+  for lang in languages:
+    if lang not in present:
+      _problem(strict, source, _join(root, lang), jsonl_source.MISSING_FOLDER,
+               f"language folder {_join(root, lang)} is missing. {how}")
+  return [lang for lang in languages if lang in present]
+
+
+_FOLDER_HELP = ("Download it, set XP3_LANGUAGES to the languages you have, or set DATA_STRICT = False "
+                "to skip it (counted in the data report).")
+
+
+def _scan_xp3(root, languages, strict, source) -> list[LanguageFiles]:
+  found = []
+  for lang in _check_folders(root, _subfolders(root), languages, strict, source, _FOLDER_HELP):
+    files = [f for f in _listdir(_join(root, lang)) if f.endswith(".jsonl")]
+    if not files:
+      _problem(strict, source, _join(root, lang), jsonl_source.EMPTY_FOLDER,
+               f"language folder {_join(root, lang)} holds no .jsonl files. {_FOLDER_HELP}")
+      continue
+    found.append(_xp3_language(root, lang, files))
+  return found
+
+
+def _scan_xp3x(root, languages, strict, source) -> list[LanguageFiles]:
+  data = _join(root, "data")
+  present = _subfolders(data) if tf.io.gfile.isdir(data) else []
+  listed = None
+  if tf.io.gfile.exists(_join(root, "paths.json")):
+    with tf.io.gfile.GFile(_join(root, "paths.json")) as f:
+      listed = json.load(f)
+    if not isinstance(listed, dict):
+      raise jsonl_source.BadDataError(f"{_join(root, 'paths.json')}: expected an object "
+                                      "{language code: [relative file paths]}")
+    if languages is None:
+      languages = sorted(listed)
+  found = []
+  for code in _check_folders(data, present, languages, strict, source, _FOLDER_HELP):
+    on_disk = [f for f in _listdir(_join(data, code)) if f.endswith(".jsonl")]
+    if listed is not None and code in listed:
+      names = [os.path.basename(p) for p in listed[code]]
+      for name in sorted(set(names) - set(on_disk)):
+        _problem(strict, source, _join(data, code, name), jsonl_source.MISSING_FILE,
+                 f"{_join(root, 'paths.json')} lists {_join(data, code, name)}, which is missing. "
+                 "Download it, or set DATA_STRICT = False to skip it.")
+      on_disk = [n for n in names if n in on_disk]
+    if not on_disk:
+      _problem(strict, source, _join(data, code), jsonl_source.EMPTY_FOLDER,
+               f"language folder {_join(data, code)} holds no .jsonl files. {_FOLDER_HELP}")
+      continue
+    paths = tuple(_join(data, code, n) for n in sorted(on_disk))
+    validation = tuple(p for p in paths if VALIDATION_MARK in os.path.basename(p))
+    train = tuple(p for p in paths if p not in validation)
+    found.append(LanguageFiles(code, train, validation, paths))
+  return found
+
+
+def _scan_p3(root, strict, source) -> list[LanguageFiles]:
+  names = set(_listdir(root))
+  train = [n for n in ("p31t0_train.jsonl", "p31t0_train.zip") if n in names][:1]
+  validation = [n for n in ("p31t0_validation.jsonl",) if n in names]
+  if not train:
+    _problem(strict, source, _join(root, "p31t0_train.jsonl"), jsonl_source.MISSING_FOLDER,
+             f"{root} has no p31t0_train.jsonl or p31t0_train.zip (Muennighoff/P3 layout).")
+    return []
+  return [LanguageFiles("en", tuple(_join(root, n) for n in train),
+                        tuple(_join(root, n) for n in validation))]

@@ -1,0 +1,306 @@
+"""Export to a HuggingFace `MT5ForConditionalGeneration` folder, one tensor at a time.
+
+    from xmtf_jax.hf import export
+    result = export.export(config, params, "/path/spiece.model", "/out/mt0-small")
+    result = export.export_source(CheckpointParams("/runs/mt0", step=7000), vocab, "/out/mt0")
+
+(sources of parameters: `xmtf_jax.hf.sources`; a training checkpoint's is
+`xmtf_jax.train.checkpoint_source.CheckpointParams`).
+
+What is written (into a temporary sibling directory, renamed to `output_dir` only when complete, so a
+failure leaves nothing at `output_dir`):
+
+  config.json                    MT5Config: shapes, untied head, gelu_new, token ids, dtype
+  generation_config.json         decoder_start 0, eos 1, pad 0
+  model.safetensors              or model-0000k-of-0000n.safetensors + model.safetensors.index.json
+                                 when the weights exceed `max_shard_size`
+  spiece.model, tokenizer_config.json, special_tokens_map.json (+ tokenizer.json; see hf_tokenizer)
+  README.md                      model card (see model_card)
+
+Names and layouts come from `hf.parameter_mapping` (the same mapping that imports HF folders), so
+HF -> ours -> HF is bit-exact in float32.
+
+Memory: the shard plan is computed from abstract shapes (`jax.eval_shape`) before any data is read;
+then each tensor is fetched (gathered from its devices, or read from its file), converted, written
+straight into its place in the safetensors file and dropped. Host memory peaks at about one tensor
+(the embedding or the LM head: vocab x d_model), never one model or one shard.
+
+Several processes: every process runs `export`; only process 0 touches the file system. When the
+parameters are arrays spanning hosts, every process takes part in each tensor's all-gather; when
+they come from files (a checkpoint, an HF folder), process 0 reads alone and the others wait.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+import time
+from typing import Any, Mapping, Optional, Sequence
+
+import jax
+import numpy as np
+
+from xmtf_jax.hf import mapping as hf
+from xmtf_jax.hf import safetensors_writer
+from xmtf_jax.hf import tokenizer as hf_tokenizer
+from xmtf_jax.hf.safetensors_writer import (DEFAULT_MAX_SHARD_SIZE, DTYPES, INDEX_FILE, ShardPlan,
+                                           TensorEntry, plan_shards, tensor_entries)
+from xmtf_jax.hf import model_card
+from xmtf_jax.hf import verify as hf_verify
+from xmtf_jax.hf.sources import InMemoryParams, ParamSource
+from xmtf_jax.model.config import T5Config
+
+log = logging.getLogger(__name__)
+
+def _convert(source: ParamSource, entry: TensorEntry, dtype: str) -> np.ndarray:
+  # One expression, so our-layout array is freed as soon as the HF-layout copy exists.
+  array = hf.to_hf(entry.layout, np.asarray(source.read(entry.path), np.float32))
+  array = array.astype(DTYPES[dtype][0], copy=False)
+  if array.shape != entry.shape:
+    raise ValueError(f"{entry.name}: got shape {list(array.shape)} from {source.describe()}, the config "
+                     f"says {list(entry.shape)}")
+  if not np.all(np.isfinite(array)):
+    raise ValueError(f"{entry.name} ({'/'.join(entry.path)}) holds NaN or Inf values; refusing to export "
+                     "a broken checkpoint")
+  return array
+
+
+def _read_bytes(path: str) -> bytes:
+  if "://" in path:
+    import tensorflow as tf  # gs:// and other remote file systems
+    with tf.io.gfile.GFile(path, "rb") as f:
+      return f.read()
+  with open(os.path.expanduser(path), "rb") as f:
+    return f.read()
+
+
+def _check_output_dir(output_dir: str, overwrite: bool) -> None:
+  if "://" in output_dir:
+    raise ValueError(f"output_dir={output_dir}: export to a local directory, then copy it "
+                     "(e.g. `gsutil -m cp -r DIR gs://...`): the folder is verified with transformers "
+                     "from local disk")
+  if os.path.exists(output_dir):
+    if not os.path.isdir(output_dir):
+      raise FileExistsError(f"output_dir={output_dir} exists and is not a directory")
+    entries = sorted(os.listdir(output_dir))
+    if entries and not overwrite:
+      shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+      raise FileExistsError(f"output_dir={output_dir} is not empty ({len(entries)} entries: {shown}); "
+                            "choose a new directory or pass overwrite=True (--overwrite) to replace it")
+
+
+def _publish(tmp_dir: str, output_dir: str) -> None:
+  """Moves the finished folder into place (rename: atomic on one file system)."""
+  old = None
+  if os.path.exists(output_dir):
+    if os.listdir(output_dir):
+      old = output_dir.rstrip("/") + f".old-{os.getpid()}"
+      os.rename(output_dir, old)
+    else:
+      os.rmdir(output_dir)
+  os.rename(tmp_dir, output_dir)
+  if old:
+    shutil.rmtree(old)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The export.
+
+
+@dataclasses.dataclass
+class ExportResult:
+  output_dir: str
+  files: list[str]
+  num_tensors: int
+  num_parameters: int
+  total_bytes: int
+  shards: int
+  dtype: str
+  seconds: float
+  verification: Any = None      # hf_verify.VerifyReport when verified
+  verify_skipped_reason: str = ""
+
+
+class VerificationFailed(RuntimeError):
+  """The exported folder does not reproduce our model in transformers (see the report)."""
+
+  def __init__(self, message: str, report: Any, folder: str):
+    super().__init__(message)
+    self.report, self.folder = report, folder
+
+
+def _available_memory_bytes() -> int:
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def decide_verify(verify: bool | str | None, num_parameters: int) -> tuple[bool, str]:
+  """(verify?, why not). "auto"/None: on one process, with torch + transformers installed, when ~3
+  float32 copies of the model (ours, the transformers one, transients) fit in available host memory."""
+  if verify not in (None, "auto"):
+    if verify and jax.process_count() > 1:
+      raise ValueError("verification runs on one host: export with --noverify, then run the export of "
+                       "the folder on one machine (--checkpoint_dir=FOLDER --output_dir=... --verify)")
+    return bool(verify), "" if verify else "verification disabled (--noverify)"
+  if jax.process_count() > 1:
+    return False, ("verification skipped: several processes (verify the folder on one host: "
+                   "python -m xmtf_jax.export_hf --checkpoint_dir=FOLDER --output_dir=COPY --verify)")
+  missing = [name for name in ("torch", "transformers") if importlib.util.find_spec(name) is None]
+  if missing:
+    return False, (f"verification skipped: {' and '.join(missing)} not installed (test extras: "
+                   "`pip install -r requirements-test.txt`, then re-export with --verify)")
+  needed, available = 3 * 4 * num_parameters, _available_memory_bytes()
+  if needed > available:
+    return False, (f"verification skipped: it needs ~{needed / 1e9:.1f} GB of host memory (3 float32 "
+                   f"copies of {num_parameters / 1e9:.2f}B parameters), {available / 1e9:.1f} GB are "
+                   "available; pass --verify to force it")
+  return True, ""
+
+
+def export(config: T5Config, params: Mapping, vocabulary_path: str, output_dir: str, **kwargs
+           ) -> ExportResult:
+  """Exports in-memory parameters (numpy or jax arrays, sharded or not) with their `T5Config`.
+
+  vocabulary_path: the SentencePiece model trained with (local or gs://), copied to `spiece.model`.
+  Keyword arguments as `export_source`; `model=` an EncoderDecoderModel to verify with (its mesh).
+  """
+  model = kwargs.pop("model", None)
+  return export_source(InMemoryParams(config, params, model), vocabulary_path, output_dir, **kwargs)
+
+
+def export_source(source: ParamSource, vocabulary_path: str, output_dir: str, *,
+                  dtype: str = "float32", max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+                  card: Optional[model_card.ModelCard] = None, overwrite: bool = False,
+                  verify: bool | str | None = "auto", verify_kwargs: Optional[dict] = None
+                  ) -> ExportResult:
+  """Writes the HF folder for `source` (see the module docstring).
+
+  dtype: "float32" (bit-exact) or "bfloat16" (round to nearest even, as torch's `.to(bfloat16)`).
+  max_shard_size: above it, sharded safetensors with an index ("5GB", "500MB", bytes).
+  verify: True, False or "auto" (on when it fits in memory on one process); compares logits and
+    greedy generations with transformers (`hf_verify.verify`) before the folder is moved into place.
+  Raises before writing anything if output_dir is not empty (unless overwrite), the source or the
+  vocabulary is unusable, or verification is asked for without torch/transformers installed.
+  Raises `VerificationFailed` on a mismatch; the verified folder is then left at `error.folder`.
+  """
+  started = time.time()
+  output_dir = os.path.abspath(os.path.expanduser(output_dir)) if "://" not in output_dir else output_dir
+  is_writer = jax.process_index() == 0
+  config = source.config
+  if is_writer:
+    _check_output_dir(output_dir, overwrite)
+  entries = tensor_entries(config, dtype)
+  shards = plan_shards(entries, max_shard_size)
+  num_parameters = sum(int(np.prod(e.shape)) for e in entries)
+  do_verify, skipped_reason = decide_verify(verify, num_parameters)
+  if do_verify:
+    hf_verify.require_dependencies()
+  elif skipped_reason:
+    log.info("%s", skipped_reason)
+  spm_bytes = _read_bytes(vocabulary_path)
+  spm_info = hf_tokenizer.read_sentencepiece(spm_bytes, origin=vocabulary_path)
+  if len(spm_info.pieces) > config.vocab_size:
+    raise ValueError(f"{vocabulary_path} has {len(spm_info.pieces)} pieces but the model's vocabulary is "
+                     f"{config.vocab_size}: it is not the vocabulary this model was trained with")
+  source.check()
+
+  tmp_dir = None
+  if is_writer:
+    parent = os.path.dirname(output_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.tmp-", dir=parent)
+    os.chmod(tmp_dir, 0o755)
+  try:
+    for i, shard in enumerate(shards):
+      if not is_writer and not source.collective_reads:
+        break  # nothing to gather: process 0 reads and writes alone
+      t0 = time.time()
+      safetensors_writer.write_shard(os.path.join(tmp_dir, shard.filename) if is_writer else None, shard, dtype,
+                   lambda entry: _convert(source, entry, dtype))
+      log.info("wrote %s (%d/%d): %d tensors, %.1f MB in %.1fs", shard.filename, i + 1, len(shards),
+               len(shard.entries), shard.nbytes / 1e6, time.time() - t0)
+    if is_writer:
+      _write_metadata(tmp_dir, config, dtype, shards, num_parameters, spm_bytes, spm_info, card)
+  except BaseException:
+    if tmp_dir:
+      shutil.rmtree(tmp_dir, ignore_errors=True)
+    raise
+
+  report = None
+  if do_verify:
+    try:
+      model, params = source.load_for_verify()
+      report = hf_verify.verify(tmp_dir, model, params, dtype=dtype, **(verify_kwargs or {}))
+    except BaseException:
+      shutil.rmtree(tmp_dir, ignore_errors=True)
+      raise
+    print(report.summary(), flush=True)
+    if not report.ok:
+      raise VerificationFailed(f"the exported folder does not reproduce the model in transformers; it "
+                               f"was left at {tmp_dir} (not moved to {output_dir}):\n{report.summary()}",
+                               report, tmp_dir)
+  files: list[str] = []
+  if is_writer:
+    files = sorted(os.listdir(tmp_dir))
+    _publish(tmp_dir, output_dir)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("xmtf_jax.hf_export done")
+  total = sum(e.nbytes for e in entries)
+  log.info("exported %s: %d tensors, %.1f MB (%s) in %d file(s)", output_dir, len(entries), total / 1e6,
+           dtype, len(shards))
+  return ExportResult(output_dir=output_dir, files=files, num_tensors=len(entries),
+                      num_parameters=num_parameters, total_bytes=total, shards=len(shards), dtype=dtype,
+                      seconds=time.time() - started, verification=report,
+                      verify_skipped_reason=skipped_reason)
+
+
+def hf_config_dict(config: T5Config, dtype: str) -> dict:
+  """config.json content: `hf.t5config_to_hf` with the weights' dtype. The tokenizer class is left to
+  tokenizer_config.json (it depends on the SentencePiece model; see hf_tokenizer)."""
+  values = {**hf.t5config_to_hf(config), "dtype": dtype}
+  values.pop("tokenizer_class", None)
+  return values
+
+
+GENERATION_CONFIG = {"decoder_start_token_id": 0, "eos_token_id": 1, "pad_token_id": 0}
+
+
+def _write_metadata(folder: str, config: T5Config, dtype: str, shards: Sequence[ShardPlan],
+                    num_parameters: int, spm_bytes: bytes, spm_info, card) -> None:
+  def write_json(name: str, obj: Any) -> None:
+    with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
+      json.dump(obj, f, indent=2, sort_keys=True)
+      f.write("\n")
+
+  write_json("config.json", hf_config_dict(config, dtype))
+  write_json("generation_config.json", GENERATION_CONFIG)
+  if len(shards) > 1:
+    write_json(INDEX_FILE, {
+        "metadata": {"total_size": sum(s.nbytes for s in shards), "total_parameters": num_parameters},
+        "weight_map": {e.name: s.filename for s in shards for e in s.entries}})
+  with open(os.path.join(folder, "spiece.model"), "wb") as f:
+    f.write(spm_bytes)
+  tokenizer = hf_tokenizer.tokenizer_files(spm_info)
+  for name, text in tokenizer.items():
+    with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
+      f.write(text)
+  tokenizer_class = json.loads(tokenizer["tokenizer_config.json"])["tokenizer_class"]
+  if not spm_info.t5_tokenizer_compatible:
+    log.info("the SentencePiece model uses %s; T5Tokenizer cannot reproduce it, so the folder holds "
+             "a tokenizer.json (tokenizer_class %s) that does",
+             "byte fallback" if spm_info.byte_fallback else "whitespace-preserving normalisation",
+             tokenizer_class)
+  with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as f:
+    f.write(model_card.render(card or model_card.ModelCard(), config=config, dtype=dtype,
+                              num_parameters=num_parameters, tokenizer_class=tokenizer_class))

@@ -1,0 +1,127 @@
+"""Where exported parameters come from, one tensor at a time.
+
+A `ParamSource` has a `config` (T5Config) and `read(path)`: one parameter, float32, in our layout, as a
+host numpy array on every process. Sources:
+
+  InMemoryParams     a loaded params tree (numpy or jax arrays, sharded over a mesh, even multi-host:
+                     a tensor spanning hosts is all-gathered, so every process must read in step)
+  HFFolderParams     an HF mT5/mT0 folder (re-export: another dtype or sharding), memory-mapped
+  CheckpointParams   a training checkpoint (in `xmtf_jax.train.checkpoint_source`, beside the format
+                     it reads)
+
+plus the facts a model card needs (`card_facts`) and the way to get the whole model for verification
+(`load_for_verify`).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Optional
+
+import jax
+import numpy as np
+
+from xmtf_jax.hf import mapping as hf
+from xmtf_jax.hf import reader as hf_reader
+from xmtf_jax.model.config import T5Config
+from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
+from xmtf_jax.parallel.partitioning import fetch_global
+
+Path = tuple[str, ...]
+
+
+def expected_shapes(config: T5Config) -> dict[Path, tuple[int, ...]]:
+  """Our shape of every exported parameter (abstract: nothing is allocated)."""
+  abstract = EncoderDecoderModel(config).abstract_params()
+  return {path: tuple(hf.tree_get(abstract, path).shape) for path, _, _ in hf.parameter_mapping(config)}
+
+
+class ParamSource:
+  """Parameters to export. Subclasses set `config` and read one tensor at a time."""
+
+  config: T5Config
+  # True when `read` is a collective (arrays spanning processes): then every process must read every
+  # tensor in step with process 0. Otherwise only process 0 reads.
+  collective_reads: bool = False
+
+  def read(self, path: Path) -> np.ndarray:
+    raise NotImplementedError
+
+  def check(self) -> None:
+    """Raises a clear error, before anything is written, if the source cannot be exported."""
+
+  def load_for_verify(self) -> tuple[Any, Any]:
+    """(EncoderDecoderModel, float32 params) in memory, for the comparison with transformers."""
+    raise NotImplementedError
+
+  def card_facts(self) -> dict:
+    """Model-card fields the source knows (base_model, mixture, steps)."""
+    return {}
+
+  def describe(self) -> str:
+    return type(self).__name__
+
+
+def _check_shapes(found: Mapping[Path, Optional[tuple]], config: T5Config, origin: str) -> None:
+  problems = []
+  for path, want in expected_shapes(config).items():
+    got = found.get(path)
+    if got is None:
+      problems.append(f"missing {'/'.join(path)}")
+    elif tuple(got) != want:
+      problems.append(f"{'/'.join(path)} has shape {list(got)}, the config says {list(want)}")
+  if problems:
+    raise ValueError(f"{origin} does not match its mT5 config (d_model {config.d_model}, "
+                     f"{config.num_encoder_layers}/{config.num_decoder_layers} layers, vocab "
+                     f"{config.vocab_size}):\n  " + "\n  ".join(problems[:20]))
+
+
+class InMemoryParams(ParamSource):
+  """A params tree that is already loaded; `model` (optional) is used for verification."""
+
+  def __init__(self, config: T5Config, params: Mapping, model: Any = None):
+    self.config, self.params, self.model = config, params, model
+    self.collective_reads = any(isinstance(x, jax.Array) and not x.is_fully_addressable
+                                for x in jax.tree.leaves(params))
+
+  def check(self) -> None:
+    found = {}
+    for path in expected_shapes(self.config):
+      try:
+        found[path] = tuple(np.shape(hf.tree_get(self.params, path)))
+      except (KeyError, TypeError):
+        pass
+    _check_shapes(found, self.config, "params")
+
+  def read(self, path):
+    return fetch_global(hf.tree_get(self.params, path))
+
+  def load_for_verify(self):
+    return (self.model or EncoderDecoderModel(self.config)), self.params
+
+  def describe(self):
+    return "parameters in memory"
+
+
+class HFFolderParams(ParamSource):
+  """An HF mT5/mT0 folder read lazily tensor by tensor (to re-shard it or change its dtype)."""
+
+  def __init__(self, folder: str):
+    self.folder = folder
+    self.config = hf_reader.read_hf_config(folder)
+    # The folder reader's own plan: checks every name and shape now, reads one memory-mapped tensor per call.
+    self._weights = hf_reader.open_weights(folder)
+    self._plan = {path: (name, layout, shape)
+                  for path, name, layout, shape in hf_reader.read_plan(self._weights, self.config, folder)}
+    vocab = os.path.join(folder, "spiece.model")
+    self.vocabulary_path = vocab if os.path.exists(vocab) else None
+
+  def read(self, path):
+    name, layout, shape = self._plan[path]
+    return hf.to_ours(layout, self._weights.read(name), shape)
+
+  def load_for_verify(self):
+    config, params = hf_reader.load_hf_folder(self.folder, dropout_rate=0.0)
+    return EncoderDecoderModel(config), params
+
+  def describe(self):
+    return f"HF folder {self.folder}"

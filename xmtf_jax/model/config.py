@@ -1,0 +1,38 @@
+"""The mT5 (T5.1.1) architecture hyper-parameters, as one frozen dataclass (gin: `T5Config.*`).
+
+Field names follow HF's `MT5Config` where one exists (d_model, d_kv, d_ff, ...) so the mapping to and
+from HF folders reads one-to-one. Sizes live in `gin/models/mt5_*.gin`.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+  """Shapes and numerics of an mT5 encoder-decoder.
+
+  `dtype` is the activation dtype; parameters are always float32 and softmax, logits and the loss are
+  computed in float32 whatever it is.
+  """
+  vocab_size: int = 250112
+  d_model: int = 512
+  d_kv: int = 64
+  d_ff: int = 1024
+  num_heads: int = 6
+  num_encoder_layers: int = 8
+  num_decoder_layers: int = 8
+  relative_attention_num_buckets: int = 32
+  relative_attention_max_distance: int = 128
+  dropout_rate: float = 0.1
+  layer_norm_epsilon: float = 1e-6
+  dtype: str = "float32"
+  # Rematerialise each layer's activations in the backward pass ("none", "full", "dots").
+  remat_policy: str = "none"
+
+  def replace(self, **changes) -> "T5Config":
+    return dataclasses.replace(self, **changes)
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)

@@ -1,0 +1,70 @@
+"""Log-likelihood of targets given inputs: the model's `score_batch` and multiple-choice `choice_scores`.
+
+    scores = score_batch(model, params, batch)                     # [B] float32
+    scores = choice_scores(model, params, inputs, choice_targets)  # [B, C] (rank classification)
+
+A target's score is the sum over its tokens (EOS included, padding excluded) of log p(token | input,
+previous tokens), computed in float32 whatever the activation dtype. This is the quantity the paper
+ranks answer choices by: no length normalisation.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+
+
+
+def shift_right(targets: jax.Array, start_id: int = 0) -> jax.Array:
+  """Decoder inputs for teacher forcing: [start, t0, t1, ...] (the last target is dropped)."""
+  start = jnp.full_like(targets[..., :1], start_id)
+  return jnp.concatenate([start, targets[..., :-1]], axis=-1)
+
+
+def token_log_likelihoods(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """log p(target) per position, float32, without materialising a second [..., V] array."""
+  logits = logits.astype(jnp.float32)
+  target_logits = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  return target_logits - jax.nn.logsumexp(logits, axis=-1)
+
+
+def sequence_log_likelihood(logits: jax.Array, targets: jax.Array,
+                            weights: jax.Array | None = None) -> jax.Array:
+  """Sum of token log-likelihoods over the last axis; positions with weight 0 (default: target
+  id 0, i.e. padding) do not count."""
+  if weights is None:
+    weights = targets != 0
+  return jnp.sum(token_log_likelihoods(logits, targets) * weights.astype(jnp.float32), axis=-1)
+
+
+def score_batch(model, params: Any, batch: Mapping[str, Any]) -> jax.Array:
+  """Per-example log-likelihood [B] float32 of `decoder_target_tokens` given `encoder_input_tokens`.
+
+  `batch` uses seqio's EncDecFeatureConverter names: encoder_input_tokens [B, L_in],
+  decoder_target_tokens [B, L_t] (EOS-terminated, 0-padded); optional decoder_input_tokens (default:
+  the targets shifted right) and decoder_loss_weights (default: targets != 0). Unpacked batches only.
+  """
+  targets = jnp.asarray(batch["decoder_target_tokens"])
+  decoder_inputs = batch.get("decoder_input_tokens")
+  if decoder_inputs is None:
+    decoder_inputs = shift_right(targets)
+  logits = model.forward(params, jnp.asarray(batch["encoder_input_tokens"]), jnp.asarray(decoder_inputs))
+  return sequence_log_likelihood(logits, targets, batch.get("decoder_loss_weights"))
+
+
+def choice_scores(model, params: Any, encoder_input_tokens: jax.Array,
+                  choice_target_tokens: jax.Array) -> jax.Array:
+  """Scores [B, C] of C target sequences per input, encoding each input once.
+
+  encoder_input_tokens [B, L_in]; choice_target_tokens [B, C, L_t]. The encoder runs on B rows; its
+  output is repeated C times and the decoder runs teacher-forced on B*C rows. All-padding choices
+  (unused slots) score 0.
+  """
+  b, c, length = choice_target_tokens.shape
+  encoded = model.encode_fn(params, encoder_input_tokens)
+  repeat = lambda x: jnp.repeat(x, c, axis=0)  # noqa: E731
+  targets = choice_target_tokens.reshape(b * c, length)
+  logits = model.decode_from_encoded(params, repeat(encoded), repeat(encoder_input_tokens),
+                                     shift_right(targets))
+  return sequence_log_likelihood(logits, targets).reshape(b, c)

@@ -1,0 +1,245 @@
+"""Orbax checkpoints of a training run: state, input position, config, restorable onto any mesh.
+
+Layout (one directory per saved step, written by orbax to a temporary name and renamed when every
+process has finished, so a crash mid-save never leaves a directory that looks complete):
+
+  MODEL_DIR/checkpoint_<step>/
+    params/          the float32 parameter tree (orbax StandardSave: OCDBT + zarr, sharded writes)
+    opt_state/       the optimizer state (Adafactor factored second moments, count)
+    metadata/        JSON: step, t5_config (T5Config fields), vocabulary_path, gin_config (operative
+                     config text), optimizer, process_count, xmtf_jax checkpoint format version
+    input_position/  one JSON file per process: `process_00000_of_00002.json`, that process's data
+                     iterator state(s) (see input_pipeline.BatchIterator.get_state)
+
+`restore(...)` places every array directly with the shardings of the abstract target it is given, so
+a checkpoint written on a 4x2 mesh restores onto 2x4, onto one device, or onto another host count.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Any, Mapping, Optional
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+from xmtf_jax.model.config import T5Config
+from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
+
+FORMAT_VERSION = 1
+STEP_PREFIX = "checkpoint"
+ITEMS = ("params", "opt_state", "metadata", "input_position")
+
+
+# ---- per-process JSON (the input position) -----------------------------------------------------------
+
+class ProcessLocalJsonHandler(ocp.handlers.AsyncCheckpointHandler):
+  """Every process writes and reads its own JSON file (orbax's JSON handler writes on one host only)."""
+
+  @staticmethod
+  def filename(process_index: int, process_count: int) -> str:
+    return f"process_{process_index:05d}_of_{process_count:05d}.json"
+
+  async def async_save(self, directory: epath.Path, args: "ProcessLocalJsonSave"):
+    text = json.dumps(args.item, indent=1)  # serialise now: the caller's object keeps changing
+    name = self.filename(jax.process_index(), jax.process_count())
+
+    async def write():
+      (directory / name).write_text(text)
+
+    return [ocp.future.CommitFutureAwaitingContractedSignals(write(), name="input_position_save")]
+
+  def save(self, directory: epath.Path, args: "ProcessLocalJsonSave"):
+    (directory / self.filename(jax.process_index(), jax.process_count())).write_text(
+        json.dumps(args.item, indent=1))
+
+  def restore(self, directory: epath.Path, args: Optional["ProcessLocalJsonRestore"] = None):
+    path = directory / self.filename(jax.process_index(), jax.process_count())
+    if not path.exists():
+      found = sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+      raise FileNotFoundError(
+          f"{path}: no input position for process {jax.process_index()} of {jax.process_count()} "
+          f"(the checkpoint holds {found}). It was written with another number of processes: "
+          "restart with as many processes, or set TrainConfig.restore_input_position=False to "
+          "start the data stream from the beginning.")
+    return json.loads(path.read_text())
+
+
+@ocp.args.register_with_handler(ProcessLocalJsonHandler, for_save=True)
+@dataclasses.dataclass
+class ProcessLocalJsonSave(ocp.args.CheckpointArgs):
+  item: Any
+
+
+@ocp.args.register_with_handler(ProcessLocalJsonHandler, for_restore=True)
+@dataclasses.dataclass
+class ProcessLocalJsonRestore(ocp.args.CheckpointArgs):
+  pass
+
+
+# ---- the manager ----------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Restored:
+  """What `Checkpointer.restore` gives back. `opt_state`/`input_position` are None when not asked."""
+  step: int
+  params: Any
+  opt_state: Any
+  metadata: dict
+  input_position: Any
+
+
+class Checkpointer:
+  """Saves every `save_period` steps (and when forced), keeps the last `max_to_keep`, asynchronously.
+
+  Every process must call `save`/`restore` with the same arguments (orbax coordinates the hosts).
+  """
+
+  def __init__(self, model_dir: str, *, save_period: int = 1000, max_to_keep: Optional[int] = 3,
+               async_save: bool = True):
+    self.model_dir = os.path.abspath(model_dir) if "://" not in model_dir else model_dir
+    self.save_period = save_period
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=save_period, max_to_keep=max_to_keep, step_prefix=STEP_PREFIX,
+        enable_async_checkpointing=async_save, cleanup_tmp_directories=True, create=True)
+    self._manager = ocp.CheckpointManager(
+        epath.Path(self.model_dir), options=options, item_names=ITEMS,
+        item_handlers={"params": ocp.StandardCheckpointHandler(),
+                       "opt_state": ocp.StandardCheckpointHandler(),
+                       "metadata": ocp.JsonCheckpointHandler(),
+                       "input_position": ProcessLocalJsonHandler()})
+
+  def latest_step(self) -> Optional[int]:
+    return self._manager.latest_step()
+
+  def should_save(self, step: int) -> bool:
+    """Every `save_period` steps (orbax's own policy would also save the first step)."""
+    return step % self.save_period == 0
+
+  def save(self, step: int, params: Any, opt_state: Any, metadata: Mapping[str, Any],
+           input_position: Any, *, force: bool = False) -> bool:
+    """Starts saving (returns at once when asynchronous); True if a save was started.
+
+    Without `force`, only at multiples of `save_period`.
+    """
+    if not (force or self.should_save(step)):
+      return False
+    metadata = {**metadata, "step": int(step), "format_version": FORMAT_VERSION,
+                "process_count": jax.process_count()}
+    args = ocp.args.Composite(params=ocp.args.StandardSave(params),
+                              opt_state=ocp.args.StandardSave(opt_state),
+                              metadata=ocp.args.JsonSave(metadata),
+                              input_position=ProcessLocalJsonSave(input_position))
+    saved = self._manager.save(step, args=args, force=True)
+    if saved:
+      logging.info("checkpoint: saving step %d to %s%s", step, self.model_dir,
+                   " (asynchronously)" if self._manager._options.enable_async_checkpointing else "")
+    return saved
+
+  def restore(self, step: int, abstract_params: Any, abstract_opt_state: Any = None, *,
+              input_position: bool = True) -> Restored:
+    """Restores `step` onto the shardings of the abstract targets (ShapeDtypeStructs with .sharding).
+
+    Pass `abstract_opt_state=None` to skip the optimizer state and `input_position=False` to skip the
+    data position (e.g. on another number of hosts).
+    """
+    items = {"params": ocp.args.StandardRestore(abstract_params),
+             "metadata": ocp.args.JsonRestore()}
+    if abstract_opt_state is not None:
+      items["opt_state"] = ocp.args.StandardRestore(abstract_opt_state)
+    if input_position:
+      items["input_position"] = ProcessLocalJsonRestore()
+    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    return Restored(step=step, params=restored["params"],
+                    opt_state=restored["opt_state"] if abstract_opt_state is not None else None,
+                    metadata=dict(restored["metadata"]),
+                    input_position=restored["input_position"] if input_position else None)
+
+  def wait_until_finished(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+# ---- reading a checkpoint without a training setup ----------------------------------------------
+
+def step_directory(model_dir: str, step: int) -> str:
+  return os.path.join(model_dir, f"{STEP_PREFIX}_{step}")
+
+
+def is_step_directory(path: str) -> bool:
+  return os.path.isdir(os.path.join(path, "params")) and os.path.isdir(os.path.join(path, "metadata"))
+
+
+def list_steps(model_dir: str) -> list[int]:
+  """Committed checkpoint steps in `model_dir` (temporary, unfinished directories are not listed)."""
+  if not os.path.isdir(model_dir):
+    return []
+  steps = []
+  for name in os.listdir(model_dir):
+    prefix, _, number = name.partition("_")
+    if prefix == STEP_PREFIX and number.isdigit() and is_step_directory(os.path.join(model_dir, name)):
+      steps.append(int(number))
+  return sorted(steps)
+
+
+def resolve(path: str) -> str:
+  """A step directory from `path`: itself if it is one, else the latest step of a MODEL_DIR."""
+  if is_step_directory(path):
+    return path
+  steps = list_steps(path)
+  if not steps:
+    raise FileNotFoundError(
+        f"{path}: neither a checkpoint directory ({STEP_PREFIX}_<step>/ with params/ and metadata/) "
+        "nor a MODEL_DIR holding one")
+  return step_directory(path, steps[-1])
+
+
+def is_checkpoint(path: str) -> bool:
+  try:
+    resolve(path)
+    return True
+  except FileNotFoundError:
+    return False
+
+
+def read_metadata(path: str) -> dict:
+  """The metadata JSON of a checkpoint (a step directory or a MODEL_DIR: its latest step)."""
+  with open(os.path.join(resolve(path), "metadata", "metadata")) as f:
+    return json.load(f)
+
+
+def t5_config_from_metadata(metadata: Mapping[str, Any], **overrides) -> T5Config:
+  """The T5Config a checkpoint was trained with (unknown fields from other versions are ignored)."""
+  known = {f.name for f in dataclasses.fields(T5Config)}
+  fields = {k: v for k, v in metadata["t5_config"].items() if k in known}
+  return T5Config(**{**fields, **overrides})
+
+
+def load_model_params(path: str, mesh: Any = None, logical_axis_rules=None, **config_overrides):
+  """(T5Config, params) of a checkpoint without gin: what `load_pretrained` uses.
+
+  Parameters are placed with their shardings on `mesh`, or on the default device without one.
+  """
+  config = t5_config_from_metadata(read_metadata(path), **config_overrides)
+  model = EncoderDecoderModel(config, mesh, logical_axis_rules)
+  if mesh is None:
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shardings = jax.tree.map(lambda _: device, model.abstract_params())
+  else:
+    shardings = model.param_shardings()
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          model.abstract_params(), shardings)
+  return config, restore_params(path, abstract)
+
+
+def restore_params(path: str, abstract_params: Any) -> Any:
+  """Only the parameters of a checkpoint, placed with the shardings of `abstract_params`."""
+  directory = os.path.join(os.path.abspath(resolve(path)), "params")
+  with ocp.StandardCheckpointer() as checkpointer:
+    return checkpointer.restore(directory, abstract_params)

@@ -1,0 +1,107 @@
+"""Periodic evaluation during training: the hook interface and the validation-loss hook.
+
+An eval hook is a callable `(step: int, params) -> Mapping[str, float]`, run on every process every
+EVAL_PERIOD steps (and after the last step) with the current float32 parameters (global arrays on the
+training mesh). The metrics it returns are logged to metrics.jsonl (`{"kind": "eval", "name": ...}`),
+TensorBoard (`MODEL_DIR/eval`) and the progress log. Hooks must not keep references to `params`
+(the next train step donates them).
+
+Hooks are built once per run by factories `factory(context: EvalContext) -> hook`, listed in gin:
+
+    TrainConfig.eval_hook_factories = [@my_module.rank_classification_hook]
+    my_module.rank_classification_hook.datasets = ['xcopa']
+
+The factory's name (its `__name__`, or a `name` attribute of the hook) names the metrics.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Callable, Mapping, Optional
+
+import jax
+import numpy as np
+
+from xmtf_jax.data import host_batches as host_data
+from xmtf_jax.data import pipeline as input_pipeline
+from xmtf_jax.train import losses
+from xmtf_jax.train import trainer
+from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
+
+EvalHook = Callable[[int, Any], Mapping[str, float]]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalContext:
+  """What a hook factory may need: the model (with its mesh and rules), where the run writes, the
+  vocabulary, and the run's data settings."""
+  model: EncoderDecoderModel
+  model_dir: str
+  vocabulary_path: Optional[str]
+  mixture_or_task_name: str
+  task_feature_lengths: Mapping[str, int]
+  batch_size: int
+  use_packing: bool
+  num_data_shards: int
+
+
+def hook_name(hook: Callable, factory: Optional[Callable] = None) -> str:
+  return (getattr(hook, "name", None) or getattr(factory, "__name__", None)
+          or type(hook).__name__)
+
+
+class ValidationLoss:
+  """Teacher-forced loss and token accuracy on a held-out split (per real target token, no dropout).
+
+  Reads `num_batches` batches of the split in a fixed order (all of it when None) each time.
+  """
+  name = "validation"
+
+  def __init__(self, context: EvalContext, split: str = "validation", num_batches: Optional[int] = 10,
+               loss_config: Optional[losses.LossConfig] = None):
+    self.context = context
+    self.split = split
+    self.num_batches = num_batches
+    self._eval_step = trainer.make_eval_step(context.model, loss_config or losses.LossConfig())
+
+  def __call__(self, step: int, params: Any) -> dict[str, float]:
+    c = self.context
+    batches = host_data.make_host_batches(
+        c.mixture_or_task_name, c.task_feature_lengths, self.split, c.batch_size,
+        use_packing=c.use_packing, shuffle=False, seed=0, repeat=False,
+        num_data_shards=c.num_data_shards)
+    sums = trainer.EvalSums()
+    done = 0
+    while self.num_batches is None or done < self.num_batches:
+      try:
+        batch, have_data = next(batches), True
+      except StopIteration:
+        batch, have_data = batches.zeros(), False
+      # Every process must run the same number of (collective) eval steps: stop when all ran out.
+      if not _any_process(have_data):
+        break
+      sums.add(self._eval_step(params, c.model.shard_batch(batch)))
+      done += 1
+    metrics = sums.metrics()
+    metrics["num_batches"] = done
+    return metrics
+
+
+def _any_process(flag: bool) -> bool:
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils
+  return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
+
+
+def validation_loss_factory(split: str, num_batches: Optional[int], loss_config: losses.LossConfig
+                            ) -> Optional[Callable[[EvalContext], EvalHook]]:
+  """The built-in validation hook's factory, or None when the mixture has no such split."""
+  def factory(context: EvalContext) -> Optional[EvalHook]:
+    if not input_pipeline.has_split(context.mixture_or_task_name, split):
+      logging.warning("no task of %r has a %r split: no validation loss during training",
+                      context.mixture_or_task_name, split)
+      return None
+    return ValidationLoss(context, split, num_batches, loss_config)
+  factory.__name__ = "validation"
+  return factory
