@@ -12,7 +12,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = """
 import os, sys
 sys.path.insert(0, {root!r})
-from xmtf_jax import cpu_malloc
+from xmtf_jax.cli import cpu_malloc
 print("start", os.getpid(), flush=True)
 cpu_malloc.reexec_tuned(None, sys.argv)
 print("args", sys.argv[1:])

@@ -11,7 +11,6 @@ from xmtf_jax.inference import generation
 from xmtf_jax.evaluation import metrics
 from xmtf_jax.model import encoder_decoder as models
 from xmtf_jax.evaluation import rank_classification
-from xmtf_jax.model import scoring
 from xmtf_jax.evaluation import during_training as train_eval
 from xmtf_jax.model.config import T5Config
 
@@ -64,6 +63,7 @@ def test_hook_factory_from_gin_builds_the_heldout_suite(tiny, tmp_path):
   import types
 
   import gin
+  from xmtf_jax.cli import configurables
 
   data_dir = tmp_path / "heldout"
   os.makedirs(data_dir / "xnli" / "en")
@@ -87,7 +87,7 @@ def test_hook_factory_from_gin_builds_the_heldout_suite(tiny, tmp_path):
         "HeldoutSuite.datasets = ['xnli']",
         "HeldoutSuite.prefix = 'hook'",
     ])
-    hook = train_eval.zero_shot_eval_hook(context)
+    hook = configurables.zero_shot_eval_hook(context)  # the gin-registered factory
   finally:
     gin.clear_config()
   assert hook.name == "zero_shot"
