@@ -24,7 +24,8 @@ import subprocess
 import sys
 import time
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from xmtf_jax.paths import REPO_ROOT
+
 DEMO_DIR = os.path.join("runs", "demo")
 
 
