@@ -116,3 +116,33 @@ def test_optimizer_config_errors():
     optim.OptimizerConfig(schedule="cosine")
   with pytest.raises(ValueError, match="learning_rate"):
     optim.OptimizerConfig(learning_rate=float("nan"))
+
+
+def test_decay_offset_continues_t5x_step_count():
+  """With decay_offset=N the second-moment decay at our step s is t5x's `1 - (s + N + 1)^-0.8`."""
+  n = 1_000_000
+  config = optim.OptimizerConfig(decay_offset=n, clipping_threshold=None,
+                                 multiply_by_parameter_scale=False)
+  opt = optim.make_optimizer(config)
+  params = {"bias": jnp.ones((4,), jnp.float32)}  # 1-D and small: an unfactored second moment
+  grad = {"bias": jnp.array([1.0, -2.0, 3.0, 0.5], jnp.float32)}
+  state = opt.init(params)
+  g2 = np.asarray(grad["bias"], np.float64) ** 2 + 1e-30
+  # by hand: t5x's decay at its steps 1,000,000 and 1,000,001 (our steps 0 and 1)
+  d0 = 1.0 - (n + 1) ** -0.8
+  d1 = 1.0 - (n + 2) ** -0.8
+  expected = [(1 - d0) * g2, d1 * (1 - d0) * g2 + (1 - d1) * g2]
+  for step in range(2):
+    updates, state = opt.update(grad, state, params)
+    params = jax.tree.map(lambda p, u: p + u, params, updates)
+    factored_state = next(s for s in jax.tree.leaves(state, is_leaf=lambda x: hasattr(x, "v"))
+                          if hasattr(s, "v"))
+    v = np.asarray(jax.tree.leaves(factored_state.v)[0], np.float64)
+    # float32 resolves 1 - decay (~1.6e-5 here) to ~6e-8, i.e. ~0.4%; decay_offset=0 would give v = g2.
+    np.testing.assert_allclose(v, expected[step], rtol=4e-3)
+    assert np.all(np.isfinite(np.asarray(params["bias"])))
+
+
+def test_negative_decay_offset_is_an_error():
+  with pytest.raises(ValueError, match="decay_offset=-5 must be >= 0"):
+    optim.OptimizerConfig(decay_offset=-5)

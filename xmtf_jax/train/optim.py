@@ -35,8 +35,10 @@ class OptimizerConfig:
     `constant * rsqrt_decay` with base 1.0 is learning_rate = 1/sqrt(warmup_steps));
     'cosine' (linear warmup, then cosine decay to final_learning_rate at decay_steps).
   decay_rate, decay_offset, momentum, clipping_threshold, multiply_by_parameter_scale, factored,
-    min_dim_size_to_factor, epsilon, weight_decay_rate: optax.adafactor's arguments (decay_offset: add
-    the steps an initial checkpoint's optimizer had taken, as t5x's step count would).
+    min_dim_size_to_factor, epsilon, weight_decay_rate: optax.adafactor's arguments, except
+    decay_offset: the steps an initial checkpoint's optimizer had taken (1_000_000 for the mT5
+    checkpoints), so the second-moment decay at our step s is t5x's at step s + decay_offset:
+    1 - (s + decay_offset + 1) ** -decay_rate.
   max_grad_norm: clip gradients to this global norm before Adafactor (None: off, as in t5x).
   factor_joined_heads: factor attention kernels as [embed, heads*kv] matrices (see module docstring).
   """
@@ -64,6 +66,9 @@ class OptimizerConfig:
       raise ValueError(f"OptimizerConfig.schedule={self.schedule!r}: choose one of {SCHEDULES}")
     if self.schedule in ("linear_warmup", "rsqrt") and self.warmup_steps < 1:
       raise ValueError(f"OptimizerConfig.schedule={self.schedule!r} needs warmup_steps >= 1")
+    if self.decay_offset < 0:
+      raise ValueError(f"OptimizerConfig.decay_offset={self.decay_offset} must be >= 0 (the steps "
+                       "the initial checkpoint was trained for, e.g. 1000000 for mT5)")
     if self.schedule == "cosine" and not self.decay_steps:
       raise ValueError("OptimizerConfig.schedule='cosine' needs decay_steps (e.g. %TRAIN_STEPS)")
 
@@ -125,7 +130,9 @@ def make_optimizer(config: OptimizerConfig, param_logical_axes: Any = None,
       learning_rate=learning_rate_schedule(config),
       min_dim_size_to_factor=config.min_dim_size_to_factor,
       decay_rate=config.decay_rate,
-      decay_offset=config.decay_offset,
+      # optax's offset is subtracted from the step (a decay that restarts at the offset, t5x's
+      # `step_offset` for finetuning from a *reset* counter); ours continues a count, so negate it.
+      decay_offset=-config.decay_offset,
       multiply_by_parameter_scale=config.multiply_by_parameter_scale,
       clipping_threshold=config.clipping_threshold,
       momentum=config.momentum,
