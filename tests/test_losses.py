@@ -86,6 +86,15 @@ def test_average_per_sequence_gives_every_sequence_weight_one(packed):
   assert float(factor) == pytest.approx(expected_sequences)
 
 
+def test_average_per_sequence_ignores_padding_with_a_loss_weight():
+  """t5x excludes segment 0: a padding token with weight 1 is not a third sequence."""
+  batch = {"decoder_loss_weights": np.array([[1, 1, 1, 1]], np.float32),
+           "decoder_segment_ids": np.array([[1, 1, 2, 0]], np.int32)}
+  weights, factor = losses.normalized_loss_weights(batch, losses.LossConfig("average_per_sequence"))
+  np.testing.assert_allclose(np.asarray(weights), [[0.5, 0.5, 1.0, 0.0]], rtol=1e-6)
+  assert float(factor) == pytest.approx(2.0)  # two sequences, not three
+
+
 def test_loss_sums_and_normalised_loss_by_hand(logits_and_targets):
   logits, targets = logits_and_targets
   weights = np.array([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]], np.float32)

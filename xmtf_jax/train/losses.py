@@ -135,7 +135,9 @@ def normalized_loss_weights(batch: Mapping[str, Array], config: LossConfig) -> t
   """-> (per-token float32 weights [batch, targets], float32 normalizing factor) for a whole batch.
 
   Uses `decoder_loss_weights` and, when the batch is packed, `decoder_segment_ids` (each packed
-  example counts as one sequence for 'average_per_sequence').
+  example counts as one sequence for 'average_per_sequence'). Segment 0 is padding and never a
+  sequence, whatever its loss weight (as in t5x; seqio already gives padding weight 0, but a
+  hand-made batch may not).
   """
   weights = jnp.asarray(batch["decoder_loss_weights"], jnp.float32)
   mode = LossNormalization(config.normalization)
@@ -147,7 +149,9 @@ def normalized_loss_weights(batch: Mapping[str, Array], config: LossConfig) -> t
   if segment_ids is None:
     per_sequence = jnp.sum(weights, axis=-1, keepdims=True)
   else:
-    per_sequence = _tokens_per_segment(weights, jnp.asarray(segment_ids))
+    segment_ids = jnp.asarray(segment_ids)
+    weights = jnp.where(segment_ids > 0, weights, 0.0)
+    per_sequence = _tokens_per_segment(weights, segment_ids)
   weights = jnp.where(per_sequence > 0, weights / jnp.where(per_sequence > 0, per_sequence, 1.0), 0.0)
   return weights, jnp.sum(weights)
 
