@@ -83,9 +83,10 @@ def test_rows_stop_at_their_own_eos():
 
 
 @pytest.mark.parametrize("length_penalty, early_stopping", [(0.0, False), (1.0, False), (2.0, True),
-                                                             (0.6, "never")])
+                                                             (0.6, "never"), (2.0, "never")])
 def test_one_beam_equals_greedy(length_penalty, early_stopping):
-  for seed, eos_bias in [(0, 0.0), (4, 1.0), (5, -1.0)]:
+  # (2.0, "never") on seed 0 kept searching past the first EOS before one beam became greedy.
+  for seed, eos_bias in [(0, 0.0), (4, 1.0), (5, -1.0), (1, 2.0)]:
     tokens_to_logits, _ = make_toy(seed, eos_bias)
     greedy = decoding.sample_decode(tokens_to_logits, initial_cache(1), batch_size=1,
                                     max_decode_length=9)

@@ -148,9 +148,20 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Any, *, batch_size: int
   (`expand_for_beams` builds it from a per-example cache). Each step keeps the 2K best
   continuations; of those, EOS continuations ranked among the best K become finished hypotheses,
   and the K best non-EOS ones stay alive. At max_decode_length the alive beams are finished too.
+
+  One beam is greedy decoding, as in HF (otherwise, with early_stopping="never" and a positive
+  length penalty, the single beam would keep searching past the first EOS for a longer hypothesis).
   """
   if early_stopping not in (True, False, "never"):
     raise ValueError(f"early_stopping must be True, False or 'never', not {early_stopping!r}")
+  if num_beams == 1:
+    greedy = sample_decode(tokens_to_logits, cache, batch_size=batch_size,
+                           max_decode_length=max_decode_length, eos_id=eos_id, start_id=start_id)
+    is_eos = greedy.sequences == eos_id
+    lengths = jnp.where(jnp.any(is_eos, axis=-1), jnp.argmax(is_eos, axis=-1) + 1, max_decode_length)
+    scores = greedy.scores / lengths.astype(jnp.float32) ** length_penalty
+    return DecodeOutput(sequences=greedy.sequences, scores=scores, beams=greedy.sequences[:, None],
+                        beam_scores=scores[:, None])
   if early_stopping != "never":
     early_stopping = bool(early_stopping)
   b, k, length = batch_size, num_beams, max_decode_length
