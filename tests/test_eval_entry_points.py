@@ -109,13 +109,29 @@ def test_infer_jsonl_matches_hf_greedy_generate(model_dir, tmp_path):
   vocabulary = pretrained.load_vocabulary(folder)
   assert [r["inputs"] for r in rows] == inputs and all(r["targets"] == "x" for r in rows)
   for row in rows:
-    ids = torch.tensor([vocabulary.encode(row["inputs"]) + [1]])  # inputs get EOS, as in training
+    # an HF folder: inputs without EOS, as mT0 was trained and as training/evaluation feed them
+    ids = torch.tensor([vocabulary.encode(row["inputs"])])
     with torch.no_grad():
       out = hf_model.generate(input_ids=ids, max_new_tokens=6, do_sample=False, num_beams=1,
                               use_cache=False)[0, 1:].tolist()
     if 1 in out:
       out = out[:out.index(1)]
     assert row["prediction"] == vocabulary.decode([t for t in out if t != 0])
+
+
+@pytest.mark.parametrize("recorded, expected", [(True, True), (False, False), (None, False)])
+def test_inference_follows_the_eos_setting_the_checkpoint_recorded(tmp_path, recorded, expected):
+  step_dir = tmp_path / "run" / "checkpoint_3"
+  (step_dir / "params").mkdir(parents=True)
+  (step_dir / "metadata").mkdir()
+  metadata = {"step": 3} if recorded is None else {"step": 3, "add_eos_to_inputs": recorded}
+  (step_dir / "metadata" / "metadata").write_text(json.dumps(metadata))
+  assert pretrained.inputs_end_with_eos(str(tmp_path / "run")) is expected
+  assert pretrained.inputs_end_with_eos(str(step_dir)) is expected
+
+
+def test_hf_folders_get_inputs_without_eos(model_dir):
+  assert pretrained.inputs_end_with_eos(model_dir[0]) is False
 
 
 def test_infer_reports_bad_input_lines(tmp_path):

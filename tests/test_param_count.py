@@ -78,3 +78,15 @@ def test_optimizer_state_bytes_follow_the_factored_adafactor():
             + 2 * 32 * 6 + 2 * norm)
   placeholders = result["optimizer_bytes_per_device"] - 4 * floats
   assert 0 <= placeholders < 4 * 2 * 200  # at most two (1,) float32 placeholders per parameter
+
+
+def test_the_command_reads_the_model_from_gin(capsys):
+  from xmtf_jax.cli import param_count
+  import gin
+  gin.clear_config()
+  try:
+    param_count.main(["--gin_file=gin/models/mt5_tiny.gin", "--mesh=data:2,model:1"])
+  finally:
+    gin.clear_config()
+  out = capsys.readouterr().out
+  assert "d_model=64" in out and "vocab=256" in out

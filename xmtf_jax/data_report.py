@@ -1,7 +1,7 @@
 """`python -m xmtf_jax.data_report`: the entry point is `xmtf_jax.cli.data_report`."""
 import sys
 
-from xmtf_jax.cli.data_report import main
+from xmtf_jax.cli import errors, data_report
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(errors.run(data_report.main, data_report.__doc__))

@@ -1,7 +1,7 @@
 """`python -m xmtf_jax.demo`: the entry point is `xmtf_jax.cli.demo`."""
 import sys
 
-from xmtf_jax.cli.demo import main
+from xmtf_jax.cli import errors, demo
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(errors.run(demo.main, demo.__doc__))

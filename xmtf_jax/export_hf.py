@@ -1,7 +1,7 @@
 """`python -m xmtf_jax.export_hf`: the entry point is `xmtf_jax.cli.export_hf`."""
 import sys
 
-from xmtf_jax.cli.export_hf import main
+from xmtf_jax.cli import errors, export_hf
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(errors.run(export_hf.main, export_hf.__doc__, main_has_help=True))

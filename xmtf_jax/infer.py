@@ -1,7 +1,7 @@
 """`python -m xmtf_jax.infer`: the entry point is `xmtf_jax.cli.infer`."""
 import sys
 
-from xmtf_jax.cli.infer import main
+from xmtf_jax.cli import errors, infer
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(errors.run(infer.main, infer.__doc__))

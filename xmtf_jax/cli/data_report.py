@@ -4,6 +4,9 @@ Per task of a mixture (or for one task): examples, token lengths, truncation, mi
 efficiency and bad lines (`xmtf_jax.data.report`), written to `output_dir` as report.json, report.md
 and language_shares.png. On big data set `DATA_REPORT_MAX_EXAMPLES` (examples read per task):
 statistics are then over a sample.
+
+gin macros that matter: MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS, XP3_DATA_DIR, DATA_STRICT,
+DATA_REPORT_MAX_EXAMPLES; data_report.make_report.output_dir (gin/runs/data_report.gin).
 """
 from __future__ import annotations
 
@@ -39,7 +42,9 @@ def make_report(mixture_or_task_name: str = gin.REQUIRED,
 
 
 def main(argv=None) -> None:
-  gin_flags.parse_gin(argv, default_files=["gin/runs/data_report.gin"])
+  rest = gin_flags.parse_gin(argv, default_files=["gin/runs/data_report.gin"])
+  if rest:
+    raise SystemExit(f"unknown arguments: {rest} (gin settings are --gin_file=F and --gin.NAME=VALUE)")
   report = make_report()
   print(markdown(report))
 

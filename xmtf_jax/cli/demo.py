@@ -92,7 +92,9 @@ def run_stage(stage: Stage) -> None:
   print(f"=== '{stage.name}' done in {time.time() - start:.0f}s: {stage.produces}", flush=True)
 
 
-def main() -> None:
+def main(argv=None) -> None:
+  if argv:
+    raise SystemExit(f"unknown arguments: {list(argv)} (the demo takes none; `make clean-demo` starts over)")
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   all_stages = stages()
@@ -103,6 +105,3 @@ def main() -> None:
   for stage in all_stages:
     print(f"  {stage.name}: {stage.produces}")
 
-
-if __name__ == "__main__":
-  main()

@@ -6,6 +6,9 @@
 
 writes `results.json`, `results.md` and `{dataset}_accuracy.png` into OUTPUT_DIR. Evaluate any seqio
 tasks with answer choices (e.g. the demo's held-out tasks) with `--gin.evaluate.tasks="['name']"`.
+
+gin macros that matter: MODEL_PATH, OUTPUT_DIR, HELDOUT_DATA_DIR, PROMPTSOURCE_PATH (gin/eval/*.gin);
+evaluate.tasks, evaluate.batch_size, evaluate.max_examples_per_task, evaluate.add_eos_to_inputs.
 """
 from __future__ import annotations
 
@@ -29,13 +32,18 @@ def evaluate(*, model_path: str = gin.REQUIRED, output_dir: str = gin.REQUIRED,
              tasks: Sequence[str] = (), heldout: HeldoutSuite | None = None,
              split: str | None = None, batch_size: int = 32, max_input_length: int = 512,
              max_choice_length: int = 256, max_examples_per_task: int | None = None,
-             vocabulary_path: str | None = None, plots: bool = True, model=None, params=None) -> dict:
+             vocabulary_path: str | None = None, plots: bool = True,
+             add_eos_to_inputs: bool | None = None, model=None, params=None) -> dict:
   """Scores `tasks` and/or the held-out suite; writes results; returns the written paths.
 
   model_path: an HF folder (config.json + safetensors) or a training run's checkpoint directory.
   batch_size counts examples (each with all its choices). max_input_length 512 is the paper's.
+  add_eos_to_inputs: None (default) follows the model's training (a checkpoint records it; HF
+  folders: no EOS, the paper's protocol).
   """
   started = time.time()
+  if add_eos_to_inputs is None:
+    add_eos_to_inputs = pretrained.inputs_end_with_eos(model_path)
   if model is None:
     partitioning = runtime.partitioning_config()
     mesh = partitioning.make_mesh()
@@ -57,10 +65,12 @@ def evaluate(*, model_path: str = gin.REQUIRED, output_dir: str = gin.REQUIRED,
                                       max_input_length=max_input_length,
                                       max_choice_length=max_choice_length,
                                       max_examples_per_task=max_examples_per_task,
+                                      add_eos_to_inputs=add_eos_to_inputs,
                                       print_fn=print if main_process else None)
   metadata = dict(model_path=model_path, batch_size=batch_size, max_input_length=max_input_length,
                   protocol="rank classification: sum of choice log-probs incl. EOS, no length "
-                           "normalisation, inputs without EOS",
+                           "normalisation, inputs " + ("with" if add_eos_to_inputs else "without")
+                           + " EOS",
                   seconds=round(time.time() - started, 1))
   if heldout is not None:
     metadata["prompt_variant"] = heldout.prompt_variant

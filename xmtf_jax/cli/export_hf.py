@@ -102,6 +102,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(result.verify_skipped_reason)
   return 0
 
-
-if __name__ == "__main__":
-  sys.exit(main())

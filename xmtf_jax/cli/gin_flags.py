@@ -4,6 +4,7 @@ gin binds only entry-point arguments and config dataclasses; library functions t
 """
 from __future__ import annotations
 
+import difflib
 import importlib.util  # noqa: F401  gin 0.5.0 resolves `include` paths with it but never imports it
 import os
 import sys
@@ -70,8 +71,29 @@ def parse_gin(argv: Sequence[str] | None = None, *, default_files: Sequence[str]
   files = [resolve_gin_file(f) for f in list(default_files) + files]
   gin.add_config_file_search_path(REPO_ROOT)
   try:
-    gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
+    gin.parse_config_files_and_bindings(files, [], finalize_config=False)
+    check_macros(bindings, defined_macros(), files)
+    gin.parse_config_files_and_bindings([], bindings, finalize_config=False)
   except (ValueError, KeyError, NameError, TypeError) as e:
     raise SystemExit(f"gin configuration failed ({' '.join(files)}; bindings {bindings}): {e}") from e
   gin.finalize()
   return rest
+
+
+def defined_macros() -> set[str]:
+  """Names of the gin macros bound so far (gin keeps a macro as a binding of `gin.macro`)."""
+  return {scope for scope, selector in gin.config._CONFIG if selector == "gin.macro"}  # noqa: SLF001
+
+
+def check_macros(bindings: Sequence[str], known: set[str], files: Sequence[str]) -> None:
+  """A command-line `NAME=VALUE` must set a macro the gin files define: a typo (TRAIN_STEP for
+  TRAIN_STEPS) would otherwise define a new, unused macro and the run would silently use the default."""
+  for binding in bindings:
+    name = binding.partition("=")[0].strip()
+    if not name or "." in name or "/" in name or name in known:
+      continue  # Configurable.parameter bindings are checked by gin itself
+    close = difflib.get_close_matches(name, sorted(known), n=3)
+    hint = f" Did you mean {' or '.join(close)}?" if close else ""
+    raise ValueError(
+        f"--gin.{name}: no gin file given defines the macro {name} ({', '.join(files) or 'no gin files'})."
+        f"{hint} Macros the files define: {', '.join(sorted(known)) or 'none'}.")

@@ -7,6 +7,9 @@
 Input lines are JSON objects with an `inputs` text (and optionally `targets`); a seqio task is read
 with `--gin.infer.task="'name'" --gin.infer.split="'validation'"`. Each output line holds `inputs`,
 `prediction` and, when known, `targets`, in input order.
+
+gin macros that matter: MODEL_PATH, BATCH_SIZE, MAX_DECODE_LENGTH (gin/infer/*.gin); infer.input_file,
+infer.output_file, infer.task, infer.split, infer.add_eos, DecodingConfig.* (method, num_beams, ...).
 """
 from __future__ import annotations
 
@@ -54,9 +57,13 @@ def read_task(task_name: str, split: str, max_examples: int | None) -> list[dict
 def infer(*, model_path: str = gin.REQUIRED, output_file: str = gin.REQUIRED,
           input_file: str | None = None, task: str | None = None, split: str = "validation",
           max_examples: int | None = None, decoding: generation.DecodingConfig | None = None,
-          batch_size: int = 32, max_input_length: int = 1024, add_eos: bool = True,
+          batch_size: int = 32, max_input_length: int = 1024, add_eos: bool | None = None,
           vocabulary_path: str | None = None) -> str:
-  """Writes predictions for `input_file` (jsonl) or `task`/`split` to `output_file`."""
+  """Writes predictions for `input_file` (jsonl) or `task`/`split` to `output_file`.
+
+  add_eos: append EOS to each input; None (default) does what the model was trained with (a training
+  checkpoint records it; HF folders: no EOS, as mT0 was trained and evaluated).
+  """
   if (input_file is None) == (task is None):
     raise SystemExit("set exactly one of infer.input_file and infer.task")
   decoding = decoding or generation.DecodingConfig()
@@ -65,6 +72,8 @@ def infer(*, model_path: str = gin.REQUIRED, output_file: str = gin.REQUIRED,
   mesh = partitioning.make_mesh()
   model, params = runtime.load_model(model_path, mesh, partitioning)
   vocabulary = pretrained.load_vocabulary(model_path, vocabulary_path)
+  if add_eos is None:
+    add_eos = pretrained.inputs_end_with_eos(model_path)
   started = time.time()
   main_process = jax.process_index() == 0  # all processes decode (collectively); one writes
   predictions = generation.predict_texts(

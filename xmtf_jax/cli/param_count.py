@@ -12,13 +12,13 @@ the training optimizer's state: Adafactor as `OptimizerConfig` in gin sets it) o
 from __future__ import annotations
 
 import argparse
-import sys
 from collections import defaultdict
 from typing import Any, Optional
 
 import jax
 import numpy as np
 
+from xmtf_jax.cli import configurables
 from xmtf_jax.cli import gin_flags as gin_utils
 from xmtf_jax.train import optim
 from xmtf_jax.parallel import partitioning
@@ -47,18 +47,19 @@ def _shard_bytes(shape, sharding, itemsize=4) -> int:
   return int(np.prod(sharding.shard_shape(tuple(shape)), dtype=np.int64)) * itemsize
 
 
-def optimizer_state_bytes(model: EncoderDecoderModel, mesh: Any) -> int:
-  """Bytes per device of the training optimizer's state (`OptimizerConfig` from gin, as `train` builds
-  it: attention kernels factored as [embed, heads*kv]), sharded as the trainer shards it."""
-  optimizer = trainer.make_optimizer(model, optim.OptimizerConfig())
+def optimizer_state_bytes(model: EncoderDecoderModel, mesh: Any,
+                          optimizer_config: Optional[optim.OptimizerConfig] = None) -> int:
+  """Bytes per device of the training optimizer's state (as `train` builds it: attention kernels
+  factored as [embed, heads*kv]), sharded as the trainer shards it."""
+  optimizer = trainer.make_optimizer(model, optimizer_config or optim.OptimizerConfig())
   state_shardings = trainer.train_state_shardings(model, optimizer, mesh)
   abstract_state = jax.eval_shape(optimizer.init, model.abstract_params())
   return sum(_shard_bytes(leaf.shape, sharding, leaf.dtype.itemsize) for leaf, sharding in zip(
       jax.tree.leaves(abstract_state), jax.tree.leaves(state_shardings.opt_state)))
 
 
-def count(config: T5Config, mesh: Any, rules: partitioning.LogicalRules, optimizer: Optional[str] = None
-          ) -> dict[str, Any]:
+def count(config: T5Config, mesh: Any, rules: partitioning.LogicalRules, optimizer: Optional[str] = None,
+          optimizer_config: Optional[optim.OptimizerConfig] = None) -> dict[str, Any]:
   """{'groups': {group: (parameters, bytes_per_device)}, 'total': ..., 'optimizer_bytes_per_device': ...}."""
   model = EncoderDecoderModel(config, logical_axis_rules=rules)
   abstract = model.abstract_params()
@@ -72,7 +73,7 @@ def count(config: T5Config, mesh: Any, rules: partitioning.LogicalRules, optimiz
   result = {"groups": {k: tuple(v) for k, v in groups.items()},
             "total": (sum(v[0] for v in groups.values()), sum(v[1] for v in groups.values()))}
   if optimizer == "adafactor":
-    result["optimizer_bytes_per_device"] = optimizer_state_bytes(model, mesh)
+    result["optimizer_bytes_per_device"] = optimizer_state_bytes(model, mesh, optimizer_config)
   elif optimizer is not None:
     raise ValueError(f"--optimizer={optimizer!r}: only 'adafactor' is known")
   return result
@@ -102,8 +103,8 @@ def main(argv: Optional[list[str]] = None) -> None:
                       help="also count the optimizer state per device")
   args = parser.parse_args(rest)
 
-  config = T5Config()
-  part = partitioning.PartitioningConfig()
+  config = configurables.T5Config()
+  part = configurables.PartitioningConfig()
   if args.mesh:
     data, model = _parse_mesh(args.mesh)
   else:
@@ -112,7 +113,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     data = part.num_data_partitions if part.num_data_partitions != -1 else devices // model
   mesh = partitioning.abstract_mesh(data, model)
   rules = part.rules()
-  result = count(config, mesh, rules, args.optimizer)
+  result = count(config, mesh, rules, args.optimizer, configurables.OptimizerConfig())
 
   print(f"T5Config: d_model={config.d_model} d_kv={config.d_kv} d_ff={config.d_ff} heads={config.num_heads} "
         f"layers={config.num_encoder_layers}/{config.num_decoder_layers} vocab={config.vocab_size}")
@@ -129,6 +130,3 @@ def main(argv: Optional[list[str]] = None) -> None:
     print(f"{'Adafactor state':<38}{'':>16}{_gib(opt):>24}")
     print(f"{'params + optimizer state':<38}{'':>16}{_gib(nbytes + opt):>24}")
 
-
-if __name__ == "__main__":
-  main(sys.argv[1:])

@@ -8,8 +8,13 @@ Several processes: add `--multiprocess` on every host of a TPU pod slice (auto-d
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I`.
 
 Exit status: 0 finished, stopped on SIGTERM/SIGINT after saving, or nothing left to train;
-3 a non-finite loss stopped the run (the last good checkpoint is kept); 1 any other error.
+3 a non-finite loss stopped the run (the last good checkpoint is kept); 2 a mistake in the
+command, gin or data (one paragraph on stderr; --traceback shows where); 1 any other error.
 The run itself is `xmtf_jax.train.loop.train`.
+
+gin macros that matter: MODEL_DIR, MIXTURE_OR_TASK_NAME, TRAIN_STEPS, BATCH_SIZE, NUM_MICROBATCHES,
+INITIAL_CHECKPOINT_PATH, XP3_DATA_DIR, VOCABULARY_PATH, VOCAB_SIZE, TASK_FEATURE_LENGTHS, USE_PACKING,
+LEARNING_RATE, LOSS_NORMALIZATION, CHECKPOINT_PERIOD, EVAL_PERIOD (gin/runs/finetune.gin lists them).
 """
 import logging
 import os
@@ -24,6 +29,7 @@ import jax  # noqa: E402
 
 from xmtf_jax.cli import configurables, gin_flags, runtime  # noqa: E402
 from xmtf_jax.parallel import distributed  # noqa: E402
+from xmtf_jax.data import tasks as data_tasks  # noqa: E402
 from xmtf_jax.train import loop  # noqa: E402
 
 
@@ -47,7 +53,9 @@ def main(argv=None) -> int:
     logging.info("CPU malloc settings: %s", "tuned (cpu_malloc.py)" if cpu_malloc.is_tuned() else
                  "glibc defaults (XMTF_CPU_MALLOC=0, or not started with `python -m xmtf_jax.train`)")
   config = configurables.TrainConfig()
+  # Validate before anything is written: a typo in the mixture name must not leave a MODEL_DIR behind.
   runtime.register_tasks(config.mixture_or_task_name)
+  data_tasks.get_mixture_or_task(config.mixture_or_task_name)
   write_gin_config(config.model_dir)
   try:
     result = loop.train(config, configurables.T5Config(), configurables.PartitioningConfig(),

@@ -41,12 +41,14 @@ class TokenizedExample:
 
 def tokenize_examples(records: Iterable[Mapping], encode: Callable[[str], Sequence[int]], *,
                       max_input_length: int = 512, max_choice_length: int = 256,
-                      keys: Iterable | None = None) -> list[TokenizedExample]:
+                      add_eos_to_inputs: bool = False, keys: Iterable | None = None
+                      ) -> list[TokenizedExample]:
   """Tokenizes rank-classification records (`inputs`, `answer_choices`, `label`).
 
   `encode` maps text to ids without EOS (e.g. a seqio vocabulary's `encode`). Inputs are cut to
-  `max_input_length` keeping the beginning; a choice longer than `max_choice_length` keeps its first
-  max_choice_length - 1 tokens and EOS.
+  `max_input_length` keeping the beginning (then EOS appended within the limit if
+  `add_eos_to_inputs`, for models trained that way; the paper's protocol feeds no EOS); a choice
+  longer than `max_choice_length` keeps its first max_choice_length - 1 tokens and EOS.
   """
   examples = []
   keys = iter(keys) if keys is not None else None
@@ -57,7 +59,9 @@ def tokenize_examples(records: Iterable[Mapping], encode: Callable[[str], Sequen
     if not choices or not 0 <= label < len(choices):
       raise ValueError(f"example {record.get('source', '')}: label {label} is not an index into the "
                        f"answer choices {choices}")
-    input_ids = np.asarray(list(encode(record["inputs"]))[:max_input_length], np.int32)
+    ids = list(encode(record["inputs"]))
+    ids = ids[:max_input_length - 1] + [EOS_ID] if add_eos_to_inputs else ids[:max_input_length]
+    input_ids = np.asarray(ids, np.int32)
     choice_ids = []
     for choice in choices:
       if choice not in choice_cache:

@@ -143,7 +143,7 @@ class RankClassificationSuite:
 
   def __init__(self, task_names: Sequence[str], *, split: str | None = None,
                max_examples_per_task: int | None = None, max_input_length: int = 512,
-               max_choice_length: int = 256):
+               max_choice_length: int = 256, add_eos_to_inputs: bool = False):
     self.max_input_length, self.max_choice_length = max_input_length, max_choice_length
     self.tasks = [load_task_examples(name, split, max_examples_per_task)
                   for name in expand_task_names(task_names)]
@@ -151,7 +151,7 @@ class RankClassificationSuite:
     for t_index, task in enumerate(self.tasks):
       self.examples += rank_classification.tokenize_examples(
           task.records, task.encode, max_input_length=max_input_length,
-          max_choice_length=max_choice_length,
+          max_choice_length=max_choice_length, add_eos_to_inputs=add_eos_to_inputs,
           keys=[(t_index, i) for i in range(len(task.records))])
 
   def describe(self) -> str:
@@ -186,11 +186,13 @@ class RankClassificationSuite:
 def evaluate_tasks(scorer: rank_classification.ChoiceScorer, task_names: Sequence[str], *,
                    batch_size: int, split: str | None = None, max_input_length: int = 512,
                    max_choice_length: int = 256, max_examples_per_task: int | None = None,
+                   add_eos_to_inputs: bool = False,
                    print_fn: Callable[[str], None] | None = print) -> list[eval_results.PromptResult]:
   """Rank-classifies every example of every task; returns one PromptResult per task."""
   suite = RankClassificationSuite(task_names, split=split, max_examples_per_task=max_examples_per_task,
                                   max_input_length=max_input_length,
-                                  max_choice_length=max_choice_length)
+                                  max_choice_length=max_choice_length,
+                                  add_eos_to_inputs=add_eos_to_inputs)
   if print_fn:
     print_fn(suite.describe())
   return suite.run(scorer, batch_size, Progress(len(suite.examples), print_fn))

@@ -7,6 +7,6 @@ from xmtf_jax.cli import cpu_malloc  # stdlib only: cheap before the re-executio
 # make XLA:CPU steps ~1.4x faster (cpu_malloc.py; XMTF_CPU_MALLOC=0 opts out).
 cpu_malloc.reexec_tuned("xmtf_jax.train", sys.argv[1:])
 
-from xmtf_jax.cli import train  # noqa: E402
+from xmtf_jax.cli import errors, train  # noqa: E402
 
-sys.exit(train.main())
+sys.exit(errors.run(train.main, train.__doc__))

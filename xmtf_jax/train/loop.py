@@ -120,16 +120,39 @@ def setup_runtime(config: TrainConfig) -> None:
     jax.config.update("jax_compilation_cache_dir", os.path.abspath(config.compilation_cache_dir))
 
 
-def task_vocabulary(mixture_or_task_name: str, model_config: T5Config) -> Optional[str]:
-  """The SentencePiece file of the mixture's targets (recorded in checkpoints); checks its size."""
+# A fresh embedding this much larger than the vocabulary is almost certainly a gin mix-up (mT5's
+# 250112 rows for a demo-sized vocabulary), not padding to a multiple of 128.
+OVERSIZED_EMBEDDING_FACTOR = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskFeatures:
+  """What a checkpoint records about the data it was trained on, for evaluation and inference."""
+  vocabulary_path: Optional[str]
+  add_eos_to_inputs: bool
+
+
+def task_features(mixture_or_task_name: str, model_config: T5Config, fresh_model: bool
+                  ) -> TaskFeatures:
+  """The mixture's SentencePiece file and whether its inputs end in EOS; checks the vocabulary
+  against the embedding: smaller is an error, much larger for a fresh model a warning."""
   provider = seqio.get_mixture_or_task(mixture_or_task_name)
   vocabulary = provider.output_features["targets"].vocabulary
   if vocabulary.vocab_size > model_config.vocab_size:
     raise ValueError(f"the vocabulary of {mixture_or_task_name!r} has {vocabulary.vocab_size} ids but "
-                     f"the model's embedding only {model_config.vocab_size} (VOCAB_SIZE); use the "
-                     "matching model/mixture gin files")
+                     f"the model's embedding only {model_config.vocab_size} (VOCAB_SIZE); set "
+                     f"--gin.VOCAB_SIZE={-(-vocabulary.vocab_size // 128) * 128} or use the matching "
+                     "model/mixture gin files")
+  if fresh_model and model_config.vocab_size > OVERSIZED_EMBEDDING_FACTOR * max(vocabulary.vocab_size, 128):
+    logging.warning(
+        "VOCAB_SIZE=%d is %.0fx the vocabulary of %r (%d pieces): the randomly initialised embedding "
+        "and LM head are mostly unused rows. Set --gin.VOCAB_SIZE=%d (the vocabulary rounded up to a "
+        "multiple of 128) unless this is intended.", model_config.vocab_size,
+        model_config.vocab_size / vocabulary.vocab_size, mixture_or_task_name, vocabulary.vocab_size,
+        -(-vocabulary.vocab_size // 128) * 128)
   path = getattr(vocabulary, "sentencepiece_model_file", None)
-  return os.path.abspath(path) if path and "://" not in path else path
+  path = os.path.abspath(path) if path and "://" not in path else path
+  return TaskFeatures(path, bool(provider.output_features["inputs"].add_eos))
 
 
 SHAPE_FIELDS = ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_encoder_layers",
@@ -169,9 +192,10 @@ def replicated_step(step: int, sharding) -> jax.Array:
   return jax.make_array_from_callback((), sharding, lambda _: np.asarray(step, np.int32))
 
 
-def checkpoint_metadata(config: TrainConfig, model_config: T5Config, vocabulary_path: Optional[str],
+def checkpoint_metadata(config: TrainConfig, model_config: T5Config, features: TaskFeatures,
                         optimizer_config: optim.OptimizerConfig) -> dict:
-  return {"t5_config": model_config.to_dict(), "vocabulary_path": vocabulary_path,
+  return {"t5_config": model_config.to_dict(), "vocabulary_path": features.vocabulary_path,
+          "add_eos_to_inputs": features.add_eos_to_inputs,
           "mixture_or_task_name": config.mixture_or_task_name,
           "task_feature_lengths": dict(config.task_feature_lengths),
           "optimizer": optim.describe(optimizer_config)}
@@ -208,7 +232,9 @@ def train(config: TrainConfig, model_config: T5Config,
   model = EncoderDecoderModel(model_config, mesh, partitioning_config.rules())
   optimizer = trainer.make_optimizer(model, optimizer_config)
   state_shardings = trainer.train_state_shardings(model, optimizer, mesh)
-  vocabulary_path = task_vocabulary(config.mixture_or_task_name, model_config)
+  fresh_model = not config.initial_checkpoint_path
+  features = task_features(config.mixture_or_task_name, model_config, fresh_model)
+  vocabulary_path = features.vocabulary_path
   num_data_shards = config.num_data_shards or jax.process_count()
 
   # Resume from MODEL_DIR, or start from the initial checkpoint / random parameters.
@@ -238,7 +264,7 @@ def train(config: TrainConfig, model_config: T5Config,
       dropout_seed=config.dropout_seed, num_microbatches=config.num_microbatches,
       state_shardings=state_shardings, rng_impl=config.rng_impl)
   hooks = build_eval_hooks(config, model, vocabulary_path, num_data_shards, loss_config)
-  metadata = checkpoint_metadata(config, model_config, vocabulary_path, optimizer_config)
+  metadata = checkpoint_metadata(config, model_config, features, optimizer_config)
   lengths = config.task_feature_lengths
   meter = make_meter(config, model_config)
   tensorboard = reporting.TensorBoard(config.model_dir)

@@ -62,3 +62,12 @@ def load_vocabulary(model_path: Optional[str], vocabulary_path: Optional[str] = 
       return tasks.vocabulary(os.path.expanduser(candidate))
   raise FileNotFoundError(f"no SentencePiece model: looked for {[c for c in candidates if c]}; set "
                           "vocabulary_path (e.g. --gin.evaluate.vocabulary_path=\"'/path/spiece.model'\")")
+
+
+def inputs_end_with_eos(model_path: Optional[str]) -> bool:
+  """Whether the model was trained on inputs ending in EOS: what a training checkpoint recorded
+  (its task's `inputs` feature), else False (HF folders; mT0 and the paper's evaluation feed inputs
+  without EOS). Inference and evaluation default to this, so they see inputs as training did."""
+  if model_path and checkpoints.is_checkpoint(os.path.expanduser(model_path)):
+    return bool(checkpoints.read_metadata(os.path.expanduser(model_path)).get("add_eos_to_inputs", False))
+  return False

@@ -1,0 +1,63 @@
+"""Traps a user walking through the README fell into: each check fails on the code before its fix."""
+import logging
+
+import gin
+import pytest
+
+import mixtures  # noqa: F401  (registers the demo tasks)
+from xmtf_jax.cli import configurables, gin_flags
+from xmtf_jax.model.config import T5Config
+from xmtf_jax.train import loop
+
+
+@pytest.fixture(autouse=True)
+def fresh_gin():
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+def test_finetune_gin_keeps_the_model_files_vocab_size():
+  """data_defaults.gin (included by finetune.gin) used to reset VOCAB_SIZE to mT5's 250112."""
+  gin_flags.parse_gin(["--gin_file=gin/models/mt5_tiny.gin", "--gin_file=gin/runs/finetune.gin",
+                       "--gin.MODEL_DIR='/tmp/x'", "--gin.MIXTURE_OR_TASK_NAME='demo'"])
+  assert configurables.T5Config().vocab_size == 256
+
+
+def test_vocabulary_larger_than_the_embedding_is_an_error():
+  with pytest.raises(ValueError, match=r"has 2000 ids but the model's embedding only 1024.*VOCAB_SIZE=2048"):
+    loop.task_features("demo", T5Config(vocab_size=1024), fresh_model=True)
+
+
+def test_a_much_larger_fresh_embedding_is_reported(caplog):
+  with caplog.at_level(logging.WARNING):
+    features = loop.task_features("demo", T5Config(vocab_size=250112), fresh_model=True)
+  assert "VOCAB_SIZE=250112" in caplog.text and "--gin.VOCAB_SIZE=2048" in caplog.text
+  assert features.vocabulary_path.endswith("data/demo/sentencepiece.model")
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):  # a pretrained model keeps its embedding: no warning
+    loop.task_features("demo", T5Config(vocab_size=250112), fresh_model=False)
+    loop.task_features("demo", T5Config(vocab_size=2048), fresh_model=True)
+  assert "VOCAB_SIZE" not in caplog.text
+
+
+def test_a_misspelt_macro_is_an_error_with_a_suggestion():
+  with pytest.raises(SystemExit, match=r"--gin.TRAIN_STEP: no gin file given defines the macro "
+                                       r"TRAIN_STEP.*Did you mean TRAIN_STEPS"):
+    gin_flags.parse_gin(["--gin_file=gin/runs/demo.gin", "--gin.TRAIN_STEP=10"])
+
+
+def test_known_macros_and_configurable_bindings_still_work():
+  gin_flags.parse_gin(["--gin_file=gin/runs/demo.gin", "--gin.TRAIN_STEPS=7",
+                       "--gin.TrainConfig.log_period=3"])
+  config = configurables.TrainConfig()
+  assert (config.train_steps, config.log_period) == (7, 3)
+
+
+def test_a_mixture_typo_leaves_no_model_dir_behind(tmp_path):
+  from xmtf_jax.cli import train
+  model_dir = tmp_path / "run"
+  with pytest.raises(ValueError, match=r"no seqio task or mixture named 'dmeo'; did you mean \['demo'"):
+    train.main(["--gin_file=gin/runs/demo.gin", f"--gin.MODEL_DIR='{model_dir}'",
+                "--gin.MIXTURE_OR_TASK_NAME='dmeo'"])
+  assert not model_dir.exists()

@@ -1,0 +1,69 @@
+"""How every entry point ends: a user's mistake is one readable paragraph on stderr and exit status 2;
+`--help` prints the command's usage; `--traceback` keeps Python's traceback for developers.
+
+User mistakes are the errors the library raises for bad input (ValueError and its subclasses:
+bad gin values, unknown tasks, bad data lines, bad templates; FileNotFoundError for missing paths),
+including those raised inside tf.data, which are unwrapped from TensorFlow's `{{function_node ...}}`
+text. Anything else (a bug) keeps its traceback.
+"""
+from __future__ import annotations
+
+import re
+import sys
+import textwrap
+from typing import Callable, Optional, Sequence
+
+from xmtf_jax.data import jsonl_source
+
+EXIT_USER_ERROR = 2
+
+GIN_USAGE = """\
+gin settings (t5x style, repeatable):
+  --gin_file=FILE            a gin file (found from the working directory or the repository root)
+  --gin.NAME=VALUE           set a macro or Configurable.parameter; VALUE is a Python literal,
+                             e.g. --gin.MODEL_DIR="'/tmp/run'" --gin.TRAIN_STEPS=1000
+  --gin_bindings='NAME=VALUE'
+  --traceback                show Python's traceback on errors (for developers)
+"""
+
+
+def user_message(error: BaseException) -> Optional[str]:
+  """The paragraph to show for a user's mistake, or None for anything else (a bug)."""
+  if _is_tf_error(error):
+    error = jsonl_source.unwrap_tf_error(error)
+    if _is_tf_error(error) and type(error).__name__ == "NotFoundError":  # a missing data file
+      return "file not found: " + " ".join(re.sub(r"\{\{function_node [^}]*\}\}", "",
+                                                  getattr(error, "message", str(error))).split())
+  if not isinstance(error, (ValueError, FileNotFoundError, NotADirectoryError)):
+    return None
+  text = str(error.args[0]) if len(error.args) == 1 and isinstance(error.args[0], str) else str(error)
+  text = re.sub(r"\{\{function_node [^}]*\}\}", "", text)
+  return " ".join(text.split())
+
+
+def _is_tf_error(error: BaseException) -> bool:
+  return type(error).__module__.startswith("tensorflow")
+
+
+def run(main: Callable[[Sequence[str]], Optional[int]], usage: str, argv: Optional[Sequence[str]] = None,
+        *, main_has_help: bool = False) -> int:
+  """Runs `main(argv)` as a command: --help, --traceback, one-paragraph user errors, exit status.
+
+  main_has_help: `main` parses its flags with argparse, whose --help lists them (usage is then not
+  printed here)."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if ("--help" in argv or "-h" in argv) and not main_has_help:
+    print(usage.rstrip() + "\n\n" + GIN_USAGE)
+    return 0
+  show_traceback = "--traceback" in argv
+  argv = [a for a in argv if a != "--traceback"]
+  try:
+    code = main(argv)
+  except Exception as error:  # noqa: BLE001  (sorted into user errors and bugs below)
+    message = None if show_traceback else user_message(error)
+    if message is None:
+      raise
+    print("error: " + textwrap.fill(message, width=100, subsequent_indent="  ")
+          + "\n(add --traceback to see where it was raised)", file=sys.stderr)
+    return EXIT_USER_ERROR
+  return int(code or 0)
