@@ -6,6 +6,7 @@ resume to the same per-step losses as an uninterrupted run; two processes with 4
 one process with 8 devices. A non-finite loss stops the run keeping the last good checkpoint.
 """
 import json
+import logging
 import os
 import shutil
 import signal
@@ -15,6 +16,8 @@ import sys
 
 import numpy as np
 import pytest
+
+import mixtures  # noqa: F401  (registers the demo tasks)
 
 from xmtf_jax.train import checkpoints
 from xmtf_jax.train import losses
@@ -263,3 +266,16 @@ def test_initial_parameters_from_an_hf_folder_or_a_checkpoint(hf_mt5_dir, tmp_pa
   other = EncoderDecoderModel(config.replace(d_ff=64), partitioning.make_mesh(2))
   with pytest.raises(ValueError, match="d_ff: 48 there vs 64 in gin"):
     training.initial_params(_tiny_train_config("unused", initial_checkpoint_path=folder), other)
+
+
+def test_truncation_is_reported_in_the_log_and_metrics(tmp_path, caplog):
+  model_dir = str(tmp_path / "cut")
+  config = _tiny_train_config(model_dir, task_feature_lengths={"inputs": 2, "targets": 16},
+                              train_steps=3, use_packing=False, checkpoint_period=3)
+  with caplog.at_level(logging.WARNING):
+    training.train(config, TINY, partitioning.PartitioningConfig(), optim.OptimizerConfig(),
+                   losses.LossConfig())
+  assert "truncation in demo_en" in caplog.text and "inputs 100% cut at 2 tokens" in caplog.text
+  data = reporting.read_metrics(model_dir, "data")
+  assert data and data[0]["truncation"]["demo_en"]["inputs_truncated_share"] == 1.0
+  assert data[0]["truncation"]["demo_en"]["targets_truncated_share"] == 0.0

@@ -83,3 +83,15 @@ def count_truncation(dataset: tf.data.Dataset, output_features: Mapping,
       return {k: tf.identity(v) for k, v in ex.items()}
 
   return dataset.map(count, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def describe(all_task_totals: Mapping[str, Mapping[str, int]], lengths: Mapping[str, int]) -> list[str]:
+  """One line per task whose examples were cut, for a run's log: what share, at which length."""
+  lines = []
+  for task, totals in sorted(all_task_totals.items()):
+    shares = summarise(totals)
+    cut = [f"{key} {shares[f'{key}_truncated_share']:.0%} cut at {lengths.get(key)} tokens"
+           for key in ("inputs", "targets") if totals[f"{key}_truncated_examples"]]
+    if cut:
+      lines.append(f"truncation in {task} ({totals['examples']} examples so far): " + ", ".join(cut))
+  return lines

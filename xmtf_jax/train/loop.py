@@ -20,7 +20,7 @@ import numpy as np
 
 import seqio
 
-from xmtf_jax.data import host_batches
+from xmtf_jax.data import host_batches, truncation
 from xmtf_jax.hf import reader as hf_reader
 from xmtf_jax.model.config import T5Config
 from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
@@ -338,6 +338,7 @@ def train_loop(config, model, state, start_step, data, train_step, checkpointer,
   step s+1 before waiting for step s; they are always fetched (and checked) before a save."""
   pending = None  # (step, device metrics) not yet fetched
   last_metrics = None
+  truncation_reported = False
   step = start_step
   started = time.time()
 
@@ -373,6 +374,9 @@ def train_loop(config, model, state, start_step, data, train_step, checkpointer,
       summary = meter.summary(step)
       logging.info("%s", meter.line(step, summary))
       tensorboard.scalars("train", step, {**summary, **last_metrics})
+      report_truncation(step, config.task_feature_lengths, metrics_log,
+                        first=not truncation_reported)
+      truncation_reported = True
     if save:
       started_saving = time.time()
       checkpointer.save(step, state.params, state.opt_state,
@@ -390,6 +394,19 @@ def train_loop(config, model, state, start_step, data, train_step, checkpointer,
   logging.info("finished: step %d, loss %.4f; checkpoint %s", step, last_metrics["loss"],
                checkpoints.step_directory(config.model_dir, step))
   return TrainResult("finished", step, config.model_dir, last_metrics)
+
+
+def report_truncation(step: int, lengths: Mapping[str, int], metrics_log, first: bool) -> None:
+  """Per-task truncation so far: a `{"kind": "data"}` line in metrics.jsonl at every progress line,
+  and in the log with the first one (a task whose inputs are all cut is a config mistake)."""
+  totals = truncation.all_totals()
+  if not totals:
+    return
+  metrics_log.write({"kind": "data", "step": step, "truncation": {
+      task: {**t, **truncation.summarise(t)} for task, t in totals.items()}})
+  if first:
+    for line in truncation.describe(totals, lengths):
+      logging.warning("%s", line)
 
 
 def run_eval_hooks(hooks, step, params, metrics_log, tensorboard) -> None:
