@@ -11,7 +11,7 @@ from typing import Optional
 
 from mixtures import demo  # noqa: F401  (registers the demo tasks)
 from mixtures.xp3 import VARIANTS, ensure_registered, register_variant, variant_of
-from xmtf_jax.data import xp3_family
+from xmtf_jax.data import jsonl_source, xp3_family
 from xmtf_jax.data.xp3_family import language_rates, mixture_info
 from xmtf_jax.data.config import MT5_VOCABULARY_PATH, DataConfig
 from xmtf_jax.data.tasks import add_jsonl_task, add_mixture, output_features, vocabulary
@@ -19,9 +19,11 @@ from xmtf_jax.data.tasks import add_jsonl_task, add_mixture, output_features, vo
 
 def register_for(name: str, config: Optional[DataConfig] = None) -> None:
   """Makes `name` findable by seqio: registers the xP3-family variant it belongs to (from `config`'s
-  data root) and applies `config`'s mixing settings to mixtures without their own (the demo)."""
+  data root) and applies `config`'s mixing settings and strictness to tasks without their own (the
+  demo, your `add_jsonl_task` tasks)."""
   config = config or DataConfig()
   xp3_family.configure_rates(config)
+  jsonl_source.set_default_strict(config.strict)
   ensure_registered(name, config)
 
 

@@ -128,3 +128,64 @@ def test_empty_and_missing_language_folders(tmp_path, data_spm_path):
   (root / "en" / "merged_en.jsonl").unlink()
   with pytest.raises(BadDataError, match="no usable language folders"):
     xp3_layouts.scan(str(root), "xp3", strict=False, source="fx_folders2")
+
+
+
+def _tiny_task(name, files, vocab_path, **kw):
+  from xmtf_jax.data import tasks
+  return tasks.add_jsonl_task(name, {"train": files}, vocab=tasks.vocabulary(vocab_path),
+                              overwrite=True, **kw)
+
+
+def _first_batch(name):
+  from xmtf_jax.data import pipeline
+  it = pipeline.make_batch_iterator(name, {"inputs": 16, "targets": 8}, "train", 2, shuffle=False,
+                                    seed=0, shard_index=0, num_shards=1, repeat=True)
+  return next(it)
+
+
+def test_missing_files_and_empty_globs_name_the_task_and_split(tmp_path, data_spm_path):
+  _tiny_task("t_missing_file", [str(tmp_path / "nope.jsonl")], data_spm_path, strict=True)
+  with pytest.raises(jsonl_source.BadDataError,
+                     match=r"task 't_missing_file', split 'train': data file .*nope.jsonl does not exist"):
+    _first_batch("t_missing_file")
+  _tiny_task("t_empty_glob", [str(tmp_path / "*.jsonl")], data_spm_path, strict=True)
+  with pytest.raises(jsonl_source.BadDataError, match=r"\*.jsonl matches no file"):
+    _first_batch("t_empty_glob")
+
+
+def test_globs_expand_and_lenient_tasks_skip_missing_files(tmp_path, data_spm_path):
+  for i in range(2):
+    (tmp_path / f"part{i}.jsonl").write_text(json.dumps({"inputs": f"q{i}", "targets": f"a{i}"}) + "\n")
+  _tiny_task("t_glob_ok", [str(tmp_path / "part*.jsonl"), str(tmp_path / "gone.jsonl")],
+             data_spm_path, strict=False)
+  jsonl_source.BAD_LINES.reset()
+  batch = _first_batch("t_glob_ok")
+  assert (batch["encoder_input_tokens"][:, 0] > 0).all()  # both rows come from the two parts
+  assert jsonl_source.BAD_LINES.counts("t_glob_ok") == {jsonl_source.MISSING_FILE: 1}
+
+
+def test_strict_none_follows_the_run_setting(tmp_path, data_spm_path):
+  _tiny_task("t_follows", [str(tmp_path / "nope.jsonl"), str(tmp_path / "ok.jsonl")], data_spm_path)
+  (tmp_path / "ok.jsonl").write_text(json.dumps({"inputs": "q", "targets": "a"}) + "\n")
+  try:
+    jsonl_source.set_default_strict(False)  # what DATA_STRICT = False does through register_for
+    assert _first_batch("t_follows")["encoder_input_tokens"].shape == (2, 16)
+    jsonl_source.set_default_strict(True)
+    with pytest.raises(jsonl_source.BadDataError, match="does not exist"):
+      _first_batch("t_follows")
+  finally:
+    jsonl_source.set_default_strict(True)
+
+
+def test_an_empty_task_or_mixture_member_is_named(tmp_path, data_spm_path):
+  from xmtf_jax.data import tasks
+  (tmp_path / "empty.jsonl").write_text("")
+  _tiny_task("t_empty_task", [str(tmp_path / "empty.jsonl")], data_spm_path)
+  with pytest.raises(ValueError, match=r"tasks with no examples in split 'train': t_empty_task"):
+    _first_batch("t_empty_task")
+  (tmp_path / "one.jsonl").write_text(json.dumps({"inputs": "q", "targets": "a"}) + "\n")
+  _tiny_task("t_one_line", [str(tmp_path / "one.jsonl")], data_spm_path)
+  tasks.add_mixture("t_mix_with_empty", [("t_one_line", 1.0), ("t_empty_task", 1.0)], overwrite=True)
+  with pytest.raises(ValueError, match=r"no examples in split 'train': t_empty_task"):
+    _first_batch("t_mix_with_empty")

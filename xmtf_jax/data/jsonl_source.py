@@ -112,6 +112,14 @@ class BadLineLog:
 
 BAD_LINES = BadLineLog()
 
+# Strictness of sources that do not set their own (`strict=None`, e.g. a user's `add_jsonl_task`):
+# the entry points set it from DataConfig.strict (gin DATA_STRICT) once gin is parsed.
+_DEFAULT_STRICT = [True]
+
+
+def set_default_strict(strict: bool) -> None:
+  _DEFAULT_STRICT[0] = bool(strict)
+
 # The last BadDataError raised inside tf.data, so callers can re-raise it unwrapped (TF wraps Python
 # exceptions from numpy_function into an InvalidArgumentError with a traceback in the text).
 _last_error: dict[str, BadDataError] = {}
@@ -230,12 +238,13 @@ class JsonlDataSource(seqio.DataSource):
     name: names this source in errors and bad-line counts (the task name).
     files: split name -> file paths (local or gs://).
     schema: the fields to read and check.
-    strict: raise BadDataError on the first bad line (naming file and line) instead of counting it.
+    strict: raise BadDataError on the first bad line (naming file and line) instead of counting it;
+      None follows the run's setting (DATA_STRICT, `set_default_strict`), read when data is built.
     count_fn: paths -> number of lines; gives `num_input_examples` (cached line counts).
   """
 
   def __init__(self, name: str, files: Mapping[str, Sequence[str]], *,
-               schema: RecordSchema = RecordSchema(), strict: bool = True,
+               schema: RecordSchema = RecordSchema(), strict: Optional[bool] = None,
                count_fn: Optional[Callable[[Sequence[str]], int]] = None,
                parse_batch_size: int = 128, max_open_files: int = 32,
                shuffle_buffer_size: int = 1024):
@@ -255,7 +264,7 @@ class JsonlDataSource(seqio.DataSource):
 
   @property
   def strict(self) -> bool:
-    return self._strict
+    return _DEFAULT_STRICT[0] if self._strict is None else self._strict
 
   @property
   def supports_arbitrary_sharding(self) -> bool:
@@ -266,6 +275,26 @@ class JsonlDataSource(seqio.DataSource):
 
   def files(self, split: str) -> tuple[str, ...]:
     return self._files[split]
+
+  def existing_files(self, split: str) -> tuple[str, ...]:
+    """The split's files with globs expanded; a missing file (or a glob matching nothing) is an error
+    naming the task and split (strict), or is skipped and counted (lenient)."""
+    found = []
+    for pattern in self._files[split]:
+      matches = (sorted(tf.io.gfile.glob(pattern)) if any(c in pattern for c in "*?[")
+                 else [pattern] if tf.io.gfile.exists(pattern) else [])
+      if not matches:
+        what = "matches no file" if any(c in pattern for c in "*?[") else "does not exist"
+        if self.strict:
+          raise _fail(f"task {self._name!r}, split {split!r}: data file {pattern} {what}. Fix the "
+                      "path in the task's definition (or the data root, XP3_DATA_DIR), or read the "
+                      "data in lenient mode (gin: DATA_STRICT = False) to skip it.")
+        BAD_LINES.record(self._name, pattern, 0, MISSING_FILE)
+      found += matches
+    if not found:
+      raise _fail(f"task {self._name!r}, split {split!r}: none of its data files exist "
+                  f"({', '.join(self._files[split])})")
+    return tuple(found)
 
   def num_input_examples(self, split: str) -> Optional[int]:
     if self._count_fn is None or split not in self._files:
@@ -278,7 +307,7 @@ class JsonlDataSource(seqio.DataSource):
     del sequence_length, use_cached, num_epochs
     if split not in self._files:
       raise ValueError(f"{self._name}: no files for split {split!r} (has {list(self._files)})")
-    files = self._files[split]
+    files = self.existing_files(split)
     num_shards, index = (shard_info.num_shards, shard_info.index) if shard_info else (1, 0)
     batch_size = self._parse_batch_size
 
@@ -314,12 +343,12 @@ class JsonlDataSource(seqio.DataSource):
     return ds
 
   def _parse(self, batches: tf.data.Dataset, num_shards: int, shard_index: int) -> tf.data.Dataset:
-    schema = self._schema
+    schema, strict = self._schema, self.strict
     out_types = [tf.string] * len(schema.string_fields) + [tf.string, tf.int64] * len(schema.list_fields)
 
     def parse(path, numbers, lines):
       outputs = tf.numpy_function(
-          lambda p, n, l: _parse_batch(self._name, schema, self._strict, num_shards, shard_index,
+          lambda p, n, l: _parse_batch(self._name, schema, strict, num_shards, shard_index,
                                        p, n, l),
           [path, numbers, lines], out_types, stateful=False)
       for t in outputs:

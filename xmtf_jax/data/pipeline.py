@@ -62,6 +62,22 @@ def _inputs_and_targets(ex):
   return {"inputs": ex["inputs"], "targets": ex["targets"]}
 
 
+def empty_tasks(mixture_or_task_name: str, split: str) -> list[str]:
+  """The tasks of a mixture (or the task) whose data files for `split` hold no bytes at all."""
+  provider = data_tasks.get_mixture_or_task(mixture_or_task_name)
+  found = []
+  for task in (provider.tasks if isinstance(provider, seqio.Mixture) else [provider]):
+    source = task.source
+    if split in task.splits and isinstance(source, jsonl_source.JsonlDataSource):
+      try:
+        files = source.existing_files(split)
+      except jsonl_source.BadDataError:
+        continue
+      if all(tf.io.gfile.stat(f).length == 0 for f in files):
+        found.append(task.name)
+  return found
+
+
 def make_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], split: str,
                  local_batch_size: int, *, use_packing: bool = False, shuffle: bool = True,
                  seed: Optional[int] = None, shard_index: int = 0, num_shards: int = 1,
@@ -141,6 +157,11 @@ class BatchIterator:
 
   def _build(self, skip: int) -> None:
     s = self.spec
+    empty = empty_tasks(s.mixture_or_task_name, s.split)
+    if empty:  # seqio would mix the others silently, or stop with a bare StopIteration
+      raise ValueError(f"tasks with no examples in split {s.split!r}: {', '.join(empty)} (their data "
+                       f"files are empty), in {s.mixture_or_task_name!r}. Remove them from the mixture "
+                       "or fix their files; `python -m xmtf_jax.data_report` lists every task's size.")
     ds = make_dataset(s.mixture_or_task_name, s.task_feature_lengths, s.split, s.local_batch_size,
                       use_packing=s.use_packing, shuffle=s.shuffle, seed=s.seed,
                       shard_index=s.shard_index, num_shards=s.num_shards, repeat=s.repeat)
@@ -156,6 +177,16 @@ class BatchIterator:
       self._build(self._batches)
     try:
       batch = next(self._iterator)
+    except StopIteration:
+      if self._batches == 0:
+        empty = empty_tasks(self.spec.mixture_or_task_name, self.spec.split)
+        raise ValueError(
+            (f"tasks with no examples in split {self.spec.split!r}: {', '.join(empty)}. " if empty else "")
+            + f"{self.spec.mixture_or_task_name!r} split {self.spec.split!r} produced no examples for "
+            f"data shard {self.spec.shard_index} of {self.spec.num_shards}: its files are empty, or "
+            "every line was skipped as bad (lenient mode; see the warnings above), or a mixture task "
+            "is empty. Check the data with `python -m xmtf_jax.data_report`.") from None
+      raise
     except tf.errors.OpError as e:
       bad = jsonl_source.unwrap_tf_error(e)
       if bad is not e:

@@ -43,11 +43,15 @@ def preprocessors(task_name: str) -> list:
 
 
 def add_jsonl_task(name: str, files: Mapping[str, Sequence[str]], *, vocab: seqio.Vocabulary,
-                   add_eos_to_inputs: bool = False, strict: bool = True,
+                   add_eos_to_inputs: bool = False, strict: Optional[bool] = None,
                    schema: RecordSchema = RecordSchema(),
                    count_fn: Optional[Callable[[Sequence[str]], int]] = None,
                    shuffle_buffer_size: int = 1_000, overwrite: bool = False) -> seqio.Task:
-  """Registers a seqio Task reading `{split: [.jsonl paths]}` with `inputs`/`targets` records."""
+  """Registers a seqio Task reading `{split: [.jsonl paths or globs]}` with `inputs`/`targets` records.
+
+  strict None (default): bad lines and missing files are errors or are skipped and counted as the
+  run's DATA_STRICT says (`mixtures.DataConfig.strict`); True/False fixes it for this task.
+  """
   if overwrite and name in seqio.TaskRegistry.names():
     seqio.TaskRegistry.remove(name)
   source = JsonlDataSource(name, files, schema=schema, strict=strict, count_fn=count_fn)
