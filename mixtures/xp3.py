@@ -3,7 +3,8 @@
 Names (stable, documented in README):
   mixture  `{variant}`                      e.g. `xp3`, `xp3x`, `p3`
   task     `{variant}_{lang}`               one per language folder, e.g. `xp3_en`, `xp3x_eng_Latn`,
-                                            `p3_en`; reads merged_{lang}.jsonl when present
+                                            `p3_en`; reads merged_{lang}.jsonl when the folder
+                                            has no validation files (it contains them)
   task     `{variant}_{lang}.{prompt file}` one per per-prompt file, e.g.
            `xp3_code.codeparrot_codecomplex_codeparrot__codecomplex_train_whichcomplexity`
 

@@ -84,7 +84,7 @@ def _register_fixture(tmp_path_factory, data_spm_path, make, variant, name):
 
 @pytest.fixture(scope="session")
 def xp3_fixture(tmp_path_factory, data_spm_path):
-  """An xP3-layout folder (en merged + per-prompt, ar/zh/hi per-prompt, code merged) as mixture `fx_xp3`."""
+  """An xP3-layout folder (en per-prompt + merged, ar/zh/hi per-prompt, code merged) as mixture `fx_xp3`."""
   from tests import data_fixtures
   return _register_fixture(tmp_path_factory, data_spm_path, data_fixtures.make_xp3, "xp3", "fx_xp3")
 

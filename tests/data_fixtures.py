@@ -56,7 +56,7 @@ def train_tiny_spm(path: str, vocab_size: int = 400) -> str:
   return path
 
 
-# xP3 layout: language -> train examples read by its task (merged file when present).
+# xP3 layout: language -> train examples read by its task (merged file when nothing is held out).
 EXPECTED_XP3_TRAIN = {"en": 12, "ar": 10, "zh": 3, "hi": 8, "code": 9}
 EXPECTED_XP3_VALIDATION = {"en": 3, "hi": 2}
 
@@ -64,14 +64,16 @@ EXPECTED_XP3_VALIDATION = {"en": 3, "hi": 2}
 def make_xp3(root: str) -> dict:
   """Writes an xP3-layout folder; returns {lang: {split: [records]}} of what the tasks must read."""
   expected = {}
-  # en: two per-prompt train files (7 + 5), their union as merged_en.jsonl, one validation file.
+  # en: two per-prompt train files (7 + 5), one validation file, and as in xP3 merged_en.jsonl is
+  # the shuffled union of all three: training must read the train files, not the merged file.
   a = [record("en", i, "[a] ") for i in range(7)]
   b = [record("en", i, "[b] ") for i in range(5)]
   write_jsonl(f"{root}/en/xp3_glue_mrpc_train_same-meaning.jsonl", a)
   write_jsonl(f"{root}/en/xp3_paws_labeled_final_train_task_description-no-label.jsonl", b)
-  write_jsonl(f"{root}/en/merged_en.jsonl", [b[2], a[0], a[3]] + a[1:3] + a[4:] + b[:2] + b[3:])
   val = [record("en", i, "[val] ") for i in range(3)]
   write_jsonl(f"{root}/en/xp3_paws_labeled_final_validation_task_description-no-label.jsonl", val)
+  write_jsonl(f"{root}/en/merged_en.jsonl",
+              [b[2], val[1], a[0], a[3]] + a[1:3] + val[:1] + a[4:] + b[:2] + val[2:] + b[3:])
   expected["en"] = {"train": a + b, "validation": val}
   # ar: per-prompt files only (4 + 6).
   ar1, ar2 = [record("ar", i, "[1] ") for i in range(4)], [record("ar", i, "[2] ") for i in range(6)]

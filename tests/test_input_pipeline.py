@@ -122,7 +122,7 @@ def test_truncation_is_counted(xp3_fixture, data_spm_path):
 
 
 def test_same_seed_same_stream_and_restore_continues_exactly(xp3_fixture, tmp_path):
-  # three tasks (merged file, per-prompt files, code) sampled at unequal rates keep this test quick
+  # three tasks (en, ar: per-prompt files; code: merged file) sampled at unequal rates keep this test quick
   mixtures.add_mixture("fx_xp3_three", [("fx_xp3_en", 3.0), ("fx_xp3_ar", 2.0), ("fx_xp3_code", 1.0)],
                        overwrite=True)
 

@@ -1,6 +1,7 @@
 """The xP3 family's layouts load as seqio tasks/mixtures; counts and the three rate schemes match hand
 computations; registration is lazy and follows gin / the environment."""
 import json
+import logging
 import math
 import os
 
@@ -14,6 +15,7 @@ from xmtf_jax.data import tasks as data_tasks
 from tests import data_fixtures
 from xmtf_jax.data import line_counts
 from xmtf_jax.data import mixing_rates
+from xmtf_jax.data import xp3_layouts
 
 
 def read(task_name, split):
@@ -38,7 +40,8 @@ def test_xp3_layout_tasks_read_exactly_the_expected_records(xp3_fixture):
     task = seqio.get_mixture_or_task(f"fx_xp3_{lang}")
     assert sorted(task.splits) == sorted(splits)
     for split, records in splits.items():
-      # en reads merged_en.jsonl only: 12 lines, not 12 + the 12 of its per-prompt files
+      # en trains on its 12 per-prompt train lines: not merged_en.jsonl (15, with the 3 validation
+      # lines), and never both
       assert sorted(read(f"fx_xp3_{lang}", split)) == as_pairs(records), (lang, split)
   # One task per per-prompt file, named after the file (hyphens made safe).
   assert info.prompt_tasks["fx_xp3_en"] == [
@@ -49,6 +52,37 @@ def test_xp3_layout_tasks_read_exactly_the_expected_records(xp3_fixture):
   assert len(read("fx_xp3_en.glue_mrpc_train_same_meaning", "train")) == 7
   assert read("fx_xp3_en.paws_labeled_final_validation_task_description_no_label",
               "validation") == [(r["inputs"], r["targets"]) for r in expected["en"]["validation"]]
+
+
+def test_xp3_validation_split_is_disjoint_from_training(xp3_fixture):
+  """xP3's merged_{lang}.jsonl holds every line of the folder, validation included (facts §4)."""
+  for lang in ("en", "hi"):
+    train = set(read(f"fx_xp3_{lang}", "train"))
+    validation = set(read(f"fx_xp3_{lang}", "validation"))
+    assert len(validation) > 0 and len(train) > 0 and not train & validation, lang
+  with open(os.path.join(xp3_fixture["root"], "en/merged_en.jsonl")) as f:
+    merged = {(r["inputs"], r["targets"]) for r in map(json.loads, f)}
+  assert len(merged) == 15 and set(read("fx_xp3_en", "validation")) < merged
+  assert len(read("fx_xp3_en", "train")) == 12
+
+
+def test_merged_file_with_validation_but_no_train_files_warns(tmp_path, caplog):
+  root = tmp_path / "xp3"
+  val = [data_fixtures.record("en", i, "[val] ") for i in range(2)]
+  data_fixtures.write_jsonl(str(root / "sw/merged_sw.jsonl"), val + [data_fixtures.record("en", 9)])
+  data_fixtures.write_jsonl(str(root / "sw/xp3_x_y_validation_t.jsonl"), val)
+  with caplog.at_level(logging.WARNING):
+    (sw,) = xp3_layouts.scan(str(root), "xp3").languages
+  assert sw.train == (f"{root}/sw/merged_sw.jsonl",)
+  assert sw.validation == (f"{root}/sw/xp3_x_y_validation_t.jsonl",)
+  warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert len(warnings) == 1 and "validation overlaps training" in warnings[0]
+  # Without validation files the merged file is the train split, silently.
+  (root / "sw/xp3_x_y_validation_t.jsonl").unlink()
+  caplog.clear()
+  (sw,) = xp3_layouts.scan(str(root), "xp3").languages
+  assert sw.train == (f"{root}/sw/merged_sw.jsonl",) and sw.validation == ()
+  assert not [r for r in caplog.records if r.levelno == logging.WARNING]
 
 
 def test_non_latin_and_code_round_trip_through_the_vocabulary(xp3_fixture, data_spm_path):
@@ -71,8 +105,8 @@ def test_counts_per_task_and_cache(xp3_fixture):
   with open(os.path.join(xp3_fixture["root"], "counts.json")) as f:
     cached = json.load(f)["files"]
   assert cached["code/merged_code.jsonl"]["lines"] == 9
-  assert cached["en/merged_en.jsonl"]["bytes"] == os.path.getsize(
-      os.path.join(xp3_fixture["root"], "en/merged_en.jsonl"))
+  assert cached["en/xp3_glue_mrpc_train_same-meaning.jsonl"]["bytes"] == os.path.getsize(
+      os.path.join(xp3_fixture["root"], "en/xp3_glue_mrpc_train_same-meaning.jsonl"))
 
 
 def test_counts_fall_back_to_a_local_cache_when_the_root_is_not_writable(tmp_path):

@@ -3,8 +3,9 @@
 Layouts (see README "Data"):
   xP3 / xP3mt / xP3all   {root}/{lang}/xp3_{dataset}_{config}_{split}_{template}.jsonl (per prompt)
                          and/or {root}/{lang}/merged_{lang}.jsonl (their deduplicated union).
-                         A language reads merged_{lang}.jsonl when present, else its per-prompt
-                         files. Files named *_validation_* form the validation split.
+                         Files named *_validation_* form the validation split; the train split
+                         is merged_{lang}.jsonl only when the folder has no validation files
+                         (see `_xp3_language`), else the per-prompt non-validation files.
   xP3x                   {root}/data/{code}/*.jsonl, listed by {root}/paths.json
                          ({code: ["data/{code}/...jsonl", ...]}); records carry 7 fields.
   P3                     {root}/p31t0_train.jsonl (or p31t0_train.zip) and p31t0_validation.jsonl.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
 from typing import Optional, Sequence
@@ -34,7 +36,7 @@ VALIDATION_MARK = "_validation_"
 class LanguageFiles:
   """The files of one language (folder) of a layout.
 
-  `train` is what the language's task reads for training (the merged file when present);
+  `train` is what the language's task reads for training (never a file holding `validation` lines);
   `prompt_files` are the per-prompt files (all splits), each of which also gets its own task.
   """
   language: str
@@ -121,11 +123,28 @@ def scan(root: str, kind: Optional[str] = None, *, languages: Optional[Sequence[
 
 
 def _xp3_language(root: str, lang: str, files: list[str]) -> LanguageFiles:
+  """The train/validation files of one xP3 language folder.
+
+  xP3's merged_{lang}.jsonl is "all of the folder, deduplicated by line and shuffled": it holds the
+  lines of the *_validation_* files too. Training on it would train on the validation split, so when
+  a folder has validation files the train split is its per-prompt non-validation files (the same
+  lines as the merged file minus validation, without reading any file); the merged file is read only
+  when there is nothing to hold out. A folder with a merged file and validation files but no
+  per-prompt train files cannot be split without reading it: it trains on the merged file and warns.
+  """
   merged = f"merged_{lang}.jsonl"
   prompt = [f for f in files if f != merged]
   validation = [f for f in prompt if VALIDATION_MARK in f]
-  # merged_{lang}.jsonl is the deduplicated union of the folder's files: read it alone.
-  train = [merged] if merged in files else [f for f in prompt if VALIDATION_MARK not in f]
+  prompt_train = [f for f in prompt if VALIDATION_MARK not in f]
+  train = prompt_train
+  if merged in files and (not validation or not prompt_train):
+    train = [merged]
+    if validation:
+      logging.warning(
+          "%s: the folder has validation files (%s) but no per-prompt train files, so training reads "
+          "merged_%s.jsonl, which contains the validation lines: validation overlaps training. "
+          "Download the per-prompt train files (xp3_*_train_*.jsonl) to keep them apart.",
+          _join(root, lang), ", ".join(validation), lang)
   path = lambda names: tuple(_join(root, lang, n) for n in names)  # noqa: E731
   return LanguageFiles(lang, path(train), path(validation), path(prompt))
 
