@@ -268,7 +268,16 @@ def test_initial_parameters_from_an_hf_folder_or_a_checkpoint(hf_mt5_dir, tmp_pa
     training.initial_params(_tiny_train_config("unused", initial_checkpoint_path=folder), other)
 
 
+def input_pipeline_first_batch():
+  from xmtf_jax.data import pipeline
+  it = pipeline.make_batch_iterator("demo_en", {"inputs": 64, "targets": 16}, "train", 8, shuffle=False,
+                                    seed=0, shard_index=0, num_shards=1, repeat=False)
+  yield next(it)
+
+
 def test_truncation_is_reported_in_the_log_and_metrics(tmp_path, caplog):
+  # earlier tests in this process read demo_en at other lengths: the run counts afresh
+  list(input_pipeline_first_batch())
   model_dir = str(tmp_path / "cut")
   config = _tiny_train_config(model_dir, task_feature_lengths={"inputs": 2, "targets": 16},
                               train_steps=3, use_packing=False, checkpoint_period=3)

@@ -49,6 +49,14 @@ def all_totals() -> dict[str, dict[str, int]]:
   return {name: _COUNTERS[name].totals() for name in names}
 
 
+def reset_all() -> None:
+  """Zeroes every task's counters (a new run in the same process starts counting afresh)."""
+  with _LOCK:
+    counters = list(_COUNTERS.values())
+  for c in counters:
+    c.reset()
+
+
 def summarise(totals: Mapping[str, int]) -> dict[str, float]:
   """Shares of examples truncated, per feature."""
   n = max(totals["examples"], 1)

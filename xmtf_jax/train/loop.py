@@ -249,7 +249,8 @@ def train(config: TrainConfig, model_config: T5Config,
     reporting.plot_loss_curve(config.model_dir)
     return TrainResult("already_done", latest, config.model_dir)
 
-  # Per-host batches of this process's data shards.
+  # Per-host batches of this process's data shards (truncation is counted afresh for this run).
+  truncation.reset_all()
   data = host_batches.make_host_batches(
       config.mixture_or_task_name, config.task_feature_lengths, "train", config.batch_size,
       use_packing=config.use_packing, shuffle=True, seed=config.data_seed, repeat=True,
