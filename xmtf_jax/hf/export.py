@@ -1,8 +1,7 @@
 """Export to a HuggingFace `MT5ForConditionalGeneration` folder, one tensor at a time.
 
-    from xmtf_jax.hf import export
-    result = export.export(config, params, "/path/spiece.model", "/out/mt0-small")
-    result = export.export_source(CheckpointParams("/runs/mt0", step=7000), vocab, "/out/mt0")
+    result = xmtf_jax.hf.export.export(config, params, "/path/spiece.model", "/out/mt0-small")
+    result = xmtf_jax.hf.export.export_source(CheckpointParams("/runs/mt0", step=7000), vocab, "/out")
 
 (sources of parameters: `xmtf_jax.hf.sources`; a training checkpoint's is
 `xmtf_jax.train.checkpoint_source.CheckpointParams`).
