@@ -71,7 +71,10 @@ def dirname(path: str) -> str:
 
 
 def basename(path: str) -> str:
-  return posixpath.basename(str(path).rstrip("/")) if is_remote(path) else os.path.basename(path)
+  """The last name of `path`, trailing slashes ignored."""
+  if is_remote(path):
+    return posixpath.basename(str(path).rstrip("/"))
+  return os.path.basename(os.path.normpath(path))
 
 
 # ---- queries ----------------------------------------------------------------------------------------

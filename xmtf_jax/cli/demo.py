@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # local-only: the repository
 DEMO_DIR = os.path.join("runs", "demo")
 
 

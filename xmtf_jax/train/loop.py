@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -20,6 +19,7 @@ import numpy as np
 
 import seqio
 
+from xmtf_jax import paths
 from xmtf_jax.data import host_batches
 from xmtf_jax.hf import reader as hf_reader
 from xmtf_jax.model.config import T5Config
@@ -117,7 +117,8 @@ class NonFiniteLossError(RuntimeError):
 
 def setup_runtime(config: TrainConfig) -> None:
   if config.compilation_cache_dir:
-    jax.config.update("jax_compilation_cache_dir", os.path.abspath(config.compilation_cache_dir))
+    # A bucket URL passes through unchanged (jax reads gs:// caches through etils.epath).
+    jax.config.update("jax_compilation_cache_dir", paths.abspath(config.compilation_cache_dir))
 
 
 def task_vocabulary(mixture_or_task_name: str, model_config: T5Config) -> Optional[str]:
@@ -129,7 +130,7 @@ def task_vocabulary(mixture_or_task_name: str, model_config: T5Config) -> Option
                      f"the model's embedding only {model_config.vocab_size} (VOCAB_SIZE); use the "
                      "matching model/mixture gin files")
   path = getattr(vocabulary, "sentencepiece_model_file", None)
-  return os.path.abspath(path) if path and "://" not in path else path
+  return paths.abspath(path) if path else path
 
 
 SHAPE_FIELDS = ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_encoder_layers",
@@ -258,6 +259,7 @@ def train(config: TrainConfig, model_config: T5Config,
                              "data, or use float32 activations.") from None
   finally:
     checkpointer.close()
+    metrics_log.flush()
     tensorboard.close()
     reporting.plot_loss_curve(config.model_dir)
 
@@ -349,6 +351,7 @@ def train_loop(config, model, state, start_step, data, train_step, checkpointer,
       tensorboard.scalars("train", step, {**summary, **last_metrics})
     if save:
       started_saving = time.time()
+      metrics_log.flush()  # a killed run's metrics.jsonl holds every step up to its last checkpoint
       checkpointer.save(step, state.params, state.opt_state,
                         {**metadata, "gin_config": describe_run()},
                         data.get_state(), force=True)
