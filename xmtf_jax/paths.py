@@ -223,6 +223,14 @@ def atomic_writer(path: str, mode: str = "w") -> Iterator[IO]:
   write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)
 
 
+def save_figure(figure, path: str, **savefig_kwargs) -> None:
+  """A matplotlib figure rendered in memory, then written with write_bytes (PNG unless `path` ends
+  otherwise): savefig itself only writes local files."""
+  buffer = io.BytesIO()
+  figure.savefig(buffer, format=os.path.splitext(str(path))[1][1:] or "png", **savefig_kwargs)
+  write_bytes(path, buffer.getvalue())
+
+
 def remove(path: str) -> None:
   if not is_remote(path):
     os.remove(os.path.expanduser(path))

@@ -11,7 +11,6 @@ kind, bfloat16 dense; "n/a" on CPU unless TrainConfig.peak_flops_per_device is g
 """
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -221,8 +220,6 @@ def plot_loss_curve(model_dir: str, output: Optional[str] = None) -> Optional[st
   ax.legend()
   output = output or paths.join(model_dir, LOSS_CURVE_FILE)
   fig.tight_layout()
-  png = io.BytesIO()
-  fig.savefig(png, format="png", dpi=100)
-  paths.write_bytes(output, png.getvalue())
+  paths.save_figure(fig, output, dpi=100)
   plt.close(fig)
   return output
