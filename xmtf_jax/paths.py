@@ -117,6 +117,15 @@ def listdir(path: str) -> list[str]:
                  if e.rstrip("/") != p.rstrip("/")})
 
 
+def subfolders(path: str) -> list[str]:
+  """Sorted names of the folders in a folder (one listing on a bucket, not one request per entry)."""
+  if not is_remote(path):
+    return sorted(e.name for e in os.scandir(os.path.expanduser(path)) if e.is_dir())
+  fs, p = _fs(path)
+  return sorted({posixpath.basename(e["name"].rstrip("/")) for e in fs.ls(p, detail=True)
+                 if e["type"] == "directory" and e["name"].rstrip("/") != p.rstrip("/")})
+
+
 def glob(pattern: str) -> list[str]:
   """Sorted paths matching a shell pattern (`gs://b/xP3/*/merged_*.jsonl`), with their scheme."""
   if not is_remote(pattern):
