@@ -271,6 +271,27 @@ def rename(source: str, target: str) -> None:
   fs.mv(p, _fs(target)[1], recursive=isdir(source))
 
 
+def cache_dir() -> str:
+  """Where local copies of remote files live: $XMTF_CACHE_DIR or ~/.cache/xmtf_jax (never the cwd)."""
+  return os.environ.get("XMTF_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                          "xmtf_jax")
+
+
+def cached_local_copy(path: str) -> str:
+  """A local file with the content of `path`: `path` itself when local; for a URL, a copy under
+  cache_dir()/files, downloaded again when the object's size changed. For readers that only take
+  local files (SentencePiece through seqio, which reads with tf.io.gfile)."""
+  if not is_remote(path):
+    return path
+  import hashlib
+  size = getsize(path)
+  digest = hashlib.sha1(str(path).encode("utf-8")).hexdigest()[:16]
+  local = os.path.join(cache_dir(), "files", f"{digest}-{basename(path)}")
+  if not (os.path.exists(local) and os.path.getsize(local) == size):
+    write_bytes(local, read_bytes(path))
+  return local
+
+
 def copy_to_local(path: str, local: str) -> None:
   """Downloads a file or a folder (tests, tools that need a real file); a plain copy when local."""
   if not is_remote(path):
