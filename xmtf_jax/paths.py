@@ -48,8 +48,11 @@ def _fs(path: str):
   return fsspec.core.url_to_fs(str(path), use_listings_cache=False)
 
 
-def _with_scheme(path: str, stripped: str) -> str:
-  return f"{str(path).split('://', 1)[0]}://{stripped}"
+def _with_scheme(like: str, stripped: str) -> str:
+  """A path fsspec gave without its scheme, written as `like` writes paths (memory:// keeps a
+  leading "/" internally that the URL does not show)."""
+  scheme, rest = str(like).split("://", 1)
+  return f"{scheme}://{stripped if rest.startswith('/') else stripped.lstrip('/')}"
 
 
 # ---- names ------------------------------------------------------------------------------------------
@@ -204,9 +207,13 @@ def write_bytes(path: str, data: bytes) -> None:
   if os.path.dirname(path):
     os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
+  try:
+    with open(tmp, "wb") as f:
+      f.write(data)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
 
 
 def write_text(path: str, text: str) -> None:
