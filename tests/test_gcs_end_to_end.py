@@ -116,6 +116,27 @@ def test_docs_show_the_tested_commands():
     assert COMMANDS in f.read()
 
 
+def test_the_paths_layer_on_the_emulator(gcs_bucket, tmp_path):
+  root = f"{gcs_bucket}/layer"
+  target = paths.join(root, "a", "x.txt")
+  paths.write_text(target, "one\n")
+  paths.append_text(target, "two\n")
+  assert paths.read_text(target) == "one\ntwo\n" and paths.read_range(target, 4, 7) == b"two"
+  assert paths.isdir(paths.join(root, "a")) and paths.isfile(target) and paths.getsize(target) == 8
+  with paths.open(paths.join(root, "b", "y.jsonl"), "w") as f:
+    f.write("{}\n")
+  assert paths.listdir(root) == paths.subfolders(root) == ["a", "b"]
+  assert paths.glob(f"{root}/*/*.jsonl") == [f"{root}/b/y.jsonl"]
+  paths.rename(paths.join(root, "a"), paths.join(root, "c"))
+  assert paths.listdir(root) == ["b", "c"] and paths.read_text(f"{root}/c/x.txt") == "one\ntwo\n"
+  paths.copy_to_local(root, str(tmp_path / "copy"))
+  assert sorted(os.listdir(tmp_path / "copy")) == ["b", "c"]
+  paths.rmtree(root)
+  assert not paths.exists(root) and not paths.exists(target)
+  with pytest.raises(ValueError, match="not supported on buckets"):
+    paths.open(target, "a")
+
+
 def test_every_path_on_gcs_end_to_end(gcs_bucket, tmp_path):
   train, evaluate, infer, export = commands(gcs_bucket)
   workdir = tmp_path / "workdir"  # the commands' working directory: must stay empty

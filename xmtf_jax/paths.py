@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import glob as _glob
 import io
+import logging
 import os
 import posixpath
 import shutil
@@ -23,6 +24,9 @@ os.environ.setdefault("EPATH_USE_TF", "false")
 # gcsfs >= 2026 probes each bucket for hierarchical namespaces over gRPC (a 60 s timeout against an
 # emulator or without that API); plain buckets need none of it. Must be set before gcsfs is imported.
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+# fsspec logs one INFO line per file it opens from a bucket: noise in a training log.
+logging.getLogger("fsspec.caching").setLevel(logging.WARNING)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # local-only: the repository
+from xmtf_jax.paths import REPO_ROOT  # (was xmtf_jax/, two levels up from cli/demo.py)
 DEMO_DIR = os.path.join("runs", "demo")
 
 
