@@ -32,7 +32,7 @@ def heldout_task_name(dataset: str, language: str, template: str) -> str:
 
 
 def register(overwrite: bool = False) -> None:
-  if not os.path.exists(DEMO_VOCABULARY_PATH):
+  if not os.path.exists(DEMO_VOCABULARY_PATH):  # local-only: in the repository
     logging.warning("demo data missing (%s); run scripts/make_demo_data.py", DEMO_DIR)
     return
   vocab = tasks.vocabulary(DEMO_VOCABULARY_PATH)

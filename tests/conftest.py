@@ -120,3 +120,13 @@ def tiny_trained_run(tmp_path_factory):
   result = training.train(run, config, partitioning.PartitioningConfig(num_partitions=2))
   assert result.status == "finished" and result.step == 3
   return model_dir, config
+
+
+# ---- a local Google Cloud Storage (tests/gcs_emulator.py) -----------------------------------------------
+@pytest.fixture(scope="session")
+def gcs_bucket():
+  """gs://BUCKET of a gcp-storage-emulator running in this process for the session; os.environ points
+  this process and its subprocesses at it (the variables: tests/gcs_emulator.py, docs/gcs.md)."""
+  from tests import gcs_emulator
+  with gcs_emulator.Emulator() as url:
+    yield f"gs://{gcs_emulator.BUCKET}"

@@ -7,7 +7,7 @@ import pytest
 import mixtures  # noqa: F401  (registers the demo tasks)
 from xmtf_jax.cli import configurables, gin_flags
 from xmtf_jax.model.config import T5Config
-from xmtf_jax.train import loop
+from xmtf_jax.train import run_checks
 
 
 @pytest.fixture(autouse=True)
@@ -26,18 +26,18 @@ def test_finetune_gin_keeps_the_model_files_vocab_size():
 
 def test_vocabulary_larger_than_the_embedding_is_an_error():
   with pytest.raises(ValueError, match=r"has 2000 ids but the model's embedding only 1024.*VOCAB_SIZE=2048"):
-    loop.task_features("demo", T5Config(vocab_size=1024), fresh_model=True)
+    run_checks.task_features("demo", T5Config(vocab_size=1024), fresh_model=True)
 
 
 def test_a_much_larger_fresh_embedding_is_reported(caplog):
   with caplog.at_level(logging.WARNING):
-    features = loop.task_features("demo", T5Config(vocab_size=250112), fresh_model=True)
+    features = run_checks.task_features("demo", T5Config(vocab_size=250112), fresh_model=True)
   assert "VOCAB_SIZE=250112" in caplog.text and "--gin.VOCAB_SIZE=2048" in caplog.text
   assert features.vocabulary_path.endswith("data/demo/sentencepiece.model")
   caplog.clear()
   with caplog.at_level(logging.WARNING):  # a pretrained model keeps its embedding: no warning
-    loop.task_features("demo", T5Config(vocab_size=250112), fresh_model=False)
-    loop.task_features("demo", T5Config(vocab_size=2048), fresh_model=True)
+    run_checks.task_features("demo", T5Config(vocab_size=250112), fresh_model=False)
+    run_checks.task_features("demo", T5Config(vocab_size=2048), fresh_model=True)
   assert "VOCAB_SIZE" not in caplog.text
 
 

@@ -112,7 +112,7 @@ def test_counts_per_task_and_cache(xp3_fixture):
 def test_counts_fall_back_to_a_local_cache_when_the_root_is_not_writable(tmp_path):
   root, cache = tmp_path / "data", tmp_path / "cache"
   data_fixtures.write_jsonl(str(root / "en/merged_en.jsonl"), [data_fixtures.record("en", 0)] * 4)
-  (root / "counts.json.tmp").mkdir()  # makes writing counts.json next to the data fail
+  (root / "counts.json").mkdir()  # makes writing counts.json next to the data fail
   counts = line_counts.LineCounts(str(root), str(cache))
   assert counts.total([str(root / "en/merged_en.jsonl")]) == 4
   cached = list(cache.iterdir())
@@ -247,21 +247,22 @@ def test_user_task_next_to_a_family_mixture(xp3_fixture, data_spm_path, tmp_path
 
 
 def test_a_non_local_filesystem_works_like_a_bucket(xp3_fixture, data_spm_path):
-  # TF's in-memory filesystem stands in for gs://: everything goes through tf.io.gfile.
-  import tensorflow as tf
+  # fsspec's in-memory filesystem stands in for gs:// (everything goes through xmtf_jax.paths; the
+  # GCS emulator run is tests/test_gcs_end_to_end.py).
+  from xmtf_jax import paths
   local = xp3_fixture["root"]
-  remote = "ram://bucket/xP3"
-  for folder, _, files in tf.io.gfile.walk(local):
-    for name in files:
-      if name != "counts.json":
-        tf.io.gfile.makedirs(folder.replace(local, remote))
-        tf.io.gfile.copy(os.path.join(folder, name), os.path.join(folder, name).replace(local, remote),
-                         overwrite=True)
+  remote = "memory://bucket/xP3"
+  paths.upload(local, remote)
+  if paths.exists(remote + "/counts.json"):
+    paths.remove(remote + "/counts.json")
   config = mixtures.DataConfig(vocabulary_path=data_spm_path)
   info = mixtures.register_variant("xp3", config, data_dir=remote, name="fx_ram", overwrite=True)
   assert info.sizes() == {f"fx_ram_{l}": n for l, n in data_fixtures.EXPECTED_XP3_TRAIN.items()}
-  assert tf.io.gfile.exists(remote + "/counts.json")
+  assert paths.exists(remote + "/counts.json")
   assert sorted(read("fx_ram_zh", "train")) == as_pairs(xp3_fixture["expected"]["zh"]["train"])
+  # A file list may name files by pattern.
+  source = data_tasks.JsonlDataSource("fx_glob", {"train": [remote + "/*/merged_*.jsonl"]})
+  assert source.files("train") == (remote + "/code/merged_code.jsonl", remote + "/en/merged_en.jsonl")
 
 
 def test_unknown_names_get_suggestions():

@@ -10,6 +10,8 @@ import time
 
 import gin
 
+from xmtf_jax import paths  # MODEL_DIR may be a bucket
+
 
 @gin.configurable
 def signal_self(context, signals=gin.REQUIRED, wait_for_checkpoint=None):
@@ -17,15 +19,15 @@ def signal_self(context, signals=gin.REQUIRED, wait_for_checkpoint=None):
   def hook(step, params):
     del params
     name = signals.get(step)
-    marker = os.path.join(context.model_dir, f"signal_sent_at_{step}")
-    if name is None or os.path.exists(marker):
+    marker = paths.join(context.model_dir, f"signal_sent_at_{step}")
+    if name is None or paths.exists(marker):
       return {}
-    open(marker, "w").close()
+    paths.write_text(marker, "")
     wait = (wait_for_checkpoint or {}).get(step)
     if wait is not None:
-      committed = os.path.join(context.model_dir, f"checkpoint_{wait}", "commit_success.txt")
+      committed = paths.join(context.model_dir, f"checkpoint_{wait}", "commit_success.txt")
       deadline = time.time() + 60
-      while not os.path.exists(committed) and time.time() < deadline:
+      while not paths.exists(committed) and time.time() < deadline:
         time.sleep(0.05)
     os.kill(os.getpid(), getattr(signal, name))
     time.sleep(0.5)  # let SIGKILL land before the loop goes on (SIGTERM only sets a flag)

@@ -11,12 +11,11 @@ DATA_REPORT_MAX_EXAMPLES; data_report.make_report.output_dir (gin/runs/data_repo
 from __future__ import annotations
 
 import json
-import os
 from typing import Mapping, Optional
 
 import gin
-import tensorflow as tf
 
+from xmtf_jax import paths
 from xmtf_jax.cli import gin_flags, runtime
 from xmtf_jax.data.report import build_report, markdown, plot_language_shares
 from xmtf_jax.progress import to_stderr
@@ -30,12 +29,11 @@ def make_report(mixture_or_task_name: str = gin.REQUIRED,
   """Builds the report and writes report.json, report.md and language_shares.png to output_dir."""
   runtime.register_tasks(mixture_or_task_name)
   report = build_report(mixture_or_task_name, task_feature_lengths, split, max_examples_per_task)
-  tf.io.gfile.makedirs(output_dir)
-  with tf.io.gfile.GFile(os.path.join(output_dir, "report.json"), "w") as f:
-    json.dump(report, f, indent=1, ensure_ascii=False)
-  with tf.io.gfile.GFile(os.path.join(output_dir, "report.md"), "w") as f:
-    f.write(markdown(report))
-  plot_language_shares(report, os.path.join(output_dir, "language_shares.png"))
+  paths.makedirs(output_dir)
+  paths.write_text(paths.join(output_dir, "report.json"),
+                   json.dumps(report, indent=1, ensure_ascii=False))
+  paths.write_text(paths.join(output_dir, "report.md"), markdown(report))
+  plot_language_shares(report, paths.join(output_dir, "language_shares.png"))
   to_stderr(f"wrote report.json, report.md, language_shares.png to {output_dir} "
             f"({report['seconds']:.1f}s)")
   return report

@@ -19,6 +19,8 @@ from typing import Sequence
 import gin
 import jax
 
+import xmtf_jax.paths
+
 from xmtf_jax.cli import gin_flags, runtime
 from xmtf_jax.evaluation import rank_classification
 from xmtf_jax.evaluation import results as eval_results
@@ -77,7 +79,7 @@ def evaluate(*, model_path: str = gin.REQUIRED, output_dir: str = gin.REQUIRED,
   if not main_process:
     return {}
   paths = eval_results.write_results(output_dir, results, metadata, plots=plots)
-  print(open(paths["markdown"], encoding="utf-8").read().split("\n## ")[0])
+  print(xmtf_jax.paths.read_text(paths["markdown"]).split("\n## ")[0])
   print(f"wrote {', '.join(sorted(paths.values()))}")
   return paths
 

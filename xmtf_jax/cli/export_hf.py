@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from typing import Optional, Sequence
 
+from xmtf_jax import paths
 from xmtf_jax.hf import sources as export_sources
 from xmtf_jax.train import checkpoint_source
 from xmtf_jax.cli import gin_flags as gin_utils
@@ -54,11 +54,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def open_source(checkpoint_dir: str, step: Optional[int] = None) -> export_sources.ParamSource:
   """An HF folder (config.json inside) or a training run's checkpoint (MODEL_DIR or checkpoint_<step>)."""
-  local = os.path.expanduser(checkpoint_dir)
-  if "://" not in checkpoint_dir and not os.path.isdir(local):
+  local = paths.abspath(checkpoint_dir)
+  if not paths.isdir(local):
     raise FileNotFoundError(f"--checkpoint_dir={checkpoint_dir}: no such directory (expected a training "
                             "run's MODEL_DIR or an HF mT5/mT0 folder)")
-  if "://" not in checkpoint_dir and os.path.exists(os.path.join(local, "config.json")):
+  if paths.exists(paths.join(local, "config.json")):
     if step is not None:
       raise ValueError(f"--step={step}: {checkpoint_dir} is an HF folder, which holds one set of weights")
     return export_sources.HFFolderParams(local)
@@ -79,15 +79,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      "--vocabulary_path=/path/to/sentencepiece.model")
   facts = source.card_facts()
   card = model_card.ModelCard(
-      model_name=args.model_name or os.path.basename(os.path.normpath(args.output_dir)),
+      model_name=args.model_name or paths.basename(args.output_dir),
       base_model=args.base_model or facts.get("base_model"),
       mixture=args.mixture or facts.get("mixture"), steps=facts.get("steps"))
   if args.languages:
     card.languages = [c.strip() for c in args.languages.split(",") if c.strip()]
   if args.eval_results is not None:
     card.eval_results = args.eval_results
-  elif "://" not in args.checkpoint_dir and not card.eval_results:
-    card.eval_results = model_card.find_eval_results(os.path.expanduser(args.checkpoint_dir))
+  elif not card.eval_results:
+    card.eval_results = model_card.find_eval_results(paths.abspath(args.checkpoint_dir))
   try:
     result = hf_export.export_source(source, vocabulary_path, args.output_dir, dtype=args.dtype,
                                      max_shard_size=args.max_shard_size, card=card,

@@ -52,10 +52,10 @@ def split_gin_args(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]
 
 def resolve_gin_file(path: str) -> str:
   """Finds a gin file as given, or relative to the repository root (so `gin/models/...` works anywhere)."""
-  if os.path.exists(path) or path.startswith("gs://"):
+  if os.path.exists(path) or path.startswith("gs://"):  # local-only: gin reads its files itself
     return path
   candidate = os.path.join(REPO_ROOT, path)
-  if os.path.exists(candidate):
+  if os.path.exists(candidate):  # local-only: a file of the repository
     return candidate
   raise SystemExit(f"gin file not found: {path} (looked in {os.getcwd()} and {REPO_ROOT})")
 

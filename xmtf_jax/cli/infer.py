@@ -14,7 +14,6 @@ infer.output_file, infer.task, infer.split, infer.add_eos, DecodingConfig.* (met
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from typing import Sequence
@@ -22,6 +21,7 @@ from typing import Sequence
 import gin
 import jax
 
+from xmtf_jax import paths
 from xmtf_jax.cli import gin_flags, runtime
 from xmtf_jax.data import records as records_lib
 from xmtf_jax.data import tasks as data_tasks
@@ -82,8 +82,8 @@ def infer(*, model_path: str = gin.REQUIRED, output_file: str = gin.REQUIRED,
       print_fn=print if main_process else None)
   if not main_process:
     return output_file
-  os.makedirs(os.path.dirname(os.path.abspath(output_file)), exist_ok=True)
-  with open(output_file, "w", encoding="utf-8") as f:
+  paths.makedirs(paths.dirname(paths.abspath(output_file)))
+  with paths.open(output_file, "w") as f:  # on a bucket: one upload when the file closes
     for record, prediction in zip(records, predictions):
       row = {"inputs": record["inputs"], "prediction": prediction}
       if "targets" in record:

@@ -3,12 +3,12 @@ the model it runs on, all from the gin-built config objects."""
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any, Optional
 
 import jax
 
 import mixtures
+from xmtf_jax import paths
 from xmtf_jax.cli import configurables
 from xmtf_jax.data.config import DataConfig
 from xmtf_jax.parallel.partitioning import PartitioningConfig
@@ -47,8 +47,8 @@ def load_model(path: str, mesh=None, partitioning: Optional[PartitioningConfig] 
                ) -> tuple[Any, Any]:
   """(EncoderDecoderModel, params) from an HF folder or a training checkpoint, placed on `mesh`, with
   dropout off (evaluation and inference)."""
-  path = os.path.expanduser(path)
-  if not os.path.exists(path) and "://" not in path:
+  path = paths.abspath(path)
+  if not paths.exists(path):
     raise FileNotFoundError(f"model path not found: {path} (an HF mT5/mT0 folder or a training "
                             "run's checkpoint directory)")
   rules = (partitioning or partitioning_config()).rules()

@@ -27,6 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before tensorflow is impor
 import gin  # noqa: E402
 import jax  # noqa: E402
 
+from xmtf_jax import paths  # noqa: E402
 from xmtf_jax.cli import configurables, gin_flags, runtime  # noqa: E402
 from xmtf_jax.parallel import distributed  # noqa: E402
 from xmtf_jax.data import tasks as data_tasks  # noqa: E402
@@ -36,9 +37,7 @@ from xmtf_jax.train import loop  # noqa: E402
 def write_gin_config(model_dir: str) -> None:
   """MODEL_DIR/config.gin: every gin setting of the run (the operative subset goes in checkpoints)."""
   if jax.process_index() == 0:
-    os.makedirs(model_dir, exist_ok=True)
-    with open(os.path.join(model_dir, "config.gin"), "w") as f:
-      f.write(gin.config_str())
+    paths.write_text(paths.join(model_dir, "config.gin"), gin.config_str())
 
 
 def main(argv=None) -> int:

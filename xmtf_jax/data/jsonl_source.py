@@ -2,8 +2,12 @@
 
 Why not seqio's `TextLineDataSource` + a JSON preprocessor: xP3 users need bad lines reported with
 their file and line number (strict mode) or skipped *and counted* (lenient mode), and hosts of a pod
-must read disjoint parts of single big files (`merged_en.jsonl`). Lines are read by TF's C++ reader;
-only this host's share of lines reaches the (Python) JSON check, in batches to amortise the call.
+must read disjoint parts of single big files (`merged_en.jsonl`). Local lines are read by TF's C++
+reader; only this host's share of lines reaches the (Python) JSON check, in batches to amortise the
+call. Files behind a URL (gs://) are read through xmtf_jax.paths (fsspec) in a Python generator with
+the same batches, so a bucket gives the same stream as a local copy, and tests can point it at a GCS
+emulator (tf.io.gfile cannot be pointed at one). File lists may hold glob patterns with `*`
+(`gs://bucket/xP3/*/merged_*.jsonl`); other characters are literal (xP3 names contain `?`).
 
 Sharding: line `k` (1-based) of every file goes to host `(k - 1) % num_shards`. Every host reads all
 bytes but parses only its share; at xP3 rates (~1 MB of text per global step) the extra bytes are
@@ -24,6 +28,8 @@ from typing import Callable, Mapping, Optional, Sequence
 import numpy as np
 import seqio
 import tensorflow as tf
+
+from xmtf_jax import paths
 
 HOW_TO_FIX = ("Fix or delete that line, or read the data in lenient mode (gin: `DATA_STRICT = False`, "
               "i.e. `mixtures.DataConfig.strict = False`), which skips bad lines and counts them in "
@@ -211,10 +217,36 @@ def _parse_batch(source_name: str, schema: RecordSchema, strict: bool, num_shard
   return outputs
 
 
+def _line_batches(path: bytes, batch_size: int):
+  """(path, line numbers, lines) batches of a text file read through xmtf_jax.paths; lines split as
+  tf.data.TextLineDataset splits them (without "\n" or "\r\n")."""
+  numbers, lines = [], []
+  with paths.open(path.decode("utf-8"), "rb") as f:
+    for number, line in enumerate(f, start=1):
+      line = line[:-1] if line.endswith(b"\n") else line
+      numbers.append(number)
+      lines.append(line[:-1] if line.endswith(b"\r") else line)
+      if len(lines) == batch_size:
+        yield path, np.array(numbers, np.int64), np.array(lines, dtype=object)
+        numbers, lines = [], []
+  if lines:
+    yield path, np.array(numbers, np.int64), np.array(lines, dtype=object)
+
+
+def expand_patterns(files: Sequence[str]) -> list[str]:
+  """Entries with a `*` replaced by the files they match (sorted). A pattern that matches nothing
+  stays as it is: `existing_files` reports it, naming task and split, when the data is built."""
+  expanded = []
+  for entry in files:
+    matches = paths.glob(entry) if "*" in entry else []
+    expanded.extend(matches or [entry])
+  return expanded
+
+
 def _zip_batches(path: bytes, batch_size: int):
   """(member path, line numbers, lines) batches of every .jsonl member of a zip (P3's train file)."""
   path = path.decode("utf-8")
-  with tf.io.gfile.GFile(path, "rb") as f, zipfile.ZipFile(f) as archive:
+  with paths.open(path, "rb") as f, zipfile.ZipFile(f) as archive:
     for member in sorted(archive.namelist()):
       if not member.endswith(".jsonl"):
         continue
@@ -229,6 +261,10 @@ def _zip_batches(path: bytes, batch_size: int):
             numbers, lines = [], []
       if lines:
         yield where, np.array(numbers, np.int64), np.array(lines, dtype=object)
+
+
+_BATCH_SIGNATURE = (tf.TensorSpec([], tf.string), tf.TensorSpec([None], tf.int64),
+                    tf.TensorSpec([None], tf.string))
 
 
 class JsonlDataSource(seqio.DataSource):
@@ -249,7 +285,8 @@ class JsonlDataSource(seqio.DataSource):
                parse_batch_size: int = 128, max_open_files: int = 32,
                shuffle_buffer_size: int = 1024):
     self._name = name
-    self._files = {split: tuple(sorted(paths)) for split, paths in files.items() if paths}
+    self._files = {split: tuple(sorted(expand_patterns(names))) for split, names in files.items()
+                   if names}
     self._schema = schema
     self._strict = strict
     self._count_fn = count_fn
@@ -281,10 +318,10 @@ class JsonlDataSource(seqio.DataSource):
     naming the task and split (strict), or is skipped and counted (lenient)."""
     found = []
     for pattern in self._files[split]:
-      matches = (sorted(tf.io.gfile.glob(pattern)) if any(c in pattern for c in "*?[")
-                 else [pattern] if tf.io.gfile.exists(pattern) else [])
+      is_pattern = "*" in pattern
+      matches = paths.glob(pattern) if is_pattern else [pattern] if paths.exists(pattern) else []
       if not matches:
-        what = "matches no file" if any(c in pattern for c in "*?[") else "does not exist"
+        what = "matches no file" if is_pattern else "does not exist"
         if self.strict:
           raise _fail(f"task {self._name!r}, split {split!r}: data file {pattern} {what}. Fix the "
                       "path in the task's definition (or the data root, XP3_DATA_DIR), or read the "
@@ -317,20 +354,23 @@ class JsonlDataSource(seqio.DataSource):
       lines = tf.data.TextLineDataset(path, buffer_size=1 << 16).enumerate(start=1)
       return lines.batch(batch_size).map(lambda numbers, text: (path, numbers, text))
 
+    def remote_file_batches(path):
+      return tf.data.Dataset.from_generator(_line_batches, args=(path, batch_size),
+                                            output_signature=_BATCH_SIGNATURE)
+
     text_files = [f for f in files if not f.endswith(".zip")]
+    read = remote_file_batches if any(paths.is_remote(f) for f in text_files) else file_batches
     datasets = []
     if text_files:
-      paths = tf.data.Dataset.from_tensor_slices(list(text_files))
+      names = tf.data.Dataset.from_tensor_slices(list(text_files))
       if shuffle:
-        paths = paths.shuffle(len(text_files), seed=seed, reshuffle_each_iteration=True)
-      datasets.append(paths.interleave(
-          file_batches, cycle_length=min(len(text_files), self._max_open_files), block_length=1,
+        names = names.shuffle(len(text_files), seed=seed, reshuffle_each_iteration=True)
+      datasets.append(names.interleave(
+          read, cycle_length=min(len(text_files), self._max_open_files), block_length=1,
           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
     for archive in (f for f in files if f.endswith(".zip")):
       datasets.append(tf.data.Dataset.from_generator(
-          _zip_batches, args=(archive, batch_size), output_signature=(
-              tf.TensorSpec([], tf.string), tf.TensorSpec([None], tf.int64),
-              tf.TensorSpec([None], tf.string))))
+          _zip_batches, args=(archive, batch_size), output_signature=_BATCH_SIGNATURE))
     ds = datasets[0]
     for more in datasets[1:]:
       ds = ds.concatenate(more)

@@ -20,7 +20,8 @@ import time
 import zipfile
 from typing import Iterable, Optional
 
-import tensorflow as tf
+from xmtf_jax import paths
+
 
 COUNTS_FILE = "counts.json"
 _CHUNK = 1 << 23
@@ -33,7 +34,7 @@ def default_cache_dir() -> str:
 
 def count_lines(path: str) -> int:
   """Number of lines of a text file (a last line without newline counts), or of a zip's .jsonl files."""
-  with tf.io.gfile.GFile(path, "rb") as f:
+  with paths.open(path, "rb") as f:
     if path.endswith(".zip"):
       with zipfile.ZipFile(f) as archive:
         return sum(_count_stream(archive.open(m)) for m in archive.namelist() if m.endswith(".jsonl"))
@@ -64,17 +65,16 @@ class LineCounts:
 
   def _local_cache_path(self) -> str:
     digest = hashlib.sha1(self.data_dir.encode("utf-8")).hexdigest()[:16]
-    return os.path.join(self._cache_dir, f"{digest}.json")
+    return paths.join(self._cache_dir, f"{digest}.json")
 
   def _load(self) -> dict:
     if self._entries is None:
       entries = {}
-      for path in (self._local_cache_path(), os.path.join(self.data_dir, COUNTS_FILE)):
+      for path in (self._local_cache_path(), paths.join(self.data_dir, COUNTS_FILE)):
         try:
-          if tf.io.gfile.exists(path):
-            with tf.io.gfile.GFile(path) as f:
-              entries.update(json.load(f).get("files", {}))
-        except (json.JSONDecodeError, tf.errors.OpError) as e:
+          if paths.exists(path):
+            entries.update(json.loads(paths.read_text(path)).get("files", {}))
+        except (json.JSONDecodeError, OSError) as e:
           logging.warning("ignoring unreadable line-count cache %s: %s", path, e)
       self._entries = entries
     return self._entries
@@ -83,14 +83,14 @@ class LineCounts:
     prefix = self.data_dir + "/"
     return path[len(prefix):] if path.startswith(prefix) else path
 
-  def counts(self, paths: Iterable[str]) -> dict[str, int]:
+  def counts(self, files: Iterable[str]) -> dict[str, int]:
     """path -> line count for every path, counting (in parallel) those not cached or changed."""
-    paths = list(dict.fromkeys(paths))
+    files = list(dict.fromkeys(files))
     with self._lock:
       entries = self._load()
-      unchecked = [p for p in paths if p not in self._checked]
+      unchecked = [p for p in files if p not in self._checked]
       with concurrent.futures.ThreadPoolExecutor(self._num_threads) as pool:
-        sizes = dict(zip(unchecked, pool.map(lambda p: tf.io.gfile.stat(p).length, unchecked)))
+        sizes = dict(zip(unchecked, pool.map(paths.getsize, unchecked)))
         todo = [p for p in unchecked
                 if entries.get(self._relative(p), {}).get("bytes") != sizes[p]]
         self._checked.update(unchecked)
@@ -102,26 +102,19 @@ class LineCounts:
             entries[self._relative(path)] = {"bytes": sizes[path], "lines": lines}
           logging.info("counted %d files in %.1fs", len(todo), time.time() - start)
           self._save()
-      return {p: entries[self._relative(p)]["lines"] for p in paths}
+      return {p: entries[self._relative(p)]["lines"] for p in files}
 
-  def total(self, paths: Iterable[str]) -> int:
-    return sum(self.counts(paths).values())
+  def total(self, files: Iterable[str]) -> int:
+    return sum(self.counts(files).values())
 
   def _save(self) -> None:
     payload = json.dumps({"files": dict(sorted(self._entries.items()))}, indent=1)
-    target = os.path.join(self.data_dir, COUNTS_FILE)
     try:
-      with tf.io.gfile.GFile(target + ".tmp", "w") as f:
-        f.write(payload)
-      tf.io.gfile.rename(target + ".tmp", target, overwrite=True)
+      paths.write_text(paths.join(self.data_dir, COUNTS_FILE), payload)
       return
-    except (tf.errors.OpError, OSError) as e:
+    except Exception as e:  # noqa: BLE001 (OSError locally; gcsfs raises HttpError on a read-only bucket)
       logging.info("data root not writable (%s); caching line counts locally", e)
-    local = self._local_cache_path()
-    tf.io.gfile.makedirs(os.path.dirname(local))
-    with tf.io.gfile.GFile(local + ".tmp", "w") as f:
-      f.write(payload)
-    tf.io.gfile.rename(local + ".tmp", local, overwrite=True)
+    paths.write_text(self._local_cache_path(), payload)
 
 
 _REGISTRY: dict[tuple[str, Optional[str]], LineCounts] = {}

@@ -29,6 +29,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from xmtf_jax import paths
 from xmtf_jax.data import jsonl_source
 from xmtf_jax.data import tasks as data_tasks
 from xmtf_jax.data import truncation
@@ -73,7 +74,7 @@ def empty_tasks(mixture_or_task_name: str, split: str) -> list[str]:
         files = source.existing_files(split)
       except jsonl_source.BadDataError:
         continue
-      if all(tf.io.gfile.stat(f).length == 0 for f in files):
+      if all(paths.getsize(f) == 0 for f in files):
         found.append(task.name)
   return found
 

@@ -9,6 +9,8 @@ import json
 import os
 from typing import Iterator
 
+from xmtf_jax import paths
+
 RAW_EXTENSIONS = (".jsonl", ".json", ".tsv", ".csv", ".parquet")
 
 
@@ -20,7 +22,7 @@ def read_records(path: str) -> Iterator[tuple[int, dict]]:
   """Yields (line or row number, record) from a .jsonl/.json/.tsv/.csv/.parquet file."""
   ext = os.path.splitext(path)[1].lower()
   if ext in (".jsonl", ".json"):
-    with open(path, encoding="utf-8") as f:
+    with paths.open(path) as f:
       for line_number, line in enumerate(f, start=1):
         if not line.strip():
           continue
@@ -33,7 +35,7 @@ def read_records(path: str) -> Iterator[tuple[int, dict]]:
                                  f"{type(record).__name__}")
         yield line_number, record
   elif ext in (".tsv", ".csv"):
-    with open(path, encoding="utf-8", newline="") as f:
+    with paths.open(path, newline="") as f:
       # Raw text may hold quotes; tsv files are read without quote processing.
       reader = (csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if ext == ".tsv"
                 else csv.DictReader(f))
@@ -48,7 +50,9 @@ def read_records(path: str) -> Iterator[tuple[int, dict]]:
     except ImportError as e:
       raise RecordsError(f"{path}: reading parquet needs pyarrow; `pip install pyarrow`, or "
                              "convert the file to .jsonl") from e
-    for row_number, record in enumerate(pq.read_table(path).to_pylist(), start=1):
+    with paths.open(path, "rb") as f:
+      table = pq.read_table(f)
+    for row_number, record in enumerate(table.to_pylist(), start=1):
       yield row_number, record
   else:
     raise RecordsError(f"{path}: unsupported file type '{ext}'; use one of {RAW_EXTENSIONS}")

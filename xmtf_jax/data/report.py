@@ -15,6 +15,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from xmtf_jax import paths
 from xmtf_jax.data import jsonl_source, xp3_family
 from xmtf_jax.data import tasks as data_tasks
 from xmtf_jax.progress import to_stderr
@@ -178,5 +179,5 @@ def plot_language_shares(report: dict, path: str) -> None:
   ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08 - 1.0 / (len(rows) + 4)), ncol=2,
             fontsize=8, frameon=False)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  paths.save_figure(fig, path, dpi=100)
   plt.close(fig)

@@ -18,13 +18,29 @@ from xmtf_jax.data.jsonl_source import JsonlDataSource, RecordSchema
 
 
 @functools.lru_cache(maxsize=None)
+class _SentencePieceVocabulary(seqio.SentencePieceVocabulary):
+  """seqio's vocabulary, loading a remote model file through xmtf_jax.paths (a cached local copy):
+  seqio reads it with tf.io.gfile, which cannot reach a GCS emulator. The recorded path (what
+  `sentencepiece_model_file` gives, e.g. in checkpoints) stays the URL."""
+
+  def _model_context(self):
+    if self._model or not paths.is_remote(self._sentencepiece_model_file):
+      return super()._model_context()
+    url = self._sentencepiece_model_file
+    self._sentencepiece_model_file = paths.cached_local_copy(url)
+    try:
+      return super()._model_context()
+    finally:
+      self._sentencepiece_model_file = url
+
+
 def vocabulary(path: str) -> seqio.SentencePieceVocabulary:
   """A SentencePiece vocabulary with no extra ids (mT5's 100 sentinels are inside the model).
 
   Loaded lazily on first use, so naming a gs:// model does not download anything at registration.
   Relative paths that do not exist from the working directory are taken from the repository root.
   """
-  return seqio.SentencePieceVocabulary(paths.repo_path(path), extra_ids=0)
+  return _SentencePieceVocabulary(paths.repo_path(path), extra_ids=0)
 
 
 def output_features(vocab: seqio.Vocabulary, add_eos_to_inputs: bool = False) -> dict:

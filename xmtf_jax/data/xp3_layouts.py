@@ -10,7 +10,7 @@ Layouts (see README "Data"):
                          ({code: ["data/{code}/...jsonl", ...]}); records carry 7 fields.
   P3                     {root}/p31t0_train.jsonl (or p31t0_train.zip) and p31t0_validation.jsonl.
 
-Everything goes through tf.io.gfile, so local paths and gs:// work alike. Listing costs one call per
+Everything goes through xmtf_jax.paths, so local paths and gs:// work alike. Listing costs one call per
 language folder; nothing here reads file contents except paths.json.
 """
 from __future__ import annotations
@@ -22,8 +22,7 @@ import os
 import re
 from typing import Optional, Sequence
 
-import tensorflow as tf
-
+from xmtf_jax import paths
 from xmtf_jax.data import jsonl_source
 
 XP3 = "xp3"
@@ -76,16 +75,16 @@ def _problem(strict: bool, source: str, path: str, reason: str, message: str) ->
 
 
 def _listdir(path: str) -> list[str]:
-  return sorted(name.rstrip("/") for name in tf.io.gfile.listdir(path))
+  return paths.listdir(path)
 
 
 def _subfolders(root: str) -> list[str]:
   # Hidden folders (`.cache/` of `huggingface-cli download`, `.git/`) are not languages.
-  return [n for n in _listdir(root) if not n.startswith(".") and tf.io.gfile.isdir(_join(root, n))]
+  return [n for n in paths.subfolders(root) if not n.startswith(".")]
 
 
 def _check_root(root: str) -> None:
-  if not tf.io.gfile.isdir(root):
+  if not paths.isdir(root):
     raise jsonl_source.BadDataError(
         f"data root {root} does not exist or is not a folder. Point XP3_DATA_DIR (gin "
         "`XP3_DATA_DIR = '...'` or the environment variable) at the downloaded dataset.")
@@ -178,11 +177,10 @@ def _scan_xp3(root, languages, strict, source) -> list[LanguageFiles]:
 
 def _scan_xp3x(root, languages, strict, source) -> list[LanguageFiles]:
   data = _join(root, "data")
-  present = _subfolders(data) if tf.io.gfile.isdir(data) else []
+  present = _subfolders(data) if paths.isdir(data) else []
   listed = None
-  if tf.io.gfile.exists(_join(root, "paths.json")):
-    with tf.io.gfile.GFile(_join(root, "paths.json")) as f:
-      listed = json.load(f)
+  if paths.exists(_join(root, "paths.json")):
+    listed = json.loads(paths.read_text(_join(root, "paths.json")))
     if not isinstance(listed, dict):
       raise jsonl_source.BadDataError(f"{_join(root, 'paths.json')}: expected an object "
                                       "{language code: [relative file paths]}")
@@ -202,10 +200,10 @@ def _scan_xp3x(root, languages, strict, source) -> list[LanguageFiles]:
       _problem(strict, source, _join(data, code), jsonl_source.EMPTY_FOLDER,
                f"language folder {_join(data, code)} holds no .jsonl files. {_FOLDER_HELP}")
       continue
-    paths = tuple(_join(data, code, n) for n in sorted(on_disk))
-    validation = tuple(p for p in paths if VALIDATION_MARK in os.path.basename(p))
-    train = tuple(p for p in paths if p not in validation)
-    found.append(LanguageFiles(code, train, validation, paths))
+    files = tuple(_join(data, code, n) for n in sorted(on_disk))
+    validation = tuple(p for p in files if VALIDATION_MARK in paths.basename(p))
+    train = tuple(p for p in files if p not in validation)
+    found.append(LanguageFiles(code, train, validation, files))
   return found
 
 

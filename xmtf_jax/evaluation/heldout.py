@@ -17,10 +17,9 @@ Other fields are kept and visible to templates.
 from __future__ import annotations
 
 import dataclasses
-import glob
-import os
 from typing import Any, Callable, Mapping, Sequence
 
+from xmtf_jax import paths
 from xmtf_jax.data import records as records_lib
 from xmtf_jax.data.records import RAW_EXTENSIONS, read_records  # noqa: F401  (heldout.read_records)
 from xmtf_jax.evaluation import templates as templates_lib
@@ -120,9 +119,9 @@ def raw_files(data_dir: str, dataset: str, language: str, split: str | None = No
   """The raw files of one dataset and language under `data_dir` (see the module docstring)."""
   spec = get_dataset(dataset)
   split = split or spec.split
-  folder = os.path.join(data_dir, spec.name, language)
+  folder = paths.join(data_dir, spec.name, language)
   found = sorted(path for ext in RAW_EXTENSIONS
-                 for path in glob.glob(os.path.join(glob.escape(folder), f"{split}*{ext}")))
+                 for path in paths.glob(paths.join(paths.escape(folder), f"{split}*{ext}")))
   if not found:
     raise HeldoutDataError(
         f"no {spec.name} {split} file for language '{language}': expected {folder}/{split}.jsonl "

@@ -15,13 +15,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import os
 import re
 from typing import Mapping, Sequence
 
 import seqio
 import tensorflow as tf
 
+from xmtf_jax import paths
 from xmtf_jax.evaluation import heldout
 
 # The five prompts per dataset the paper evaluates (median over these). Translated prompts carry the
@@ -176,7 +176,7 @@ class HeldoutSuite:
     else:
       raise ValueError(f"HeldoutSuite.prompts must be 'paper', 'all' or a mapping, not {self.prompts!r}")
     return register_heldout_tasks(
-        data_dir=os.path.expanduser(self.data_dir),
-        templates_root=os.path.expanduser(self.templates_root), vocabulary=vocabulary,
+        data_dir=paths.abspath(self.data_dir),
+        templates_root=paths.abspath(self.templates_root), vocabulary=vocabulary,
         datasets=self.datasets, languages=self.languages, prompt_variant=self.prompt_variant,
         prompt_names=names, prefix=self.prefix)

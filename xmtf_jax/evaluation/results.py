@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import statistics
 from typing import Any, Iterable, Mapping, Sequence
+
+from xmtf_jax import paths
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,24 +132,22 @@ def plot_dataset(document: Mapping[str, Any], dataset: str, path: str) -> None:
   # Below the axes, so it never hides a bar.
   ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, frameon=False)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  paths.save_figure(fig, path, dpi=120)
   plt.close(fig)
 
 
 def write_results(output_dir: str, results: Sequence[PromptResult],
                   metadata: Mapping[str, Any] | None = None, plots: bool = True) -> dict:
   """Writes results.json, results.md and `{dataset}_accuracy.png`; returns the written paths."""
-  os.makedirs(output_dir, exist_ok=True)
+  paths.makedirs(output_dir)
   document = results_document(results, metadata)
-  paths = dict(json=os.path.join(output_dir, "results.json"),
-               markdown=os.path.join(output_dir, "results.md"))
-  with open(paths["json"], "w", encoding="utf-8") as f:
-    json.dump(document, f, indent=2, ensure_ascii=False)
-  with open(paths["markdown"], "w", encoding="utf-8") as f:
-    f.write(markdown_report(document))
+  written = dict(json=paths.join(output_dir, "results.json"),
+                 markdown=paths.join(output_dir, "results.md"))
+  paths.write_text(written["json"], json.dumps(document, indent=2, ensure_ascii=False))
+  paths.write_text(written["markdown"], markdown_report(document))
   if plots:
     for dataset in document["datasets"]:
-      path = os.path.join(output_dir, f"{dataset}_accuracy.png")
+      path = paths.join(output_dir, f"{dataset}_accuracy.png")
       plot_dataset(document, dataset, path)
-      paths[f"plot_{dataset}"] = path
-  return paths
+      written[f"plot_{dataset}"] = path
+  return written

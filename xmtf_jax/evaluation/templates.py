@@ -38,6 +38,8 @@ from typing import Any, Mapping, Sequence
 import jinja2
 import yaml
 
+from xmtf_jax import paths
+
 # promptsource cuts every rendered variable to this many characters (its TEXT_VAR_LENGTH).
 TEXT_VAR_LENGTH = 2048
 SEPARATOR = "|||"
@@ -201,7 +203,7 @@ def load_templates(path: str | os.PathLike) -> list[PromptTemplate]:
   """Reads one promptsource `templates.yaml`; returns its templates sorted by name."""
   path = os.fspath(path)
   try:
-    with open(path, encoding="utf-8") as f:
+    with paths.open(path) as f:
       document = yaml.load(f, Loader=_TemplateLoader)  # noqa: S506 (a SafeLoader subclass)
   except FileNotFoundError as e:
     raise TemplateError(f"template file not found: {path}") from e
@@ -244,12 +246,12 @@ def templates_file(root: str | os.PathLike, dataset: str, subset: str | None = N
   any folder laid out like it.
   """
   root = os.fspath(root)
-  relative = os.path.join(dataset, subset) if subset else dataset
-  candidates = [os.path.join(base, relative, "templates.yaml")
-                for base in (root, os.path.join(root, "templates"),
-                             os.path.join(root, "promptsource", "templates"))]
+  relative = paths.join(dataset, subset) if subset else dataset
+  candidates = [paths.join(base, relative, "templates.yaml")
+                for base in (root, paths.join(root, "templates"),
+                             paths.join(root, "promptsource", "templates"))]
   for candidate in candidates:
-    if os.path.isfile(candidate):
+    if paths.isfile(candidate):
       return candidate
   raise TemplateError(f"no promptsource templates for dataset '{dataset}'"
                       f"{f' subset {subset!r}' if subset else ''} under {root}; looked for "

@@ -6,8 +6,10 @@
 (sources of parameters: `xmtf_jax.hf.sources`; a training checkpoint's is
 `xmtf_jax.train.checkpoint_source.CheckpointParams`).
 
-What is written (into a temporary sibling directory, renamed to `output_dir` only when complete, so a
-failure leaves nothing at `output_dir`):
+What is written (locally: into a temporary sibling directory, renamed to `output_dir` only when
+complete, so a failure leaves nothing at `output_dir`; on a bucket, where a folder cannot be renamed
+at once, straight into `output_dir` with each shard streamed up as it is written and config.json
+written last, so a folder without config.json is an unfinished export; a failure deletes it):
 
   config.json                    MT5Config: shapes, untied head, gelu_new, token ids, dtype
   generation_config.json         decoder_start 0, eos 1, pad 0
@@ -35,7 +37,6 @@ import json
 import importlib.util
 import logging
 import os
-import shutil
 import tempfile
 import time
 from typing import Any, Mapping, Optional, Sequence
@@ -43,6 +44,7 @@ from typing import Any, Mapping, Optional, Sequence
 import jax
 import numpy as np
 
+from xmtf_jax import paths
 from xmtf_jax.hf import mapping as hf
 from xmtf_jax.hf import safetensors_writer
 from xmtf_jax.hf import tokenizer as hf_tokenizer
@@ -68,24 +70,11 @@ def _convert(source: ParamSource, entry: TensorEntry, dtype: str) -> np.ndarray:
   return array
 
 
-def _read_bytes(path: str) -> bytes:
-  if "://" in path:
-    import tensorflow as tf  # gs:// and other remote file systems
-    with tf.io.gfile.GFile(path, "rb") as f:
-      return f.read()
-  with open(os.path.expanduser(path), "rb") as f:
-    return f.read()
-
-
 def _check_output_dir(output_dir: str, overwrite: bool) -> None:
-  if "://" in output_dir:
-    raise ValueError(f"output_dir={output_dir}: export to a local directory, then copy it "
-                     "(e.g. `gsutil -m cp -r DIR gs://...`): the folder is verified with transformers "
-                     "from local disk")
-  if os.path.exists(output_dir):
-    if not os.path.isdir(output_dir):
+  if paths.exists(output_dir):
+    if not paths.isdir(output_dir):
       raise FileExistsError(f"output_dir={output_dir} exists and is not a directory")
-    entries = sorted(os.listdir(output_dir))
+    entries = paths.listdir(output_dir)
     if entries and not overwrite:
       shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
       raise FileExistsError(f"output_dir={output_dir} is not empty ({len(entries)} entries: {shown}); "
@@ -93,17 +82,24 @@ def _check_output_dir(output_dir: str, overwrite: bool) -> None:
 
 
 def _publish(tmp_dir: str, output_dir: str) -> None:
-  """Moves the finished folder into place (rename: atomic on one file system)."""
+  """Moves the finished local folder into place (rename: atomic on one file system)."""
   old = None
-  if os.path.exists(output_dir):
-    if os.listdir(output_dir):
+  if paths.exists(output_dir):
+    if paths.listdir(output_dir):
       old = output_dir.rstrip("/") + f".old-{os.getpid()}"
-      os.rename(output_dir, old)
+      paths.rename(output_dir, old)
     else:
-      os.rmdir(output_dir)
-  os.rename(tmp_dir, output_dir)
+      paths.rmtree(output_dir)
+  paths.rename(tmp_dir, output_dir)
   if old:
-    shutil.rmtree(old)
+    paths.rmtree(old)
+
+
+def _remove_quietly(folder: str) -> None:
+  try:
+    paths.rmtree(folder, missing_ok=True)
+  except OSError as e:
+    log.warning("could not remove the unfinished export %s: %s", folder, e)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -134,7 +130,7 @@ class VerificationFailed(RuntimeError):
 
 def _available_memory_bytes() -> int:
   try:
-    with open("/proc/meminfo") as f:
+    with open("/proc/meminfo") as f:  # local-only: this machine's memory
       for line in f:
         if line.startswith("MemAvailable:"):
           return int(line.split()[1]) * 1024
@@ -143,9 +139,17 @@ def _available_memory_bytes() -> int:
   return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def decide_verify(verify: bool | str | None, num_parameters: int) -> tuple[bool, str]:
+def decide_verify(verify: bool | str | None, num_parameters: int, remote: bool = False
+                  ) -> tuple[bool, str]:
   """(verify?, why not). "auto"/None: on one process, with torch + transformers installed, when ~3
-  float32 copies of the model (ours, the transformers one, transients) fit in available host memory."""
+  float32 copies of the model (ours, the transformers one, transients) fit in available host memory,
+  and not for a bucket (transformers loads local folders only)."""
+  if remote:
+    if verify not in (None, "auto", False):
+      raise ValueError("verification loads the folder with transformers from local disk: export to a "
+                       "bucket with --noverify, or export to a local folder with --verify and copy it")
+    return False, ("verification skipped: the output is a bucket (verify a local copy: python -m "
+                   "xmtf_jax.export_hf --checkpoint_dir=COPY --output_dir=OTHER --verify)")
   if verify not in (None, "auto"):
     if verify and jax.process_count() > 1:
       raise ValueError("verification runs on one host: export with --noverify, then run the export of "
@@ -193,7 +197,8 @@ def export_source(source: ParamSource, vocabulary_path: str, output_dir: str, *,
   Raises `VerificationFailed` on a mismatch; the verified folder is then left at `error.folder`.
   """
   started = time.time()
-  output_dir = os.path.abspath(os.path.expanduser(output_dir)) if "://" not in output_dir else output_dir
+  output_dir = paths.abspath(output_dir)
+  remote = paths.is_remote(output_dir)
   is_writer = jax.process_index() == 0
   config = source.config
   if is_writer:
@@ -201,12 +206,12 @@ def export_source(source: ParamSource, vocabulary_path: str, output_dir: str, *,
   entries = tensor_entries(config, dtype)
   shards = plan_shards(entries, max_shard_size)
   num_parameters = sum(int(np.prod(e.shape)) for e in entries)
-  do_verify, skipped_reason = decide_verify(verify, num_parameters)
+  do_verify, skipped_reason = decide_verify(verify, num_parameters, remote)
   if do_verify:
     hf_verify.require_dependencies()
   elif skipped_reason:
     log.info("%s", skipped_reason)
-  spm_bytes = _read_bytes(vocabulary_path)
+  spm_bytes = paths.read_bytes(vocabulary_path)
   spm_info = hf_tokenizer.read_sentencepiece(spm_bytes, origin=vocabulary_path)
   if len(spm_info.pieces) > config.vocab_size:
     raise ValueError(f"{vocabulary_path} has {len(spm_info.pieces)} pieces but the model's vocabulary is "
@@ -214,9 +219,13 @@ def export_source(source: ParamSource, vocabulary_path: str, output_dir: str, *,
   source.check()
 
   tmp_dir = None
-  if is_writer:
+  if is_writer and remote:
+    paths.rmtree(output_dir, missing_ok=True)  # only when overwrite (checked above)
+    tmp_dir = output_dir  # written in place, config.json last (module docstring)
+  elif is_writer:
     parent = os.path.dirname(output_dir)
-    os.makedirs(parent, exist_ok=True)
+    paths.makedirs(parent)
+    # local-only: a temporary sibling on the same disk, so that the final rename is atomic
     tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.tmp-", dir=parent)
     os.chmod(tmp_dir, 0o755)
   try:
@@ -224,7 +233,7 @@ def export_source(source: ParamSource, vocabulary_path: str, output_dir: str, *,
       if not is_writer and not source.collective_reads:
         break  # nothing to gather: process 0 reads and writes alone
       t0 = time.time()
-      safetensors_writer.write_shard(os.path.join(tmp_dir, shard.filename) if is_writer else None, shard, dtype,
+      safetensors_writer.write_shard(paths.join(tmp_dir, shard.filename) if is_writer else None, shard, dtype,
                    lambda entry: _convert(source, entry, dtype))
       log.info("wrote %s (%d/%d): %d tensors, %.1f MB in %.1fs", shard.filename, i + 1, len(shards),
                len(shard.entries), shard.nbytes / 1e6, time.time() - t0)
@@ -232,7 +241,7 @@ def export_source(source: ParamSource, vocabulary_path: str, output_dir: str, *,
       _write_metadata(tmp_dir, config, dtype, shards, num_parameters, spm_bytes, spm_info, card)
   except BaseException:
     if tmp_dir:
-      shutil.rmtree(tmp_dir, ignore_errors=True)
+      _remove_quietly(tmp_dir)
     raise
 
   report = None
@@ -241,7 +250,7 @@ def export_source(source: ParamSource, vocabulary_path: str, output_dir: str, *,
       model, params = source.load_for_verify()
       report = hf_verify.verify(tmp_dir, model, params, dtype=dtype, **(verify_kwargs or {}))
     except BaseException:
-      shutil.rmtree(tmp_dir, ignore_errors=True)
+      _remove_quietly(tmp_dir)
       raise
     print(report.summary(), flush=True)
     if not report.ok:
@@ -250,8 +259,9 @@ def export_source(source: ParamSource, vocabulary_path: str, output_dir: str, *,
                                report, tmp_dir)
   files: list[str] = []
   if is_writer:
-    files = sorted(os.listdir(tmp_dir))
-    _publish(tmp_dir, output_dir)
+    files = paths.listdir(tmp_dir)
+    if not remote:
+      _publish(tmp_dir, output_dir)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("xmtf_jax.hf_export done")
@@ -278,28 +288,25 @@ GENERATION_CONFIG = {"decoder_start_token_id": 0, "eos_token_id": 1, "pad_token_
 def _write_metadata(folder: str, config: T5Config, dtype: str, shards: Sequence[ShardPlan],
                     num_parameters: int, spm_bytes: bytes, spm_info, card) -> None:
   def write_json(name: str, obj: Any) -> None:
-    with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
-      json.dump(obj, f, indent=2, sort_keys=True)
-      f.write("\n")
+    paths.write_text(paths.join(folder, name), json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
-  write_json("config.json", hf_config_dict(config, dtype))
   write_json("generation_config.json", GENERATION_CONFIG)
   if len(shards) > 1:
     write_json(INDEX_FILE, {
         "metadata": {"total_size": sum(s.nbytes for s in shards), "total_parameters": num_parameters},
         "weight_map": {e.name: s.filename for s in shards for e in s.entries}})
-  with open(os.path.join(folder, "spiece.model"), "wb") as f:
-    f.write(spm_bytes)
+  paths.write_bytes(paths.join(folder, "spiece.model"), spm_bytes)
   tokenizer = hf_tokenizer.tokenizer_files(spm_info)
   for name, text in tokenizer.items():
-    with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
-      f.write(text)
+    paths.write_text(paths.join(folder, name), text)
   tokenizer_class = json.loads(tokenizer["tokenizer_config.json"])["tokenizer_class"]
   if not spm_info.t5_tokenizer_compatible:
     log.info("the SentencePiece model uses %s; T5Tokenizer cannot reproduce it, so the folder holds "
              "a tokenizer.json (tokenizer_class %s) that does",
              "byte fallback" if spm_info.byte_fallback else "whitespace-preserving normalisation",
              tokenizer_class)
-  with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as f:
-    f.write(model_card.render(card or model_card.ModelCard(), config=config, dtype=dtype,
-                              num_parameters=num_parameters, tokenizer_class=tokenizer_class))
+  paths.write_text(paths.join(folder, "README.md"), model_card.render(
+      card or model_card.ModelCard(), config=config, dtype=dtype, num_parameters=num_parameters,
+      tokenizer_class=tokenizer_class))
+  # Last: on a bucket the folder counts as an HF folder (and as finished) only once it exists.
+  write_json("config.json", hf_config_dict(config, dtype))

@@ -7,12 +7,13 @@ mixture, steps) and from evaluation results found beside the checkpoints (`resul
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import logging
 import os
 import re
 from typing import Any, Optional, Sequence
+
+from xmtf_jax import paths
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,8 @@ def find_eval_results(root: str, max_depth: int = 3) -> list[str]:
   """`results.json` files (as `xmtf_jax.evaluate` writes them) under `root`, nearest first."""
   found = []
   for depth in range(max_depth + 1):
-    pattern = os.path.join(root, *(["*"] * depth), "results.json")
-    for path in sorted(glob.glob(pattern)):
+    pattern = paths.join(root, *(["*"] * depth), "results.json")
+    for path in paths.glob(pattern):
       if _read_results(path) is not None:
         found.append(path)
   return found
@@ -60,8 +61,7 @@ def find_eval_results(root: str, max_depth: int = 3) -> list[str]:
 
 def _read_results(path: str) -> Optional[dict]:
   try:
-    with open(path, encoding="utf-8") as f:
-      document = json.load(f)
+    document = json.loads(paths.read_text(path))
   except (OSError, ValueError) as e:
     log.warning("%s: not readable as evaluation results (%s); left out of the model card", path, e)
     return None
@@ -70,9 +70,9 @@ def _read_results(path: str) -> Optional[dict]:
   return document
 
 
-def _eval_section(paths: Sequence[str]) -> list[str]:
+def _eval_section(results_files: Sequence[str]) -> list[str]:
   lines: list[str] = []
-  for path in paths:
+  for path in results_files:
     document = _read_results(path)
     if not document:
       continue
@@ -100,7 +100,7 @@ def render(card: ModelCard, *, config: Any, dtype: str, num_parameters: int,
   iso = [code for code in languages if code != "code"]
   if iso:
     front += ["language:"] + [f"- {code}" for code in iso]
-  if card.base_model and re.fullmatch(r"[\w.-]+/[\w.-]+", card.base_model) and not os.path.exists(
+  if card.base_model and re.fullmatch(r"[\w.-]+/[\w.-]+", card.base_model) and not paths.exists(
       card.base_model):
     front.append(f"base_model: {card.base_model}")  # HF hub ids only; local paths mean nothing there
   front.append("---")

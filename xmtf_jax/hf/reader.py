@@ -5,15 +5,16 @@ data is read; tensors are then converted to float32 and placed on the mesh one a
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
-import os
 from typing import Any, Iterable, Mapping, Optional
 
 import jax
 import ml_dtypes
 import numpy as np
 
+from xmtf_jax import paths
 from xmtf_jax.hf.mapping import (IGNORED_HF_TENSORS, LM_HEAD, SHARED, tree_get, _our_shapes, tree_set,
                                  parameter_mapping, t5config_from_hf, to_ours, hf_shape)
 from xmtf_jax.model.config import T5Config
@@ -42,16 +43,16 @@ class _DictSource:
 
 class _SafetensorsSource:
   """Reads the documented safetensors layout directly (8-byte header size, JSON header, raw data) so
-  bfloat16 tensors work without torch, and only the requested tensor is touched (memory-mapped)."""
+  bfloat16 tensors work without torch, and only the requested tensor is touched: memory-mapped when
+  local, one ranged read per tensor from a bucket (no local copy of the folder)."""
 
   def __init__(self, files: Iterable[str]):
     self.shapes, self.origin, self._where = {}, {}, {}
     for path in files:
-      if not os.path.exists(path):
+      if not paths.exists(path):
         raise FileNotFoundError(f"{path}: listed in the index but missing")
-      with open(path, "rb") as f:
-        header_size = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(header_size))
+      header_size = int.from_bytes(paths.read_range(path, 0, 8), "little")
+      header = json.loads(paths.read_range(path, 8, 8 + header_size))
       for name, info in header.items():
         if name == "__metadata__":
           continue
@@ -59,11 +60,15 @@ class _SafetensorsSource:
           raise ValueError(f"{path}: tensor {name} has dtype {info['dtype']}; expected a float type")
         self.shapes[name] = tuple(info["shape"])
         self.origin[name] = path
-        self._where[name] = (path, 8 + header_size + info["data_offsets"][0], info["dtype"])
+        begin, end = info["data_offsets"]
+        self._where[name] = (path, 8 + header_size + begin, 8 + header_size + end, info["dtype"])
 
   def read(self, name: str) -> np.ndarray:
-    path, offset, dtype = self._where[name]
-    data = np.memmap(path, dtype=_SAFETENSORS_DTYPES[dtype], mode="r", offset=offset,
+    path, start, end, dtype = self._where[name]
+    if paths.is_remote(path):
+      data = np.frombuffer(paths.read_range(path, start, end), _SAFETENSORS_DTYPES[dtype])
+      return data.reshape(self.shapes[name]).astype(np.float32)
+    data = np.memmap(path, dtype=_SAFETENSORS_DTYPES[dtype], mode="r", offset=start,
                      shape=self.shapes[name])
     return np.asarray(data, np.float32)
 
@@ -73,8 +78,10 @@ class _TorchBinSource:
     import torch  # only for .bin folders
     self._tensors, self.origin = {}, {}
     for path in files:
-      # weights_only=True: tensors and plain containers only, never arbitrary unpickling.
-      state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+      # weights_only=True: tensors and plain containers only, never arbitrary unpickling. From a
+      # bucket the whole file is read into memory (no mmap of a remote object).
+      where = io.BytesIO(paths.read_bytes(path)) if paths.is_remote(path) else path
+      state = torch.load(where, map_location="cpu", weights_only=True, mmap=not paths.is_remote(path))
       for name, tensor in state.items():
         self._tensors[name] = tensor
         self.origin[name] = path
@@ -87,17 +94,16 @@ class _TorchBinSource:
 
 def open_weights(folder: str):
   def sharded(index_name: str) -> list[str]:
-    with open(os.path.join(folder, index_name)) as f:
-      weight_map = json.load(f)["weight_map"]
-    return [os.path.join(folder, name) for name in sorted(set(weight_map.values()))]
+    weight_map = json.loads(paths.read_text(paths.join(folder, index_name)))["weight_map"]
+    return [paths.join(folder, name) for name in sorted(set(weight_map.values()))]
 
-  if os.path.exists(os.path.join(folder, "model.safetensors")):
-    return _SafetensorsSource([os.path.join(folder, "model.safetensors")])
-  if os.path.exists(os.path.join(folder, "model.safetensors.index.json")):
+  if paths.exists(paths.join(folder, "model.safetensors")):
+    return _SafetensorsSource([paths.join(folder, "model.safetensors")])
+  if paths.exists(paths.join(folder, "model.safetensors.index.json")):
     return _SafetensorsSource(sharded("model.safetensors.index.json"))
-  if os.path.exists(os.path.join(folder, "pytorch_model.bin")):
-    return _TorchBinSource([os.path.join(folder, "pytorch_model.bin")])
-  if os.path.exists(os.path.join(folder, "pytorch_model.bin.index.json")):
+  if paths.exists(paths.join(folder, "pytorch_model.bin")):
+    return _TorchBinSource([paths.join(folder, "pytorch_model.bin")])
+  if paths.exists(paths.join(folder, "pytorch_model.bin.index.json")):
     return _TorchBinSource(sharded("pytorch_model.bin.index.json"))
   raise FileNotFoundError(
       f"{folder}: no weights found (looked for model.safetensors, model.safetensors.index.json, "
@@ -139,14 +145,13 @@ def read_plan(source, config: T5Config, origin: str) -> list[tuple[tuple[str, ..
 
 
 def read_hf_config(folder: str, **overrides) -> T5Config:
-  path = os.path.join(folder, "config.json")
-  if not os.path.isdir(folder):
+  path = paths.join(folder, "config.json")
+  if not paths.isdir(folder):
     raise FileNotFoundError(f"{folder}: not a directory (expected an HF mT5/mT0 folder)")
-  if not os.path.exists(path):
+  if not paths.exists(path):
     raise FileNotFoundError(f"{folder}: no config.json; an HF mT5/mT0 folder holds config.json and "
                             "model.safetensors (or pytorch_model.bin)")
-  with open(path) as f:
-    return t5config_from_hf(json.load(f), origin=path, **overrides)
+  return t5config_from_hf(json.loads(paths.read_text(path)), origin=path, **overrides)
 
 
 def load_hf_folder(folder: str, mesh: Optional[Any] = None, logical_axis_rules=None,

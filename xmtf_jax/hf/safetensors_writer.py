@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional, Sequence
 import ml_dtypes
 import numpy as np
 
+from xmtf_jax import paths
 from xmtf_jax.hf import mapping as hf
 from xmtf_jax.model.config import T5Config
 from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
@@ -113,7 +114,7 @@ def write_shard(path: Optional[str], shard: ShardPlan, dtype: str,
                  fetch: Callable[[TensorEntry], np.ndarray]) -> None:
   """Streams one safetensors file: the header (known from the plan), then each tensor as fetched.
   `path` None: this process only takes part in the fetches (multi-host, not process 0)."""
-  handle = open(path, "wb") if path else None
+  handle = paths.open(path, "wb") if path else None  # a bucket: uploaded in blocks as it grows
   try:
     if handle:
       handle.write(safetensors_header(shard.entries, dtype))

@@ -14,12 +14,12 @@ plus the facts a model card needs (`card_facts`) and the way to get the whole mo
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Mapping, Optional
 
 import jax
 import numpy as np
 
+from xmtf_jax import paths
 from xmtf_jax.hf import mapping as hf
 from xmtf_jax.hf import reader as hf_reader
 from xmtf_jax.model.config import T5Config
@@ -112,8 +112,8 @@ class HFFolderParams(ParamSource):
     self._weights = hf_reader.open_weights(folder)
     self._plan = {path: (name, layout, shape)
                   for path, name, layout, shape in hf_reader.read_plan(self._weights, self.config, folder)}
-    vocab = os.path.join(folder, "spiece.model")
-    self.vocabulary_path = vocab if os.path.exists(vocab) else None
+    vocab = paths.join(folder, "spiece.model")
+    self.vocabulary_path = vocab if paths.exists(vocab) else None
 
   def read(self, path):
     name, layout, shape = self._plan[path]

@@ -4,13 +4,13 @@ restore straight into host memory, so an XXL checkpoint exports on a host that c
 from __future__ import annotations
 
 import ast
-import os
 import re
 from typing import Any, Optional
 
 import numpy as np
 import orbax.checkpoint as ocp
 
+from xmtf_jax import paths
 from xmtf_jax.hf import mapping as hf
 from xmtf_jax.hf.sources import ParamSource, _check_shapes, expected_shapes
 from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
@@ -37,7 +37,7 @@ class CheckpointParams(ParamSource):
 
   def __init__(self, checkpoint_dir: str, step: Optional[int] = None):
     if checkpoints.is_step_directory(checkpoint_dir):
-      if step is not None and not os.path.basename(os.path.normpath(checkpoint_dir)).endswith(f"_{step}"):
+      if step is not None and not paths.basename(checkpoint_dir.rstrip("/")).endswith(f"_{step}"):
         raise ValueError(f"--step={step} given with the step directory {checkpoint_dir}; pass its "
                          "MODEL_DIR instead")
       step_dir = checkpoint_dir
@@ -57,7 +57,7 @@ class CheckpointParams(ParamSource):
     self.metadata = checkpoints.read_metadata(step_dir)
     self.config = checkpoints.t5_config_from_metadata(self.metadata)
     self.vocabulary_path = self.metadata.get("vocabulary_path")
-    self._params_dir = os.path.join(os.path.abspath(step_dir), "params")
+    self._params_dir = paths.join(paths.abspath(step_dir), "params")
     self._checkpointer = None
 
   def _orbax(self):

@@ -19,13 +19,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from typing import Any, Mapping, Optional
 
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from xmtf_jax import paths
 from xmtf_jax.model.config import T5Config
 from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
 
@@ -100,7 +100,7 @@ class Checkpointer:
 
   def __init__(self, model_dir: str, *, save_period: int = 1000, max_to_keep: Optional[int] = 3,
                async_save: bool = True):
-    self.model_dir = os.path.abspath(model_dir) if "://" not in model_dir else model_dir
+    self.model_dir = paths.abspath(model_dir)
     self.save_period = save_period
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=save_period, max_to_keep=max_to_keep, step_prefix=STEP_PREFIX,
@@ -169,21 +169,27 @@ class Checkpointer:
 # ---- reading a checkpoint without a training setup ----------------------------------------------
 
 def step_directory(model_dir: str, step: int) -> str:
-  return os.path.join(model_dir, f"{STEP_PREFIX}_{step}")
+  return paths.join(model_dir, f"{STEP_PREFIX}_{step}")
+
+
+# On a bucket orbax writes a step in place and marks it complete with this file (no atomic rename).
+COMMIT_FILE = "commit_success.txt"
 
 
 def is_step_directory(path: str) -> bool:
-  return os.path.isdir(os.path.join(path, "params")) and os.path.isdir(os.path.join(path, "metadata"))
+  if not (paths.isdir(paths.join(path, "params")) and paths.isdir(paths.join(path, "metadata"))):
+    return False
+  return not paths.is_remote(path) or paths.exists(paths.join(path, COMMIT_FILE))
 
 
 def list_steps(model_dir: str) -> list[int]:
   """Committed checkpoint steps in `model_dir` (temporary, unfinished directories are not listed)."""
-  if not os.path.isdir(model_dir):
+  if not paths.isdir(model_dir):
     return []
   steps = []
-  for name in os.listdir(model_dir):
+  for name in paths.listdir(model_dir):
     prefix, _, number = name.partition("_")
-    if prefix == STEP_PREFIX and number.isdigit() and is_step_directory(os.path.join(model_dir, name)):
+    if prefix == STEP_PREFIX and number.isdigit() and is_step_directory(paths.join(model_dir, name)):
       steps.append(int(number))
   return sorted(steps)
 
@@ -210,8 +216,7 @@ def is_checkpoint(path: str) -> bool:
 
 def read_metadata(path: str) -> dict:
   """The metadata JSON of a checkpoint (a step directory or a MODEL_DIR: its latest step)."""
-  with open(os.path.join(resolve(path), "metadata", "metadata")) as f:
-    return json.load(f)
+  return json.loads(paths.read_text(paths.join(resolve(path), "metadata", "metadata")))
 
 
 def t5_config_from_metadata(metadata: Mapping[str, Any], **overrides) -> T5Config:
@@ -240,6 +245,6 @@ def load_model_params(path: str, mesh: Any = None, logical_axis_rules=None, **co
 
 def restore_params(path: str, abstract_params: Any) -> Any:
   """Only the parameters of a checkpoint, placed with the shardings of `abstract_params`."""
-  directory = os.path.join(os.path.abspath(resolve(path)), "params")
+  directory = paths.join(paths.abspath(resolve(path)), "params")
   with ocp.StandardCheckpointer() as checkpointer:
     return checkpointer.restore(directory, abstract_params)

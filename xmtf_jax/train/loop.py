@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
 
-import seqio
-
+from xmtf_jax import paths
 from xmtf_jax.data import host_batches, truncation
 from xmtf_jax.hf import reader as hf_reader
 from xmtf_jax.model.config import T5Config
@@ -27,6 +25,7 @@ from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
 from xmtf_jax.parallel import partitioning
 from xmtf_jax.train import checkpoints, losses, optim, preemption, reporting, trainer
 from xmtf_jax.train import hooks as eval_hooks
+from xmtf_jax.train.run_checks import TaskFeatures, check_same_shapes, task_features
 
 EXIT_NON_FINITE = 3
 
@@ -117,53 +116,8 @@ class NonFiniteLossError(RuntimeError):
 
 def setup_runtime(config: TrainConfig) -> None:
   if config.compilation_cache_dir:
-    jax.config.update("jax_compilation_cache_dir", os.path.abspath(config.compilation_cache_dir))
-
-
-# A fresh embedding this much larger than the vocabulary is almost certainly a gin mix-up (mT5's
-# 250112 rows for a demo-sized vocabulary), not padding to a multiple of 128.
-OVERSIZED_EMBEDDING_FACTOR = 2
-
-
-@dataclasses.dataclass(frozen=True)
-class TaskFeatures:
-  """What a checkpoint records about the data it was trained on, for evaluation and inference."""
-  vocabulary_path: Optional[str]
-  add_eos_to_inputs: bool
-
-
-def task_features(mixture_or_task_name: str, model_config: T5Config, fresh_model: bool
-                  ) -> TaskFeatures:
-  """The mixture's SentencePiece file and whether its inputs end in EOS; checks the vocabulary
-  against the embedding: smaller is an error, much larger for a fresh model a warning."""
-  provider = seqio.get_mixture_or_task(mixture_or_task_name)
-  vocabulary = provider.output_features["targets"].vocabulary
-  if vocabulary.vocab_size > model_config.vocab_size:
-    raise ValueError(f"the vocabulary of {mixture_or_task_name!r} has {vocabulary.vocab_size} ids but "
-                     f"the model's embedding only {model_config.vocab_size} (VOCAB_SIZE); set "
-                     f"--gin.VOCAB_SIZE={-(-vocabulary.vocab_size // 128) * 128} or use the matching "
-                     "model/mixture gin files")
-  if fresh_model and model_config.vocab_size > OVERSIZED_EMBEDDING_FACTOR * max(vocabulary.vocab_size, 128):
-    logging.warning(
-        "VOCAB_SIZE=%d is %.0fx the vocabulary of %r (%d pieces): the randomly initialised embedding "
-        "and LM head are mostly unused rows. Set --gin.VOCAB_SIZE=%d (the vocabulary rounded up to a "
-        "multiple of 128) unless this is intended.", model_config.vocab_size,
-        model_config.vocab_size / vocabulary.vocab_size, mixture_or_task_name, vocabulary.vocab_size,
-        -(-vocabulary.vocab_size // 128) * 128)
-  path = getattr(vocabulary, "sentencepiece_model_file", None)
-  path = os.path.abspath(path) if path and "://" not in path else path
-  return TaskFeatures(path, bool(provider.output_features["inputs"].add_eos))
-
-
-SHAPE_FIELDS = ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_encoder_layers",
-                "num_decoder_layers", "relative_attention_num_buckets", "relative_attention_max_distance")
-
-
-def check_same_shapes(theirs: T5Config, ours: T5Config, origin: str) -> None:
-  diffs = [f"{f}: {getattr(theirs, f)} there vs {getattr(ours, f)} in gin" for f in SHAPE_FIELDS
-           if getattr(theirs, f) != getattr(ours, f)]
-  if diffs:
-    raise ValueError(f"{origin} does not match the gin model (gin/models/*.gin): " + "; ".join(diffs))
+    # A bucket URL passes through unchanged (jax reads gs:// caches through etils.epath).
+    jax.config.update("jax_compilation_cache_dir", paths.abspath(config.compilation_cache_dir))
 
 
 def initial_params(config: TrainConfig, model: EncoderDecoderModel) -> Any:
@@ -285,6 +239,7 @@ def train(config: TrainConfig, model_config: T5Config,
                              "data, or use float32 activations.") from None
   finally:
     checkpointer.close()
+    metrics_log.flush()
     tensorboard.close()
     reporting.plot_loss_curve(config.model_dir)
 
@@ -380,6 +335,7 @@ def train_loop(config, model, state, start_step, data, train_step, checkpointer,
       truncation_reported = True
     if save:
       started_saving = time.time()
+      metrics_log.flush()  # a killed run's metrics.jsonl holds every step up to its last checkpoint
       checkpointer.save(step, state.params, state.opt_state,
                         {**metadata, "gin_config": describe_run()},
                         data.get_state(), force=True)

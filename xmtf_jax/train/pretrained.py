@@ -7,11 +7,11 @@ Training starts from these (INITIAL_CHECKPOINT_PATH); evaluation, inference and 
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Optional
 
 import seqio
 
+from xmtf_jax import paths
 from xmtf_jax.data import tasks
 from xmtf_jax.hf import reader as hf_reader
 from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
@@ -20,7 +20,7 @@ from xmtf_jax.train import checkpoints
 
 
 def is_hf_folder(path: str) -> bool:
-  return os.path.exists(os.path.join(path, "config.json"))
+  return paths.exists(paths.join(path, "config.json"))
 
 
 def load_pretrained(path: str, mesh: Optional[Any] = None, *, logical_axis_rules=None,
@@ -34,9 +34,9 @@ def load_pretrained(path: str, mesh: Optional[Any] = None, *, logical_axis_rules
     placed on it directly with the shardings of `logical_axis_rules` (default rules if None).
   config_overrides: T5Config fields to change, e.g. dtype="bfloat16", dropout_rate=0.0.
   """
-  path = os.path.expanduser(path)
+  path = paths.abspath(path)
   rules = logical_axis_rules or partitioning.logical_axis_rules()
-  if is_hf_folder(path) or not os.path.isdir(path):
+  if is_hf_folder(path) or not paths.isdir(path):
     config, params = hf_reader.load_hf_folder(path, mesh, rules, **config_overrides)
   elif checkpoints.is_checkpoint(path):
     config, params = checkpoints.load_model_params(path, mesh, rules, **config_overrides)
@@ -53,13 +53,13 @@ def load_vocabulary(model_path: Optional[str], vocabulary_path: Optional[str] = 
   (as HF folders and our exports hold it); else the one a training checkpoint recorded."""
   candidates = [vocabulary_path] if vocabulary_path else []
   if model_path:
-    model_path = os.path.expanduser(model_path)
-    candidates += [os.path.join(model_path, name) for name in ("spiece.model", "sentencepiece.model")]
-    if os.path.isdir(model_path) and checkpoints.is_checkpoint(model_path):
+    model_path = paths.abspath(model_path)
+    candidates += [paths.join(model_path, name) for name in ("spiece.model", "sentencepiece.model")]
+    if paths.isdir(model_path) and checkpoints.is_checkpoint(model_path):
       candidates.append(checkpoints.read_metadata(model_path).get("vocabulary_path"))
   for candidate in candidates:
-    if candidate and (os.path.exists(os.path.expanduser(candidate)) or "://" in candidate):
-      return tasks.vocabulary(os.path.expanduser(candidate))
+    if candidate and paths.exists(candidate):
+      return tasks.vocabulary(paths.abspath(candidate))
   raise FileNotFoundError(f"no SentencePiece model: looked for {[c for c in candidates if c]}; set "
                           "vocabulary_path (e.g. --gin.evaluate.vocabulary_path=\"'/path/spiece.model'\")")
 
@@ -68,6 +68,6 @@ def inputs_end_with_eos(model_path: Optional[str]) -> bool:
   """Whether the model was trained on inputs ending in EOS: what a training checkpoint recorded
   (its task's `inputs` feature), else False (HF folders; mT0 and the paper's evaluation feed inputs
   without EOS). Inference and evaluation default to this, so they see inputs as training did."""
-  if model_path and checkpoints.is_checkpoint(os.path.expanduser(model_path)):
-    return bool(checkpoints.read_metadata(os.path.expanduser(model_path)).get("add_eos_to_inputs", False))
+  if model_path and checkpoints.is_checkpoint(model_path):
+    return bool(checkpoints.read_metadata(model_path).get("add_eos_to_inputs", False))
   return False

@@ -19,6 +19,7 @@ from typing import Mapping, Optional
 
 import jax
 
+from xmtf_jax import paths
 from xmtf_jax.progress import format_duration
 
 METRICS_FILE = "metrics.jsonl"
@@ -63,35 +64,45 @@ class MetricsLog:
   Train lines: {"kind": "train", "step": s, "loss": ..., ...} for every step; eval lines:
   {"kind": "eval", "step": s, "name": ..., ...}. On resume, `truncate_after(step)` drops the lines
   of steps a killed run had done after its last checkpoint, so the file reads as one uninterrupted run.
+  On a bucket an object cannot grow: lines are kept here and the whole file is uploaded at most every
+  `flush_seconds`, on `flush()` (the train loop calls it before each checkpoint) and at the end.
   """
 
-  def __init__(self, model_dir: str):
-    self.path = os.path.join(model_dir, METRICS_FILE)
+  def __init__(self, model_dir: str, flush_seconds: float = 30.0):
+    self.path = paths.join(model_dir, METRICS_FILE)
     self.enabled = jax.process_index() == 0
+    self._remote = paths.is_remote(model_dir)
+    self._pending: list[str] = []
+    self._flush_seconds = flush_seconds
+    self._flushed_at = time.time()
     if self.enabled:
-      os.makedirs(model_dir, exist_ok=True)
+      paths.makedirs(model_dir)
 
   def truncate_after(self, step: int) -> None:
-    if not self.enabled or not os.path.exists(self.path):
+    if not self.enabled or not paths.exists(self.path):
       return
     kept = [line for line in read_metrics(self.path) if line.get("step", 0) <= step]
-    tmp = self.path + ".tmp"
-    with open(tmp, "w") as f:
-      f.writelines(json.dumps(line) + "\n" for line in kept)
-    os.replace(tmp, self.path)
+    paths.write_text(self.path, "".join(json.dumps(line) + "\n" for line in kept))
 
   def write(self, record: Mapping) -> None:
     if self.enabled:
-      with open(self.path, "a") as f:
-        f.write(json.dumps(dict(record)) + "\n")
+      self._pending.append(json.dumps(dict(record)) + "\n")
+      if not self._remote or time.time() - self._flushed_at >= self._flush_seconds:
+        self.flush()
+
+  def flush(self) -> None:
+    if self.enabled and self._pending:
+      paths.append_text(self.path, "".join(self._pending))
+      self._pending = []
+      self._flushed_at = time.time()
 
 
 def read_metrics(path: str, kind: Optional[str] = None) -> list[dict]:
   """The records of a metrics.jsonl (a file or a MODEL_DIR), optionally only one kind."""
-  if os.path.isdir(path):
-    path = os.path.join(path, METRICS_FILE)
+  if paths.isdir(path):
+    path = paths.join(path, METRICS_FILE)
   records = []
-  with open(path) as f:
+  with paths.open(path) as f:
     for line in f:
       if line.strip():
         record = json.loads(line)
@@ -113,12 +124,13 @@ class TensorBoard:
       return
     if kind not in self._writers:
       from tensorboardX import SummaryWriter
-      self._writers[kind] = SummaryWriter(os.path.join(self._model_dir, kind))
+      self._writers[kind] = SummaryWriter(paths.join(self._model_dir, kind))
     writer = self._writers[kind]
     for name, value in values.items():
       if isinstance(value, (int, float)) and math.isfinite(value):
         writer.add_scalar(name, value, step)
-    writer.flush()
+    if not paths.is_remote(self._model_dir):
+      writer.flush()  # on a bucket each flush uploads the whole event file: left to flush_secs/close
 
   def close(self) -> None:
     for writer in self._writers.values():
@@ -187,8 +199,8 @@ class ProgressMeter:
 
 def plot_loss_curve(model_dir: str, output: Optional[str] = None) -> Optional[str]:
   """Writes MODEL_DIR/loss_curve.png (train loss per step, and validation loss) from metrics.jsonl."""
-  path = os.path.join(model_dir, METRICS_FILE)
-  if jax.process_index() != 0 or not os.path.exists(path):
+  path = paths.join(model_dir, METRICS_FILE)
+  if jax.process_index() != 0 or not paths.exists(path):
     return None
   import matplotlib
   matplotlib.use("Agg")
@@ -203,11 +215,11 @@ def plot_loss_curve(model_dir: str, output: Optional[str] = None) -> Optional[st
     ax.plot([r["step"] for r in evals], [r["loss"] for r in evals], "o-", label="validation loss")
   ax.set_xlabel("step")
   ax.set_ylabel("loss")
-  ax.set_title("/".join(os.path.normpath(os.path.abspath(model_dir)).split(os.sep)[-2:]))
+  ax.set_title("/".join(paths.abspath(model_dir).rstrip("/").replace(os.sep, "/").split("/")[-2:]))
   ax.grid(alpha=0.3)
   ax.legend()
-  output = output or os.path.join(model_dir, LOSS_CURVE_FILE)
+  output = output or paths.join(model_dir, LOSS_CURVE_FILE)
   fig.tight_layout()
-  fig.savefig(output, dpi=100)
+  paths.save_figure(fig, output, dpi=100)
   plt.close(fig)
   return output
