@@ -55,7 +55,7 @@ import jax.numpy as jnp
 
 from xmtf_jax.model.config import T5Config
 from xmtf_jax.model.dropout import Dropout
-from xmtf_jax.model.layers import (Embed, GatedGeluMlp, LMHead, MultiHeadAttention, RMSNorm,
+from xmtf_jax.model.layers import (WEIGHT_MATMUL, Embed, GatedGeluMlp, LMHead, MultiHeadAttention, RMSNorm,
                                    RelativePositionBias, constrain, mask_bias, positions_from_segments)
 
 Array = Any
@@ -67,8 +67,9 @@ REMAT_POLICIES = {
     # is the name other trainers use for this; "full" is the name this project used first.
     "minimal": jax.checkpoint_policies.nothing_saveable,
     "full": jax.checkpoint_policies.nothing_saveable,
-    # Keep the outputs of matmuls against weights; recompute the cheap elementwise work and attention.
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # Keep the outputs of matmuls against weights (named in layers._matmul, whose custom VJP hides the
+    # dot from dot-based policies); recompute the cheap elementwise work and attention.
+    "dots": jax.checkpoint_policies.save_only_these_names(WEIGHT_MATMUL),
 }
 
 
