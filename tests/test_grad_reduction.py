@@ -58,8 +58,7 @@ def test_on_a_tpu_topology_parameter_gradients_are_reduced_in_float32():
   pytest.importorskip("libtpu")
   from xmtf_jax.parallel import topologies
   from xmtf_jax.train import plan as train_plan
-  topology = topologies.tpu_topology("v4-8")
-  mesh = topologies.make_mesh(topology, num_partitions=1)
+  mesh = partitioning.make_mesh(1, devices=topologies.tpu_devices("v4-8"))
   compiled = lowered_train_step(CONFIG.replace(d_model=128, d_ff=256), mesh).compile()
   collectives = train_plan.collectives(compiled.as_text())
   reduced = {kind: stats for kind, stats in collectives.items() if kind in ("all-reduce", "reduce-scatter")}
