@@ -61,8 +61,9 @@ def test_on_a_tpu_topology_parameter_gradients_are_reduced_in_float32():
   mesh = partitioning.make_mesh(1, devices=topologies.tpu_devices("v4-8"))
   compiled = lowered_train_step(CONFIG.replace(d_model=128, d_ff=256), mesh).compile()
   collectives = train_plan.collectives(compiled.as_text())
-  reduced = {kind: stats for kind, stats in collectives.items() if kind in ("all-reduce", "reduce-scatter")}
-  big = {kind: {dtype: nbytes for dtype, nbytes in stats["dtypes"].items() if nbytes > 1024}
-         for kind, stats in reduced.items()}
-  assert any(big.values()), collectives
-  assert all(set(dtypes) <= {"f32"} for dtypes in big.values()), big
+  reduced = {kind: stats["dtypes"] for kind, stats in collectives.items()
+             if kind in ("all-reduce", "reduce-scatter")}
+  # Weight gradients, layer-norm scales included, are summed over the 4 data replicas in float32
+  # (the int32 token counts of the loss are reduced too).
+  assert reduced.get("all-reduce", {}).get("f32", 0) > 4 * 128 * 256, collectives
+  assert all(set(dtypes) <= {"f32", "s32"} for dtypes in reduced.values()), reduced

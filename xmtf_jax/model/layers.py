@@ -185,7 +185,7 @@ def mask_bias(key_valid: Array, query_segments: Optional[Array] = None,
 
 
 class RMSNorm(nn.Module):
-  """T5 layer norm: scale * x / rms(x), no mean subtraction, no bias; variance in float32."""
+  """T5 layer norm: scale * x / rms(x), no mean subtraction, no bias; computed in float32."""
   config: T5Config
 
   @nn.compact
@@ -194,8 +194,9 @@ class RMSNorm(nn.Module):
                        (x.shape[-1],), jnp.float32)
     x32 = x.astype(jnp.float32)
     variance = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
-    normed = (x32 * jax.lax.rsqrt(variance + self.config.layer_norm_epsilon)).astype(x.dtype)
-    return normed * scale.astype(x.dtype)
+    # Scaled in float32 before the cast, so the scale's gradient (summed over tokens and then over data
+    # replicas) is float32 too, as the weight gradients of `_matmul` are.
+    return (x32 * jax.lax.rsqrt(variance + self.config.layer_norm_epsilon) * scale).astype(x.dtype)
 
 
 class MultiHeadAttention(nn.Module):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import os
 from typing import Any
 
 import jax
@@ -105,6 +106,8 @@ def devices(target: Target) -> list[Any]:
     return found[:target.num_devices]
   if not libtpu_available():
     raise RuntimeError(f"--topology={target.name} needs libtpu to compile for TPUs: {INSTALL_HINT}")
+  for key, value in TPU_ENVIRONMENT.items():  # libtpu reads them when its backend first starts
+    os.environ.setdefault(key, value)
   return list(jax_topologies.get_topology_desc(**topology_arguments(target)).devices)
 
 
