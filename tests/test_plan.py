@@ -128,4 +128,5 @@ def test_tpu_v4_plan_of_the_tiny_model():
                                     hbm_bytes=target.hbm_bytes_per_device, target=target.name)
   assert plan.num_devices == 4 and plan.device_kind.startswith("TPU v4")
   assert plan.parameter_bytes == 4 * hand_count(2)[0] and plan.fits
-  assert set(plan.collectives["all-reduce"]["dtypes"]) <= {"f32", "s32"}
+  # Scanned layers: the layer loop runs 2 times per stack and direction, and its collectives with it.
+  assert plan.step["loops"] == ["layers"] and plan.collectives["all-reduce"]["count"] > 2 * LAYERS
