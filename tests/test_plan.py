@@ -130,3 +130,12 @@ def test_tpu_v4_plan_of_the_tiny_model():
   assert plan.parameter_bytes == 4 * hand_count(2)[0] and plan.fits
   # Scanned layers: the layer loop runs 2 times per stack and direction, and its collectives with it.
   assert plan.step["loops"] == ["layers"] and plan.collectives["all-reduce"]["count"] > 2 * LAYERS
+
+
+def test_xla_out_of_memory_refusal_is_read_as_a_verdict():
+  # The error XLA:TPU raised compiling mt5_xl with REMAT_POLICY='dots' for v4-128 (mt0 recipe).
+  message = ("RESOURCE_EXHAUSTED: E1000: CompileTimeHbmOom: Ran out of memory on HBM, the total memory "
+             "required for HLO temporaries (42.09G) exceeds available HBM (30.75G). HLO module: "
+             "jit_train_step.")
+  assert train_plan._hbm_oom_temporaries(message) == int(42.09 * 2**30)
+  assert train_plan._hbm_oom_temporaries("INTERNAL: something else") is None

@@ -14,6 +14,7 @@ iteration; `Plan` multiplies nothing and says which loops there are.
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from typing import Any, Mapping, Optional, Sequence
 
@@ -71,6 +72,7 @@ class Plan:
   lower_seconds: float
   compile_seconds: float
   suggestion: str = ""
+  compile_error: str = ""  # XLA's out-of-memory refusal, when it refused (the numbers are its estimate)
 
   @property
   def fits(self) -> bool:
@@ -105,6 +107,8 @@ class Plan:
       dtypes = ", ".join(f"{d} {b / 2**20:.1f}" for d, b in sorted(stats["dtypes"].items()))
       lines.append(f"  {kind:<20}{stats['count']:>7}{stats['bytes'] / 2**20:>12.1f}   ({dtypes})")
     lines.append(f"lower {self.lower_seconds:.1f} s, compile {self.compile_seconds:.1f} s")
+    if self.compile_error:
+      lines.append(f"XLA refused to compile: {self.compile_error}")
     if self.fits:
       lines.append(f"verdict: fits ({(self.hbm_bytes * HBM_HEADROOM - self.peak_bytes) / GIB:.2f} GiB to "
                    f"spare of {HBM_HEADROOM:.0%} HBM)")
@@ -130,6 +134,14 @@ def bytes_per_device(tree: Any) -> int:
     shard = leaf.sharding.shard_shape(tuple(leaf.shape))
     total += int(np.prod(shard, dtype=np.int64)) * jnp.dtype(leaf.dtype).itemsize
   return total
+
+
+def _hbm_oom_temporaries(message: str) -> Optional[int]:
+  """Bytes of temporaries from XLA:TPU's compile-time out-of-memory error, or None for other errors."""
+  match = re.search(r"HLO temporaries \(([\d.]+)([KMGT])\) exceeds available HBM", message)
+  if "RESOURCE_EXHAUSTED" not in message or not match:
+    return None
+  return int(float(match.group(1)) * 1024 ** (" KMGT".index(match.group(2))))
 
 
 def collectives(hlo_text: str) -> dict:
@@ -186,17 +198,30 @@ def plan_train_step(model_config: T5Config, optimizer_config: optim.OptimizerCon
   started = time.perf_counter()
   lowered = step.lower(state, batch)
   lowered_at = time.perf_counter()
-  compiled = lowered.compile()
+  compiled, compile_error = None, ""
+  try:
+    compiled = lowered.compile()
+  except Exception as e:  # noqa: BLE001  XLA:TPU refuses programs that cannot fit: that is an answer
+    temporaries = _hbm_oom_temporaries(str(e))
+    if temporaries is None:
+      raise
+    compile_error = str(e).splitlines()[0]
   compiled_at = time.perf_counter()
 
-  memory = compiled.memory_analysis()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  field = lambda name: int(getattr(memory, name, 0) or 0)
-  argument, output, alias = (field("argument_size_in_bytes"), field("output_size_in_bytes"),
-                             field("alias_size_in_bytes"))
-  temp, code = field("temp_size_in_bytes"), field("generated_code_size_in_bytes")
-  xla_peak = field("peak_memory_in_bytes")
+  state_bytes = bytes_per_device(state.params) + bytes_per_device(state.opt_state)
+  if compiled is not None:
+    memory = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    field = lambda name: int(getattr(memory, name, 0) or 0)
+    argument, output, alias = (field("argument_size_in_bytes"), field("output_size_in_bytes"),
+                               field("alias_size_in_bytes"))
+    temp, code = field("temp_size_in_bytes"), field("generated_code_size_in_bytes")
+    xla_peak = field("peak_memory_in_bytes")
+  else:  # what the error says XLA needed; the state and batch are the donated arguments
+    cost, code, xla_peak = {}, 0, 0
+    argument = output = alias = state_bytes + bytes_per_device(batch)
+    temp = temporaries
   peak = max(xla_peak, argument + output - alias + temp + code)
   lengths = shape.task_feature_lengths
   num_parameters = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
@@ -219,8 +244,9 @@ def plan_train_step(model_config: T5Config, optimizer_config: optim.OptimizerCon
       flops_six_n_tokens=6.0 * num_parameters * tokens,
       flops_model=trainer.training_flops_per_step(model_config, shape.batch_size, lengths["inputs"],
                                                   lengths["targets"]),
-      collectives=collectives(compiled.as_text()),
-      lower_seconds=lowered_at - started, compile_seconds=compiled_at - lowered_at)
+      collectives=collectives(compiled.as_text()) if compiled is not None else {},
+      lower_seconds=lowered_at - started, compile_seconds=compiled_at - lowered_at,
+      compile_error=compile_error)
   if not plan.fits:
     plan.suggestion = suggest(plan, model_config, partitioning_config, shape, mesh.shape["data"])
   return plan
