@@ -97,12 +97,14 @@ class Plan:
         f"  temporaries      {gib(self.temp_bytes)}   (activations, gradients, XLA buffers)",
         f"  code             {gib(self.generated_code_bytes)}",
         f"  peak             {gib(self.peak_bytes)}   of {self.hbm_bytes / GIB:.0f} GiB HBM "
-        f"({100 * self.peak_bytes / self.hbm_bytes:.0f}%; XLA's own peak estimate {gib(self.xla_peak_bytes).strip()})",
+        f"({100 * self.peak_bytes / self.hbm_bytes:.0f}%"
+        + (")" if self.compile_error else f"; XLA's own peak estimate {gib(self.xla_peak_bytes).strip()})"),
         f"FLOPs per step: XLA {self.flops_per_device * self.num_devices:.3e} "
         f"({self.flops_per_device:.3e} per device{'; loop bodies counted once' if self.step.get('loops') else ''})"
         f", 6*N*tokens {self.flops_six_n_tokens:.3e}, training_flops_per_step {self.flops_model:.3e}",
-        "collectives per step (count, MiB per device):",
     ]
+    if self.collectives:
+      lines.append("collectives per step (count, MiB per device):")
     for kind, stats in sorted(self.collectives.items()):
       dtypes = ", ".join(f"{d} {b / 2**20:.1f}" for d, b in sorted(stats["dtypes"].items()))
       lines.append(f"  {kind:<20}{stats['count']:>7}{stats['bytes'] / 2**20:>12.1f}   ({dtypes})")
@@ -172,7 +174,7 @@ def suggest(plan: Plan, model_config: T5Config, partitioning_config: partitionin
     m *= 2
     estimate = fixed + activations * shape.num_microbatches / m
     if estimate <= usable:
-      return (f"NUM_MICROBATCHES={m} (--gin.TrainConfig.num_microbatches={m}; estimated peak "
+      return (f"NUM_MICROBATCHES={m} (--gin.NUM_MICROBATCHES={m}; estimated peak "
               f"{estimate / GIB:.1f} GiB, activations scale with the micro-batch)")
   if model_config.remat_policy in ("none", "dots"):
     return ("micro-batches alone will not do: set --gin.REMAT_POLICY=\"'minimal'\" (recompute each layer "
