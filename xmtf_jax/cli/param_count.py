@@ -33,7 +33,7 @@ def parameter_group(path: tuple[str, ...]) -> str:
     return "token_embedder"
   if path[-2] == "logits_dense":
     return "lm_head"
-  part = path[2] if path[1].startswith("layers_") else path[1]
+  part = path[2] if path[1].startswith("layers") else path[1]  # layers_{i}, or stacked `layers`
   if part.endswith("_norm"):
     part = "layer_norms"
   return f"{path[0]}/{part}"

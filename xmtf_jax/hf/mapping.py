@@ -5,7 +5,8 @@ Names: `parameter_mapping(config)` lists (our path, HF name, layout) for every t
   "qkv"   HF Linear [heads*kv, embed]  <->  ours [embed, heads, kv]
   "out"   HF Linear [embed, heads*kv]  <->  ours [heads, kv, embed]
   "dense" HF Linear [out, in]          <->  ours [in, out] (MLP and LM head)
-All conversions are transposes/reshapes, so HF -> ours -> HF is bit-exact. `t5config_from_hf` /
+All conversions are transposes/reshapes, so HF -> ours -> HF is bit-exact. Paths are per layer
+(`layers_{i}`); a scanned model's stacked tree is read through `layer_stacking.layer_leaf`. `t5config_from_hf` /
 `t5config_to_hf` convert config.json. Reading folders is `xmtf_jax.hf.reader`.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from xmtf_jax.model import layer_stacking
 from xmtf_jax.model.config import T5Config
 from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
 
@@ -110,13 +112,15 @@ def tree_set(tree: dict, path: tuple[str, ...], value: Any) -> None:
 
 
 def _our_shapes(config: T5Config) -> dict[tuple[str, ...], tuple[int, ...]]:
-  shapes = EncoderDecoderModel(config).abstract_params()
+  """Per-layer shape of every mapped parameter (whatever config.scan_layers says)."""
+  shapes = EncoderDecoderModel(config.replace(scan_layers=False)).abstract_params()
   return {path: tuple(tree_get(shapes, path).shape) for path, _, _ in parameter_mapping(config)}
 
 
 def params_to_hf(params: Mapping, config: T5Config) -> dict[str, np.ndarray]:
-  """Our params -> HF state dict {name: float32 numpy array} (untied: includes lm_head.weight)."""
-  return {hf: to_hf(layout, np.asarray(tree_get(params, path), np.float32))
+  """Our params (either layer layout) -> HF state dict {name: float32 numpy array} (untied: includes
+  lm_head.weight)."""
+  return {hf: to_hf(layout, np.asarray(layer_stacking.layer_leaf(params, path), np.float32))
           for path, hf, layout in parameter_mapping(config)}
 
 

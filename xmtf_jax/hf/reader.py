@@ -1,7 +1,8 @@
 """Reading an HF mT5/mT0 folder: config.json plus `model.safetensors`, sharded safetensors
 (`model.safetensors.index.json`), or `pytorch_model.bin` (+ index) read with
 `torch.load(weights_only=True)` (torch imported only then). Every name and shape is checked before any
-data is read; tensors are then converted to float32 and placed on the mesh one at a time.
+data is read; tensors are then converted to float32 and placed on the mesh one at a time (for a
+scanned model, `T5Config.scan_layers`, one stacked tensor at a time: its layers are read and stacked).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import numpy as np
 from xmtf_jax import paths
 from xmtf_jax.hf.mapping import (IGNORED_HF_TENSORS, LM_HEAD, SHARED, tree_get, _our_shapes, tree_set,
                                  parameter_mapping, t5config_from_hf, to_ours, hf_shape)
+from xmtf_jax.model import layer_stacking
 from xmtf_jax.model.config import T5Config
 from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
 from xmtf_jax.parallel import partitioning
@@ -166,15 +168,32 @@ def load_hf_folder(folder: str, mesh: Optional[Any] = None, logical_axis_rules=N
     rules = logical_axis_rules or partitioning.logical_axis_rules()
     shardings = EncoderDecoderModel(config, mesh, rules).param_shardings()
   params: dict = {}
-  for path, hf, layout, shape in plan:
-    array = to_ours(layout, source.read(hf), shape)
+  for path, reads in _placement_groups(plan, config):
+    if layer_stacking.stacked_location(reads[0][0])[1] is None or not config.scan_layers:
+      _, hf, layout, shape = reads[0]
+      array = to_ours(layout, source.read(hf), shape)
+    else:  # one stacked leaf [layers, ...] from its layers, in order
+      array = np.stack([to_ours(layout, source.read(hf), shape) for _, hf, layout, shape in reads])
     if shardings is None:
       placed = jax.device_put(array)
     else:
-      placed = jax.make_array_from_callback(shape, tree_get(shardings, path), lambda index, a=array: a[index])
+      placed = jax.make_array_from_callback(array.shape, tree_get(shardings, path),
+                                            lambda index, a=array: a[index])
     tree_set(params, path, placed)
     del array
   return config, params
+
+
+def _placement_groups(plan, config: T5Config) -> list[tuple[tuple[str, ...], list]]:
+  """[(our leaf path, the plan entries it is made of)]: one entry each, or for a scanned model the
+  per-layer entries of each stacked leaf in layer order."""
+  groups: dict = {}
+  for entry in plan:
+    path = layer_stacking.stacked_location(entry[0])[0] if config.scan_layers else entry[0]
+    groups.setdefault(path, []).append(entry)
+  for path, entries in groups.items():
+    entries.sort(key=lambda e: layer_stacking.stacked_location(e[0])[1] or 0)
+  return list(groups.items())
 
 
 def params_from_hf(state_dict: Mapping[str, np.ndarray], config: T5Config) -> dict:
@@ -184,4 +203,4 @@ def params_from_hf(state_dict: Mapping[str, np.ndarray], config: T5Config) -> di
   params: dict = {}
   for path, hf, layout, shape in plan:
     tree_set(params, path, to_ours(layout, source.read(hf), shape))
-  return params
+  return layer_stacking.stack_layers(params, config) if config.scan_layers else params

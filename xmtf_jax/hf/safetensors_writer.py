@@ -71,7 +71,7 @@ def tensor_entries(config: T5Config, dtype: str = "float32") -> list[TensorEntry
   if dtype not in DTYPES:
     raise ValueError(f"dtype={dtype!r}: choose one of {sorted(DTYPES)}")
   itemsize = DTYPES[dtype][0].itemsize
-  abstract = EncoderDecoderModel(config).abstract_params()
+  abstract = EncoderDecoderModel(config.replace(scan_layers=False)).abstract_params()  # per-layer paths
   entries = []
   for path, name, layout in hf.parameter_mapping(config):
     shape = hf.hf_shape(layout, tuple(hf.tree_get(abstract, path).shape))

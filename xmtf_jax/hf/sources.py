@@ -22,6 +22,7 @@ import numpy as np
 from xmtf_jax import paths
 from xmtf_jax.hf import mapping as hf
 from xmtf_jax.hf import reader as hf_reader
+from xmtf_jax.model import layer_stacking
 from xmtf_jax.model.config import T5Config
 from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
 from xmtf_jax.parallel.partitioning import fetch_global
@@ -30,8 +31,9 @@ Path = tuple[str, ...]
 
 
 def expected_shapes(config: T5Config) -> dict[Path, tuple[int, ...]]:
-  """Our shape of every exported parameter (abstract: nothing is allocated)."""
-  abstract = EncoderDecoderModel(config).abstract_params()
+  """Our per-layer shape of every exported parameter (abstract: nothing is allocated). Paths are per
+  layer in either layout; sources of a scanned model read index i of the stacked leaf."""
+  abstract = EncoderDecoderModel(config.replace(scan_layers=False)).abstract_params()
   return {path: tuple(hf.tree_get(abstract, path).shape) for path, _, _ in hf.parameter_mapping(config)}
 
 
@@ -87,13 +89,13 @@ class InMemoryParams(ParamSource):
     found = {}
     for path in expected_shapes(self.config):
       try:
-        found[path] = tuple(np.shape(hf.tree_get(self.params, path)))
+        found[path] = tuple(np.shape(layer_stacking.layer_leaf(self.params, path)))
       except (KeyError, TypeError):
         pass
     _check_shapes(found, self.config, "params")
 
   def read(self, path):
-    return fetch_global(hf.tree_get(self.params, path))
+    return fetch_global(layer_stacking.layer_leaf(self.params, path))
 
   def load_for_verify(self):
     return (self.model or EncoderDecoderModel(self.config)), self.params

@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 
 
-
 @dataclasses.dataclass(frozen=True)
 class T5Config:
   """Shapes and numerics of an mT5 encoder-decoder.
@@ -28,8 +27,11 @@ class T5Config:
   dropout_rate: float = 0.1
   layer_norm_epsilon: float = 1e-6
   dtype: str = "float32"
-  # Rematerialise each layer's activations in the backward pass ("none", "full", "dots").
+  # Rematerialise each layer's activations in the backward pass ("none", "minimal", "full", "dots").
   remat_policy: str = "none"
+  # One `nn.scan` over the layers of each stack (parameters stacked on a leading `layers` axis):
+  # compile time independent of depth. Same numbers as the per-layer model; see model/layer_stacking.py.
+  scan_layers: bool = False
 
   def replace(self, **changes) -> "T5Config":
     return dataclasses.replace(self, **changes)

@@ -12,11 +12,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 from xmtf_jax.model.config import T5Config
 from xmtf_jax.model.dropout import Dropout
-
-Array = Any
 
 Array = Any
 # Large negative logit for masked keys: finite so that fully-masked rows (padding queries) give a uniform
@@ -40,18 +39,52 @@ class Kernel(nn.Module):
     return _param(self, "kernel", self.shape, self.axes, self.stddev)
 
 
-def _matmul(x: Array, kernel: Array, in_dims: int, preferred_element_type=None) -> Array:
-  """x [..., *in] times kernel [*in, *out] -> [..., *out], as one 2-D [tokens, in] x [in, out] dot.
+WEIGHT_MATMUL = "weight_matmul"  # checkpoint name of every activation x weight product (remat "dots")
 
-  Why not an einsum: XLA:CPU lowers the backward of multi-dimension contractions (e.g. `bld,dhk->blhk`,
-  whose kernel gradient contracts over batch *and* length) to transposing copies plus dots, which made the
-  train step ~1.4x slower; after flattening, both gradients are plain 2-D dots. The reshapes are free.
+
+def _matmul(x: Array, kernel: Array, in_dims: int, preferred_element_type=None) -> Array:
+  """x [..., *in] times the float32 kernel [*in, *out] (cast to x's dtype) -> [..., *out].
+
+  One 2-D [tokens, in] x [in, out] dot. Why not an einsum: XLA:CPU lowers the backward of
+  multi-dimension contractions (e.g. `bld,dhk->blhk`, whose kernel gradient contracts over batch *and*
+  length) to transposing copies plus dots, which made the train step ~1.4x slower; after flattening,
+  both gradients are plain 2-D dots. The reshapes are free.
+
+  The kernel gradient is accumulated and returned in float32 (`_flat_matmul`'s VJP), so with bfloat16
+  activations the sum of weight gradients over the data-parallel replicas (the all-reduce or
+  reduce-scatter after this dot) is float32, not bfloat16.
   """
   in_shape, out_shape = kernel.shape[:in_dims], kernel.shape[in_dims:]
   leading = x.shape[:x.ndim - in_dims]
   flat_in = int(np.prod(in_shape))
-  y = jnp.dot(x.reshape(-1, flat_in), kernel.reshape(flat_in, -1), preferred_element_type=preferred_element_type)
-  return y.reshape(*leading, *out_shape)
+  out_dtype = None if preferred_element_type is None else jnp.dtype(preferred_element_type)
+  y = _flat_matmul(x.reshape(-1, flat_in), kernel.reshape(flat_in, -1), out_dtype)
+  return checkpoint_name(y.reshape(*leading, *out_shape), WEIGHT_MATMUL)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _flat_matmul(x: Array, kernel: Array, out_dtype) -> Array:
+  """[tokens, in] x float32 [in, out] in x's dtype; out_dtype None: x's dtype."""
+  return jnp.dot(x, kernel.astype(x.dtype), preferred_element_type=out_dtype)
+
+
+def _flat_matmul_fwd(x, kernel, out_dtype):
+  weight = kernel.astype(x.dtype)
+  return jnp.dot(x, weight, preferred_element_type=out_dtype), (x, weight)
+
+
+def _flat_matmul_bwd(out_dtype, residuals, g):
+  x, weight = residuals
+  # What autodiff would do for dx (in the promoted dtype of g and x, then x's dtype); dW keeps float32.
+  common = jnp.promote_types(g.dtype, x.dtype)
+  g = g.astype(common)
+  dx = jax.lax.dot_general(g, weight.astype(common), (((1,), (1,)), ((), ()))).astype(x.dtype)
+  dw = jax.lax.dot_general(x.astype(common), g, (((0,), (0,)), ((), ())),
+                           preferred_element_type=jnp.float32)
+  return dx, dw
+
+
+_flat_matmul.defvjp(_flat_matmul_fwd, _flat_matmul_bwd)
 
 
 def constrain(x: Array, axes: tuple[str, ...]) -> Array:
@@ -152,7 +185,7 @@ def mask_bias(key_valid: Array, query_segments: Optional[Array] = None,
 
 
 class RMSNorm(nn.Module):
-  """T5 layer norm: scale * x / rms(x), no mean subtraction, no bias; variance in float32."""
+  """T5 layer norm: scale * x / rms(x), no mean subtraction, no bias; computed in float32."""
   config: T5Config
 
   @nn.compact
@@ -161,8 +194,9 @@ class RMSNorm(nn.Module):
                        (x.shape[-1],), jnp.float32)
     x32 = x.astype(jnp.float32)
     variance = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
-    normed = (x32 * jax.lax.rsqrt(variance + self.config.layer_norm_epsilon)).astype(x.dtype)
-    return normed * scale.astype(x.dtype)
+    # Scaled in float32 before the cast, so the scale's gradient (summed over tokens and then over data
+    # replicas) is float32 too, as the weight gradients of `_matmul` are.
+    return (x32 * jax.lax.rsqrt(variance + self.config.layer_norm_epsilon) * scale).astype(x.dtype)
 
 
 class MultiHeadAttention(nn.Module):
@@ -192,7 +226,7 @@ class MultiHeadAttention(nn.Module):
     wo = Kernel((h, k, d), ("heads", "kv", "embed"), (h * k)**-0.5, name="out")()
 
     act_axes = ("batch", "length", "heads", "kv")
-    project = lambda x, w: constrain(_matmul(x, w.astype(dtype), 1), act_axes)
+    project = lambda x, w: constrain(_matmul(x, w, 1), act_axes)
     query = project(inputs_q, wq)
     project_kv = lambda: (project(inputs_kv, wk), project(inputs_kv, wv))
 
@@ -221,7 +255,7 @@ class MultiHeadAttention(nn.Module):
     probs = jax.nn.softmax(scores + bias, axis=-1)
     probs = Dropout(cfg.dropout_rate)(probs, deterministic=self.deterministic)
     context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dtype), value)
-    return _matmul(context, wo.astype(dtype), 2)
+    return _matmul(context, wo, 2)
 
 
 class GatedGeluMlp(nn.Module):
@@ -232,15 +266,14 @@ class GatedGeluMlp(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     cfg = self.config
-    dtype = jnp.dtype(cfg.dtype)
     wi_0 = Kernel((cfg.d_model, cfg.d_ff), ("embed", "mlp"), cfg.d_model**-0.5, name="wi_0")()
     wi_1 = Kernel((cfg.d_model, cfg.d_ff), ("embed", "mlp"), cfg.d_model**-0.5, name="wi_1")()
     wo = Kernel((cfg.d_ff, cfg.d_model), ("mlp", "embed"), cfg.d_ff**-0.5, name="wo")()
-    gate = jax.nn.gelu(_matmul(x, wi_0.astype(dtype), 1), approximate=True)
-    hidden = gate * _matmul(x, wi_1.astype(dtype), 1)
+    gate = jax.nn.gelu(_matmul(x, wi_0, 1), approximate=True)
+    hidden = gate * _matmul(x, wi_1, 1)
     hidden = constrain(hidden, ("batch", "length", "mlp"))
     hidden = Dropout(cfg.dropout_rate)(hidden, deterministic=self.deterministic)
-    return _matmul(hidden, wo.astype(dtype), 1)
+    return _matmul(hidden, wo, 1)
 
 
 class LMHead(nn.Module):
@@ -251,7 +284,7 @@ class LMHead(nn.Module):
   def __call__(self, x: Array) -> Array:
     cfg = self.config
     kernel = _param(self, "kernel", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg.d_model**-0.5)
-    logits = _matmul(x, kernel.astype(x.dtype), 1, preferred_element_type=jnp.float32)
+    logits = _matmul(x, kernel, 1, preferred_element_type=jnp.float32)
     return constrain(logits, ("batch", "length", "vocab"))
 
 

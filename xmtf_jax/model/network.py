@@ -27,6 +27,9 @@ Parameter tree (the `params` collection; every leaf float32, boxed with logical 
   decoder/decoder_norm/scale                                [embed]
   decoder/logits_dense/kernel                               [embed, vocab]
 
+With `T5Config.scan_layers`, each stack's `layers_{i}` subtrees are one `layers` subtree whose leaves
+have a leading `layers` axis ([layers, embed, heads, kv], ...); `layer_stacking.py` converts.
+
 Packing: `*_segment_ids` (0 = padding) keep attention inside one example (encoder, causal decoder, and
 cross-attention where decoder and encoder segments must be equal); `*_positions` restart at 0 for each
 packed example and drive the relative position buckets, so a packed example sees the bias it sees alone.
@@ -40,7 +43,7 @@ layer `self_attention/{cached_key,cached_value}` [batch, max_decode_length, head
 output projected once, at the first step), and one scalar `decoder/cache_index` (the position of the
 next token). Create it with `init(..., decode=True)` on decoder tokens of shape
 [batch, max_decode_length]; then feed tokens L at a time (L=1 for step-wise decoding) with
-`mutable=['cache']`.
+`mutable=['cache']`. Scanned, the per-layer cache leaves are stacked on axis 1 ([batch, layers, ...]).
 """
 from __future__ import annotations
 
@@ -52,16 +55,21 @@ import jax.numpy as jnp
 
 from xmtf_jax.model.config import T5Config
 from xmtf_jax.model.dropout import Dropout
-from xmtf_jax.model.layers import (Embed, GatedGeluMlp, LMHead, MultiHeadAttention, RMSNorm,
+from xmtf_jax.model.layers import (WEIGHT_MATMUL, Embed, GatedGeluMlp, LMHead, MultiHeadAttention, RMSNorm,
                                    RelativePositionBias, constrain, mask_bias, positions_from_segments)
 
 Array = Any
 
 REMAT_POLICIES = {
     "none": None,
+    # What every remat policy keeps anyway: each layer's inputs (the residual stream entering it, and in a
+    # scanned stack the scan carry), from which the backward pass recomputes the whole layer. "minimal"
+    # is the name other trainers use for this; "full" is the name this project used first.
+    "minimal": jax.checkpoint_policies.nothing_saveable,
     "full": jax.checkpoint_policies.nothing_saveable,
-    # Keep the outputs of matmuls against weights; recompute the cheap elementwise work and attention.
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # Keep the outputs of matmuls against weights (named in layers._matmul, whose custom VJP hides the
+    # dot from dot-based policies); recompute the cheap elementwise work and attention.
+    "dots": jax.checkpoint_policies.save_only_these_names(WEIGHT_MATMUL),
 }
 
 
@@ -106,12 +114,38 @@ class DecoderLayer(nn.Module):
     return constrain(x, ("batch", "length", "embed"))
 
 
-def _maybe_remat(layer_cls: type, policy_name: str) -> Callable:
+def _maybe_remat(layer_cls: type, policy_name: str, scanned: bool) -> Callable:
   if policy_name not in REMAT_POLICIES:
     raise ValueError(f"T5Config.remat_policy={policy_name!r}: choose one of {sorted(REMAT_POLICIES)}")
   if policy_name == "none":
     return layer_cls
-  return nn.remat(layer_cls, policy=REMAT_POLICIES[policy_name], prevent_cse=True)
+  # Inside a scan, the loop boundary already keeps XLA from merging the recomputation with the forward.
+  return nn.remat(layer_cls, policy=REMAT_POLICIES[policy_name], prevent_cse=not scanned)
+
+
+def apply_layers(layer_cls: Callable, cfg: T5Config, num_layers: int, x: Array, args: tuple,
+                 layer_fields: tuple = ()) -> Array:
+  """x through `num_layers` layers `layer_cls(cfg, *layer_fields)`, each called as layer(x, *args).
+
+  The one place that knows both layouts. Per layer (cfg.scan_layers False): modules `layers_{i}`.
+  Scanned: one module `layers` under `nn.scan`; its params (and decoding cache) carry a leading
+  `layers` axis (logical name `layers`, replicated), `args` are broadcast to every step, and dropout
+  draws an independent key per layer. Must be called inside a compact method.
+  """
+  if not cfg.scan_layers:
+    for i in range(num_layers):
+      x = layer_cls(cfg, *layer_fields, name=f"layers_{i}")(x, *args)
+    return x
+
+  def body(layer, carry, *step_args):
+    return layer(carry, *step_args), None
+
+  # The cache goes on axis 1 so its leaves keep batch first (beam search reorders rows on axis 0).
+  scan = nn.scan(body, variable_axes={"params": 0, "cache": 1}, split_rngs={"params": True, "dropout": True},
+                 in_axes=(nn.broadcast,) * len(args), length=num_layers,
+                 metadata_params={nn.PARTITION_NAME: "layers"})
+  x, _ = scan(layer_cls(cfg, *layer_fields, name="layers"), x, *args)
+  return x
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -141,9 +175,8 @@ class Encoder(nn.Module):
 
     x = Dropout(cfg.dropout_rate)(embedded, deterministic=deterministic)
     x = constrain(x, ("batch", "length", "embed"))
-    layer_cls = _maybe_remat(EncoderLayer, cfg.remat_policy)
-    for i in range(cfg.num_encoder_layers):
-      x = layer_cls(cfg, deterministic, name=f"layers_{i}")(x, bias)
+    layer_cls = _maybe_remat(EncoderLayer, cfg.remat_policy, cfg.scan_layers)
+    x = apply_layers(layer_cls, cfg, cfg.num_encoder_layers, x, (bias,), (deterministic,))
     x = RMSNorm(cfg, name="encoder_norm")(x)
     return Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
@@ -167,7 +200,8 @@ class Decoder(nn.Module):
         raise ValueError("decode=True does not take packed (segmented) decoder inputs")
       index_var = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
       cache_index = index_var.value
-      max_length = self.variables["cache"]["layers_0"]["self_attention"]["cached_key"].shape[1]
+      layer_cache = self.variables["cache"]["layers" if cfg.scan_layers else "layers_0"]
+      max_length = layer_cache["self_attention"]["cached_key"].shape[-3]  # [batch, (layers,) length, h, kv]
       query_positions = (cache_index + jnp.arange(length, dtype=jnp.int32))[None]
       key_positions = jnp.arange(max_length, dtype=jnp.int32)[None]
       self_bias = relpos(query_positions, key_positions) + mask_bias(
@@ -193,10 +227,9 @@ class Decoder(nn.Module):
 
     x = Dropout(cfg.dropout_rate)(embedded, deterministic=deterministic)
     x = constrain(x, ("batch", "length", "embed"))
-    layer_cls = DecoderLayer if decode else _maybe_remat(DecoderLayer, cfg.remat_policy)
-    for i in range(cfg.num_decoder_layers):
-      x = layer_cls(cfg, deterministic, decode, name=f"layers_{i}")(x, encoded, self_bias, cross_bias,
-                                                                     cache_index)
+    layer_cls = DecoderLayer if decode else _maybe_remat(DecoderLayer, cfg.remat_policy, cfg.scan_layers)
+    x = apply_layers(layer_cls, cfg, cfg.num_decoder_layers, x,
+                     (encoded, self_bias, cross_bias, cache_index), (deterministic, decode))
     x = RMSNorm(cfg, name="decoder_norm")(x)
     x = Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     return LMHead(cfg, name="logits_dense")(x)

@@ -22,7 +22,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
-from jax.experimental import multihost_utils
+from jax.experimental import mesh_utils, multihost_utils
 import numpy as np
 from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec
 
@@ -70,8 +70,13 @@ def make_mesh(num_partitions: int = 1, num_data_partitions: int = -1,
   if num_data_partitions * num_partitions != n:
     raise ValueError(f"mesh data={num_data_partitions} x model={num_partitions} needs "
                      f"{num_data_partitions * num_partitions} devices, there are {n}")
-  return jax.make_mesh((num_data_partitions, num_partitions), MESH_AXES,
-                       axis_types=(AxisType.Auto,) * 2, devices=devices)
+  shape = (num_data_partitions, num_partitions)
+  try:
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 2, devices=devices)
+  except NotImplementedError:
+    # A model axis that is no product of whole torus axes (model 8 on a v4-128's 4x4x4): split one.
+    grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+    return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * 2)
 
 
 def abstract_mesh(data: int, model: int) -> AbstractMesh:

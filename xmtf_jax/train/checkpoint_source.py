@@ -13,6 +13,7 @@ import orbax.checkpoint as ocp
 from xmtf_jax import paths
 from xmtf_jax.hf import mapping as hf
 from xmtf_jax.hf.sources import ParamSource, _check_shapes, expected_shapes
+from xmtf_jax.model import layer_stacking
 from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
 from xmtf_jax.train import checkpoints
 
@@ -73,18 +74,21 @@ class CheckpointParams(ParamSource):
     found = {}
     for path in expected_shapes(self.config):
       try:
-        found[path] = tuple(hf.tree_get(tree, path).shape)
+        found[path] = tuple(layer_stacking.layer_leaf(tree, path).shape)
       except (KeyError, TypeError, AttributeError):
         pass
     _check_shapes(found, self.config, self._params_dir)
 
   def read(self, path):
+    # A scanned checkpoint holds layer i inside the stacked leaf: restore that leaf, take index i.
+    stored, index = (layer_stacking.stacked_location(path) if self.config.scan_layers else (path, None))
     item, restore_args = {}, {}
-    hf.tree_set(item, path, 0)  # a placeholder leaf: only the structure matters
-    hf.tree_set(restore_args, path, ocp.RestoreArgs(restore_type=np.ndarray, dtype=np.float32))
+    hf.tree_set(item, stored, 0)  # a placeholder leaf: only the structure matters
+    hf.tree_set(restore_args, stored, ocp.RestoreArgs(restore_type=np.ndarray, dtype=np.float32))
     restored = self._orbax().restore(self._params_dir, args=ocp.args.PyTreeRestore(
         item=item, restore_args=restore_args, partial_restore=True))
-    return np.asarray(hf.tree_get(restored, path), np.float32)
+    array = np.asarray(hf.tree_get(restored, stored), np.float32)
+    return array if index is None else array[index]
 
   def load_for_verify(self):
     config, params = checkpoints.load_model_params(self.step_dir, dropout_rate=0.0)

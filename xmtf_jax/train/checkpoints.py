@@ -13,6 +13,8 @@ process has finished, so a crash mid-save never leaves a directory that looks co
 
 `restore(...)` places every array directly with the shardings of the abstract target it is given, so
 a checkpoint written on a 4x2 mesh restores onto 2x4, onto one device, or onto another host count.
+Either parameter layout (`T5Config.scan_layers`, recorded in the metadata) restores into either: the
+arrays are read as written and converted to the target's layout afterwards (`model/layer_stacking.py`).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from xmtf_jax import paths
+from xmtf_jax.model import layer_stacking
 from xmtf_jax.model.config import T5Config
 from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
 
@@ -146,15 +149,21 @@ class Checkpointer:
     Pass `abstract_opt_state=None` to skip the optimizer state and `input_position=False` to skip the
     data position (e.g. on another number of hosts).
     """
-    items = {"params": ocp.args.StandardRestore(abstract_params),
+    metadata = dict(self._manager.restore(
+        step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))["metadata"])
+    as_written = lambda tree: None if tree is None else written_layout(tree, metadata)
+    items = {"params": ocp.args.StandardRestore(as_written(abstract_params)),
              "metadata": ocp.args.JsonRestore()}
     if abstract_opt_state is not None:
-      items["opt_state"] = ocp.args.StandardRestore(abstract_opt_state)
+      items["opt_state"] = ocp.args.StandardRestore(as_written(abstract_opt_state))
     if input_position:
       items["input_position"] = ProcessLocalJsonRestore()
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-    return Restored(step=step, params=restored["params"],
-                    opt_state=restored["opt_state"] if abstract_opt_state is not None else None,
+    config = t5_config_from_metadata(metadata)
+    return Restored(step=step,
+                    params=layer_stacking.convert_like(restored["params"], abstract_params, config),
+                    opt_state=(layer_stacking.convert_like(restored["opt_state"], abstract_opt_state, config)
+                               if abstract_opt_state is not None else None),
                     metadata=dict(restored["metadata"]),
                     input_position=restored["input_position"] if input_position else None)
 
@@ -243,8 +252,19 @@ def load_model_params(path: str, mesh: Any = None, logical_axis_rules=None, **co
   return config, restore_params(path, abstract)
 
 
+def written_layout(abstract: Any, metadata: Mapping[str, Any]) -> Any:
+  """`abstract` (params or optimizer state) in the layer layout the checkpoint was written in."""
+  stored_stacked = bool(metadata.get("t5_config", {}).get("scan_layers", False))
+  if layer_stacking.is_stacked_tree(abstract) == stored_stacked:
+    return abstract
+  return layer_stacking.abstract_in_layout(abstract, t5_config_from_metadata(metadata), stored_stacked)
+
+
 def restore_params(path: str, abstract_params: Any) -> Any:
-  """Only the parameters of a checkpoint, placed with the shardings of `abstract_params`."""
+  """Only the parameters of a checkpoint, placed with the shardings of `abstract_params` (and in its
+  layer layout, whichever the checkpoint was written in)."""
+  metadata = read_metadata(path)
   directory = paths.join(paths.abspath(resolve(path)), "params")
   with ocp.StandardCheckpointer() as checkpointer:
-    return checkpointer.restore(directory, abstract_params)
+    restored = checkpointer.restore(directory, written_layout(abstract_params, metadata))
+  return layer_stacking.convert_like(restored, abstract_params, t5_config_from_metadata(metadata))

@@ -133,7 +133,8 @@ def initial_params(config: TrainConfig, model: EncoderDecoderModel) -> Any:
     return checkpoints.restore_params(path, abstract_with_shardings(model))
   check_same_shapes(hf_reader.read_hf_config(path), model.config, path)
   logging.info("initial parameters from HF folder %s", path)
-  _, params = hf_reader.load_hf_folder(path, model.mesh, model.logical_axis_rules)
+  _, params = hf_reader.load_hf_folder(path, model.mesh, model.logical_axis_rules,
+                                      scan_layers=model.config.scan_layers)
   return params
 
 

@@ -10,6 +10,13 @@ second moment for them. mT5 was trained (mesh-tf / t5x) with these kernels as 2-
 [d_model, heads*kv], factored; `factor_joined_heads` (on by default) reproduces that by running
 Adafactor on [embed, heads*kv] views of them (`joined_heads_shapes`). Update clipping and the parameter
 scale are per tensor, so the reshape changes nothing else.
+
+Scanned layers (`T5Config.scan_layers`): a stacked leaf [layers, ...] holds one tensor per layer, and
+Adafactor must treat each layer as the tensor it is in the per-layer model. Its factored statistics
+already do (the leading axis is a batch axis for them, when the two largest dimensions are a layer's);
+update clipping and the parameter scale are per *block*, which `layer_blocks_adafactor` takes to be one
+layer of a stacked leaf (the whole tensor otherwise). So one step gives the same parameters in either
+layout, and the optimizer state is the per-layer state stacked (`model/layer_stacking.py` converts).
 """
 from __future__ import annotations
 
@@ -19,8 +26,11 @@ from typing import Any, Callable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import PartitionSpec
+
+from xmtf_jax.model import layer_stacking
 
 SCHEDULES = ("constant", "linear_warmup", "rsqrt", "cosine")
 
@@ -119,26 +129,94 @@ def on_reshaped_views(inner: optax.GradientTransformation, shapes: Mapping[str, 
   return optax.GradientTransformation(init, update)
 
 
+def _block_axes(path, x) -> Optional[tuple[int, ...]]:
+  """The axes of one block: all but the leading `layers` axis of a stacked leaf, else all (None)."""
+  if layer_stacking.is_stacked_path(layer_stacking.path_keys(path)) and x.ndim >= 2:
+    return tuple(range(1, x.ndim))
+  return None
+
+
+def _block_rms(x, axes):
+  return jnp.sqrt(jnp.mean(jnp.square(x), axis=axes, keepdims=axes is not None))
+
+
+def clip_by_layer_block_rms(threshold: float) -> optax.GradientTransformation:
+  """optax.clip_by_block_rms with one block per layer of a stacked leaf."""
+  def update(updates, state, params=None):
+    del params
+    clip = lambda path, u: u / jnp.maximum(1.0, _block_rms(u, _block_axes(path, u)) / threshold)
+    return jax.tree_util.tree_map_with_path(clip, updates), state
+  return optax.GradientTransformation(optax.init_empty_state, update)
+
+
+def scale_by_layer_param_block_rms(min_scale: float = 1e-3) -> optax.GradientTransformation:
+  """optax.scale_by_param_block_rms (same safe RMS) with one block per layer of a stacked leaf."""
+  def update(updates, state, params):
+    def scale(path, u, p):
+      axes = _block_axes(path, p)
+      rms = _block_rms(p, axes)
+      safe = jnp.where(rms <= min_scale, jnp.ones_like(p), p)
+      return u * jnp.where(rms <= min_scale, min_scale, _block_rms(safe, axes))
+    return jax.tree_util.tree_map_with_path(scale, updates, params), state
+  return optax.GradientTransformation(optax.init_empty_state, update)
+
+
+def _factored_dims(shape: tuple, config: OptimizerConfig) -> Optional[tuple[int, int]]:
+  """optax's rule: the two largest dimensions, if the smaller of them is >= min_dim_size_to_factor."""
+  if not config.factored or len(shape) < 2:
+    return None
+  order = np.argsort(shape)
+  return None if shape[order[-2]] < config.min_dim_size_to_factor else (int(order[-2]), int(order[-1]))
+
+
+def _check_stacked_factoring(params: Any, config: OptimizerConfig) -> None:
+  """A stacked leaf must factor like one of its layers (else the layouts would differ in state)."""
+  for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+    if _block_axes(path, x) is None:
+      continue
+    per_layer = _factored_dims(tuple(x.shape[1:]), config)
+    want = None if per_layer is None else tuple(sorted(d + 1 for d in per_layer))
+    got = _factored_dims(tuple(x.shape), config)
+    if (None if got is None else tuple(sorted(got))) != want:
+      raise ValueError(
+          f"{jax.tree_util.keystr(path)}: with scan_layers its shape {tuple(x.shape)} would be factored "
+          f"over dimensions {got} but one layer over {per_layer}, so Adafactor would differ from the "
+          "per-layer model. Use T5Config.scan_layers=False, or change "
+          "OptimizerConfig.min_dim_size_to_factor.")
+
+
+def layer_blocks_adafactor(config: OptimizerConfig) -> optax.GradientTransformation:
+  """optax.adafactor's chain (the same state tree) with per-layer blocks for stacked leaves."""
+  # optax subtracts its offset from the step (a decay that restarts there); ours continues a count.
+  tx = [optax.scale_by_factored_rms(config.factored, config.decay_rate, -config.decay_offset,
+                                    config.min_dim_size_to_factor, config.epsilon)]
+  if config.clipping_threshold is not None:
+    tx.append(clip_by_layer_block_rms(config.clipping_threshold))
+  tx.append(optax.scale_by_learning_rate(learning_rate_schedule(config), flip_sign=False))
+  if config.multiply_by_parameter_scale:
+    tx.append(scale_by_layer_param_block_rms())
+  if config.momentum is not None:
+    tx.append(optax.ema(config.momentum, debias=False, accumulator_dtype=jnp.float32))
+  if config.weight_decay_rate is not None:
+    tx.append(optax.add_decayed_weights(config.weight_decay_rate))
+  tx.append(optax.scale(-1))
+  chain = optax.chain(*tx)
+
+  def init(params):
+    _check_stacked_factoring(params, config)
+    return chain.init(params)
+
+  return optax.GradientTransformation(init, chain.update)
+
+
 def make_optimizer(config: OptimizerConfig, param_logical_axes: Any = None,
                    abstract_params: Any = None) -> optax.GradientTransformation:
-  """optax Adafactor (optionally after global-norm clipping) following `config`.
+  """Adafactor (optionally after global-norm clipping) following `config`.
 
   Pass the model's `param_logical_axes()` and `abstract_params()` to factor attention kernels as
   [embed, heads*kv] (config.factor_joined_heads); without them every parameter is taken as it is.
   """
-  adafactor = optax.adafactor(
-      learning_rate=learning_rate_schedule(config),
-      min_dim_size_to_factor=config.min_dim_size_to_factor,
-      decay_rate=config.decay_rate,
-      # optax's offset is subtracted from the step (a decay that restarts at the offset, t5x's
-      # `step_offset` for finetuning from a *reset* counter); ours continues a count, so negate it.
-      decay_offset=-config.decay_offset,
-      multiply_by_parameter_scale=config.multiply_by_parameter_scale,
-      clipping_threshold=config.clipping_threshold,
-      momentum=config.momentum,
-      weight_decay_rate=config.weight_decay_rate,
-      eps=config.epsilon,
-      factored=config.factored)
+  adafactor = layer_blocks_adafactor(config)
   if config.factor_joined_heads and param_logical_axes is not None:
     adafactor = on_reshaped_views(adafactor, joined_heads_shapes(param_logical_axes, abstract_params))
   if config.max_grad_norm is None:
