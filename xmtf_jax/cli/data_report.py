@@ -40,9 +40,7 @@ def make_report(mixture_or_task_name: str = gin.REQUIRED,
 
 
 def main(argv=None) -> None:
-  rest = gin_flags.parse_gin(argv, default_files=["gin/runs/data_report.gin"])
-  if rest:
-    raise SystemExit(f"unknown arguments: {rest} (gin settings are --gin_file=F and --gin.NAME=VALUE)")
+  gin_flags.parse_gin_only(argv, default_files=["gin/runs/data_report.gin"])
   report = make_report()
   print(markdown(report))
 

@@ -79,7 +79,7 @@ def run_stage(stage: Stage) -> None:
   command = [sys.executable, *stage.args]
   print(f"\n=== demo stage '{stage.name}' ===\n$ python {shell_words(stage.args)}", flush=True)
   start = time.time()
-  proc = subprocess.Popen(command, cwd=REPO_ROOT)
+  proc = subprocess.Popen(command, cwd=REPO_ROOT)  # local-only: the stages run in the repository
   try:
     code = proc.wait()
   except KeyboardInterrupt:

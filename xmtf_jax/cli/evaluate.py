@@ -85,8 +85,6 @@ def evaluate(*, model_path: str = gin.REQUIRED, output_dir: str = gin.REQUIRED,
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  rest = gin_flags.parse_gin(sys.argv[1:] if argv is None else argv)
-  if rest:
-    raise SystemExit(f"unrecognised arguments {rest}; configure with --gin_file / --gin.NAME=VALUE")
+  gin_flags.parse_gin_only(sys.argv[1:] if argv is None else argv)
   evaluate()
 

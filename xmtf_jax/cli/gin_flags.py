@@ -80,6 +80,14 @@ def parse_gin(argv: Sequence[str] | None = None, *, default_files: Sequence[str]
   return rest
 
 
+def parse_gin_only(argv: Sequence[str] | None = None, *, default_files: Sequence[str] = ()) -> None:
+  """`parse_gin` for commands that take no other flags: anything left over is an error."""
+  rest = parse_gin(argv, default_files=default_files)
+  if rest:
+    raise SystemExit(f"unknown arguments: {rest} (gin settings are --gin_file=F and --gin.NAME=VALUE; "
+                     "--help lists what the command takes)")
+
+
 def defined_macros() -> set[str]:
   """Names of the gin macros bound so far (gin keeps a macro as a binding of `gin.macro`)."""
   return {scope for scope, selector in gin.config._CONFIG if selector == "gin.macro"}  # noqa: SLF001

@@ -44,9 +44,7 @@ def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   flags, rest = distributed.parse_known(argv)
   distributed.initialize_from_flags(flags)
-  rest = gin_flags.parse_gin(rest)
-  if rest:
-    raise SystemExit(f"unknown arguments: {rest} (gin settings are --gin_file=F and --gin.NAME=VALUE)")
+  gin_flags.parse_gin_only(rest)
   runtime.configure_logging()
   if cpu_malloc.jax_is_cpu_only():
     logging.info("CPU malloc settings: %s", "tuned (cpu_malloc.py)" if cpu_malloc.is_tuned() else
