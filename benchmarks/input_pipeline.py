@@ -1,11 +1,15 @@
-"""Throughput of the input pipeline (examples/s, tokens/s), with and without packing.
+"""The two input pipelines side by side: throughput, packing, and the cost of resuming.
 
     .venv/bin/python benchmarks/input_pipeline.py [--batches 200] [--synthetic_lines 20000]
+        [--positions 1000,100000,1000000]
 
 Runs on the bundled demo mixture and on a synthetic xP3-layout folder (8 languages, per-prompt and
-merged files, longer records) written to a temporary directory. As a baseline measured in the same
-run it also times the checked-JSONL source alone (read + parse + check, no tokenization), so the
-ratio shows what tokenization, mixing and packing cost on this machine.
+merged files, longer records) written to a temporary directory, with the tf.data pipeline
+(data/pipeline.py, restores by re-reading and skipping) and the indexed one (data/indexed_pipeline.py,
+restores from a few integers). For each it prints examples/s per host and tokens/s after warm-up,
+and the time from `set_state` at a position of 1e3, 1e5, 1e6 examples to the first batch there.
+As a baseline measured in the same run it also times the checked-JSONL source alone (read + parse +
+check, no tokenization).
 """
 from __future__ import annotations
 
@@ -21,7 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import mixtures  # noqa: E402
 import seqio  # noqa: E402
-from xmtf_jax.data import pipeline as input_pipeline
+from xmtf_jax.data import indexed_pipeline  # noqa: E402
+from xmtf_jax.data import pipeline as input_pipeline  # noqa: E402
 from xmtf_jax.data import jsonl_source  # noqa: E402
 
 WORDS = {
@@ -58,10 +63,21 @@ def write_synthetic_xp3(root: str, lines_per_language: int, seed: int = 0) -> in
   return total
 
 
-def time_pipeline(name: str, lengths: dict, batch_size: int, batches: int, packing: bool) -> dict:
-  it = input_pipeline.make_batch_iterator(name, lengths, "train", batch_size, use_packing=packing,
-                                          shuffle=True, seed=0, shard_index=0, num_shards=1)
+def make_iterator(kind: str, name: str, lengths: dict, batch_size: int, packing: bool,
+                  index_dir: str):
+  if kind == "tf_data":
+    return input_pipeline.make_batch_iterator(name, lengths, "train", batch_size,
+                                              use_packing=packing, shuffle=True, seed=0,
+                                              shard_index=0, num_shards=1)
+  return indexed_pipeline.make_indexed_batches(name, lengths, "train", batch_size,
+                                               use_packing=packing, seed=0, process_index=0,
+                                               process_count=1, index_dir=index_dir)
+
+
+def time_pipeline(kind: str, name: str, lengths: dict, batch_size: int, batches: int,
+                  packing: bool, index_dir: str) -> dict:
   start = time.perf_counter()
+  it = make_iterator(kind, name, lengths, batch_size, packing, index_dir)
   next(it)
   first = time.perf_counter() - start
   for _ in range(3):
@@ -77,11 +93,34 @@ def time_pipeline(name: str, lengths: dict, batch_size: int, batches: int, packi
     tokens += int((b["encoder_input_tokens"] > 0).sum() + b["decoder_loss_weights"].sum())
   seconds = time.perf_counter() - start
   cpu_seconds = time.process_time() - cpu_start
+  if hasattr(it, "close"):
+    it.close()
   slots = batches * batch_size * (lengths["inputs"] + lengths["targets"])
-  return {"mixture": name, "packing": packing, "examples_per_second": examples / seconds,
+  return {"pipeline": kind, "mixture": name, "packing": packing,
+          "examples_per_second": examples / seconds,
           "cpu_microseconds_per_example": 1e6 * cpu_seconds / examples,
           "tokens_per_second": tokens / seconds, "non_pad_share": tokens / slots,
           "first_batch_seconds": first}
+
+
+def time_resume(kind: str, name: str, lengths: dict, batch_size: int, position: int,
+                index_dir: str) -> float:
+  """Seconds from set_state at `position` examples (unpacked) to the first batch there."""
+  steps = position // batch_size
+  if kind == "tf_data":
+    fresh = make_iterator(kind, name, lengths, batch_size, False, index_dir)
+    state = dict(fresh.get_state(), batches_consumed=steps)
+  else:
+    state = {**make_iterator(kind, name, lengths, batch_size, False, index_dir).get_state(),
+             "positions": [[steps, batch_size]]}
+  it = make_iterator(kind, name, lengths, batch_size, False, index_dir)
+  start = time.perf_counter()
+  it.set_state(state)
+  next(it)
+  seconds = time.perf_counter() - start
+  if hasattr(it, "close"):
+    it.close()
+  return seconds
 
 
 def time_source_only(task_name: str, max_examples: int) -> dict:
@@ -100,12 +139,19 @@ def main(argv=None) -> None:
   parser.add_argument("--batches", type=int, default=200)
   parser.add_argument("--batch_size", type=int, default=32)
   parser.add_argument("--synthetic_lines", type=int, default=20000, help="lines per language")
+  parser.add_argument("--positions", default="1000,100000,1000000",
+                      help="resume positions in examples, comma-separated")
   args = parser.parse_args(argv)
-  rows = []
+  positions = [int(p) for p in args.positions.split(",") if p]
+  kinds = ("tf_data", "indexed")
+  rows, resumes = [], []
   demo_lengths = {"inputs": 32, "targets": 16}
-  for packing in (False, True):
-    rows.append(time_pipeline("demo", demo_lengths, args.batch_size, args.batches, packing))
   with tempfile.TemporaryDirectory() as root:
+    index_dir = os.path.join(root, ".index")
+    for kind in kinds:
+      for packing in (False, True):
+        rows.append(time_pipeline(kind, "demo", demo_lengths, args.batch_size, args.batches,
+                                  packing, index_dir))
     start = time.perf_counter()
     n = write_synthetic_xp3(root, args.synthetic_lines)
     print(f"synthetic xP3 layout: {n} examples in {time.perf_counter() - start:.1f}s", file=sys.stderr)
@@ -114,20 +160,40 @@ def main(argv=None) -> None:
     mixtures.register_variant("xp3", config, data_dir=root, name="bench_xp3")
     lengths = {"inputs": 256, "targets": 64}
     baseline = time_source_only("bench_xp3_en", 20000)
-    for packing in (False, True):
-      rows.append(time_pipeline("bench_xp3", lengths, args.batch_size, args.batches, packing))
+    for kind in kinds:
+      for packing in (False, True):
+        rows.append(time_pipeline(kind, "bench_xp3", lengths, args.batch_size, args.batches,
+                                  packing, index_dir))
+    for position in positions:
+      for kind in kinds:
+        seconds = time_resume(kind, "bench_xp3", lengths, args.batch_size, position, index_dir)
+        resumes.append((position, kind, seconds))
+        print(f"resume {kind} at {position} examples: {seconds:.2f}s", file=sys.stderr)
   print(f"\nbaseline: checked-JSONL source alone (read + parse + check), bench_xp3_en: "
         f"{baseline['examples_per_second']:.0f} examples/s, "
         f"{baseline['cpu_microseconds_per_example']:.0f} CPU-us/example")
-  print("\n| mixture | lengths | packing | examples/s | tokens/s | CPU-us/example | non-pad share "
-        "| x baseline (examples/s) | first batch |")
-  print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+  print("\n| pipeline | mixture | lengths | packing | examples/s per host | tokens/s | CPU-us/example "
+        "| non-pad share | x baseline (examples/s) | first batch |")
+  print("|---|---|---|---|---:|---:|---:|---:|---:|---:|")
   for r in rows:
     ls = demo_lengths if r["mixture"] == "demo" else lengths
-    print(f"| {r['mixture']} | {ls['inputs']}/{ls['targets']} | {'on' if r['packing'] else 'off'} | "
-          f"{r['examples_per_second']:.0f} | {r['tokens_per_second']:.0f} | "
-          f"{r['cpu_microseconds_per_example']:.0f} | {r['non_pad_share']:.1%} | {r['examples_per_second'] / baseline['examples_per_second']:.2f} | "
+    print(f"| {r['pipeline']} | {r['mixture']} | {ls['inputs']}/{ls['targets']} | "
+          f"{'on' if r['packing'] else 'off'} | {r['examples_per_second']:.0f} | "
+          f"{r['tokens_per_second']:.0f} | {r['cpu_microseconds_per_example']:.0f} | "
+          f"{r['non_pad_share']:.1%} | "
+          f"{r['examples_per_second'] / baseline['examples_per_second']:.2f} | "
           f"{r['first_batch_seconds']:.1f}s |")
+  by = {(p, k): s for p, k, s in resumes}
+  print("\n| resume at (examples) | tf_data: set_state to first batch | indexed | tf_data / indexed |")
+  print("|---:|---:|---:|---:|")
+  for p in positions:
+    print(f"| {p:,} | {by[(p, 'tf_data')]:.2f}s | {by[(p, 'indexed')]:.2f}s | "
+          f"{by[(p, 'tf_data')] / by[(p, 'indexed')]:.0f}x |")
+  for packing in (False, True):
+    old, new = (next(r for r in rows if r["pipeline"] == k and r["mixture"] == "bench_xp3"
+                     and r["packing"] == packing) for k in kinds)
+    print(f"indexed / tf_data throughput, bench_xp3, packing {'on' if packing else 'off'}: "
+          f"{new['examples_per_second'] / old['examples_per_second']:.2f}x examples/s")
   load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
   print(f"\n(batch {args.batch_size}, {args.batches} batches after warm-up, {os.cpu_count()} CPUs, "
         f"load average {load:.1f}; bad lines: {jsonl_source.BAD_LINES.counts()})")

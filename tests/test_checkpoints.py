@@ -48,7 +48,7 @@ def test_kill_during_async_save_keeps_the_previous_checkpoint(tmp_path):
   restored = checkpointer.restore(1, target, {"count": jax.ShapeDtypeStruct((), np.float32,
                                                                            sharding=device)})
   np.testing.assert_array_equal(np.asarray(restored.params["w"]), np.arange(4.0))
-  assert restored.input_position == [{"position": 1}]
+  assert restored.input_position == [[{"position": 1}]]  # one list entry per saving process
   checkpointer.close()
   # orbax removes the unfinished directory in the background once the manager has started.
   deadline = time.time() + 30
@@ -106,7 +106,7 @@ def test_missing_checkpoint_and_missing_process_position_errors(saved_tiny_model
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                             model.abstract_params())
-    with pytest.raises(FileNotFoundError, match="another number of processes"):
+    with pytest.raises(FileNotFoundError, match="input position is incomplete"):
       checkpointer.restore(5, abstract)
     assert checkpointer.restore(5, abstract, input_position=False).input_position is None
     checkpointer.close()

@@ -115,6 +115,17 @@ def getsize(path: str) -> int:
   return int(fs.size(p))
 
 
+def fingerprint(path: str) -> str:
+  """Size and modification time of a file: changes whenever its content is replaced (cache keys)."""
+  if not is_remote(path):
+    st = os.stat(os.path.expanduser(path))
+    return f"{st.st_size}:{st.st_mtime_ns}"
+  fs, p = _fs(path)
+  info = fs.info(p)
+  stamp = info.get("generation") or info.get("mtime") or info.get("updated") or ""
+  return f"{info.get('size')}:{stamp}"
+
+
 def listdir(path: str) -> list[str]:
   """Sorted names (not paths) of the entries of a folder."""
   if not is_remote(path):

@@ -57,7 +57,20 @@ class HostBatches:
   def get_state(self) -> list[dict]:
     return [it.get_state() for it in self.iterators]
 
-  def set_state(self, states: Sequence[Mapping[str, Any]]) -> None:
+  def set_state(self, saved_by_process: Sequence[Sequence[Mapping[str, Any]]]) -> None:
+    """Continues from the positions every process saved (`get_state` of each, in process order)."""
+    if len(saved_by_process) != jax.process_count():
+      raise ValueError(
+          f"the input position was saved by {len(saved_by_process)} process(es) and this run has "
+          f"{jax.process_count()}: the tf.data pipeline continues its stream only with as many "
+          "processes. Restart with that many, switch to the indexed pipeline for new runs "
+          "(TrainConfig.input_pipeline = 'indexed'), or set TrainConfig.restore_input_position = "
+          "False to start the data stream from the beginning.")
+    states = saved_by_process[jax.process_index()]
+    if isinstance(states, Mapping):
+      raise ValueError("the saved input position was written by the indexed input pipeline; "
+                       "resume with TrainConfig.input_pipeline = 'indexed' (or set "
+                       "TrainConfig.restore_input_position = False)")
     if len(states) != len(self.iterators):
       raise ValueError(f"the saved input position covers {len(states)} data shard(s) of this process, "
                        f"this run reads {len(self.iterators)}; keep num_data_shards and the number of "

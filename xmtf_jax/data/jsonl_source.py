@@ -296,6 +296,10 @@ class JsonlDataSource(seqio.DataSource):
     super().__init__(splits=tuple(self._files), num_input_examples=None, caching_permitted=False)
 
   @property
+  def name(self) -> str:
+    return self._name
+
+  @property
   def schema(self) -> RecordSchema:
     return self._schema
 

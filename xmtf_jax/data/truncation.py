@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from typing import Mapping, Optional
 
+import numpy as np
 import tensorflow as tf
 
 FIELDS = ("examples", "inputs_tokens", "inputs_truncated_examples", "inputs_truncated_tokens",
@@ -18,16 +19,29 @@ FIELDS = ("examples", "inputs_tokens", "inputs_truncated_examples", "inputs_trun
 
 
 class TruncationCounter:
-  """Totals over the examples a task produced: untrimmed tokens, examples and tokens cut off."""
+  """Totals over the examples a task produced: untrimmed tokens, examples and tokens cut off.
+
+  Counted in a tf.Variable by tf.data pipelines and in a numpy array by Python code (`add`).
+  """
 
   def __init__(self):
     self.variable = tf.Variable(tf.zeros([len(FIELDS)], tf.int64), trainable=False)
+    self._python = np.zeros(len(FIELDS), np.int64)
+    self._lock = threading.Lock()
+
+  def add(self, values) -> None:
+    with self._lock:
+      self._python += np.asarray(values, np.int64)
 
   def totals(self) -> dict[str, int]:
-    return dict(zip(FIELDS, (int(v) for v in self.variable.numpy())))
+    with self._lock:
+      values = self.variable.numpy() + self._python
+    return dict(zip(FIELDS, (int(v) for v in values)))
 
   def reset(self) -> None:
-    self.variable.assign(tf.zeros([len(FIELDS)], tf.int64))
+    with self._lock:
+      self.variable.assign(tf.zeros([len(FIELDS)], tf.int64))
+      self._python[:] = 0
 
 
 _COUNTERS: dict[str, TruncationCounter] = {}

@@ -9,7 +9,8 @@ process has finished, so a crash mid-save never leaves a directory that looks co
     metadata/        JSON: step, t5_config (T5Config fields), vocabulary_path, gin_config (operative
                      config text), optimizer, process_count, xmtf_jax checkpoint format version
     input_position/  one JSON file per process: `process_00000_of_00002.json`, that process's data
-                     iterator state(s) (see input_pipeline.BatchIterator.get_state)
+                     iterator state (`get_state` of data/indexed_pipeline.IndexedBatches or of
+                     data/host_batches.HostBatches); restore returns all of them in process order
 
 `restore(...)` places every array directly with the shardings of the abstract target it is given, so
 a checkpoint written on a 4x2 mesh restores onto 2x4, onto one device, or onto another host count.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 from typing import Any, Mapping, Optional
 
 import jax
@@ -60,15 +62,19 @@ class ProcessLocalJsonHandler(ocp.handlers.AsyncCheckpointHandler):
         json.dumps(args.item, indent=1))
 
   def restore(self, directory: epath.Path, args: Optional["ProcessLocalJsonRestore"] = None):
-    path = directory / self.filename(jax.process_index(), jax.process_count())
-    if not path.exists():
-      found = sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+    """Every saving process's JSON, in process order (a run may resume on another host count)."""
+    found = sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+    names = [n for n in found if _PROCESS_FILE.fullmatch(n)]
+    counts = {int(_PROCESS_FILE.fullmatch(n).group(2)) for n in names}
+    if len(counts) != 1 or len(names) != next(iter(counts)):
       raise FileNotFoundError(
-          f"{path}: no input position for process {jax.process_index()} of {jax.process_count()} "
-          f"(the checkpoint holds {found}). It was written with another number of processes: "
-          "restart with as many processes, or set TrainConfig.restore_input_position=False to "
-          "start the data stream from the beginning.")
-    return json.loads(path.read_text())
+          f"{directory}: the input position is incomplete (it holds {found}; a complete one has a "
+          "file per process of the run that saved it). Set TrainConfig.restore_input_position="
+          "False to start the data stream from the beginning.")
+    return [json.loads((directory / n).read_text()) for n in names]
+
+
+_PROCESS_FILE = re.compile(r"process_(\d{5})_of_(\d{5})\.json")
 
 
 @ocp.args.register_with_handler(ProcessLocalJsonHandler, for_save=True)

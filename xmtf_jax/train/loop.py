@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from xmtf_jax import paths
-from xmtf_jax.data import host_batches, truncation
+from xmtf_jax.data import host_batches, indexed_pipeline, truncation
 from xmtf_jax.hf import reader as hf_reader
 from xmtf_jax.model.config import T5Config
 from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
@@ -28,6 +28,7 @@ from xmtf_jax.train import hooks as eval_hooks
 from xmtf_jax.train.run_checks import TaskFeatures, check_same_shapes, task_features
 
 EXIT_NON_FINITE = 3
+INPUT_PIPELINES = ("indexed", "tf_data")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,12 +44,17 @@ class TrainConfig:
     checkpoint_<step>); only its parameters are used. Ignored when MODEL_DIR holds a checkpoint.
   data_seed / dropout_seed / init_seed: shuffling, dropout masks (per step: (dropout_seed, step)), and
     the random initialisation when there is no initial checkpoint.
-  num_data_shards: into how many shards the data stream is split (default: the number of processes);
-    keep it fixed to resume the same stream on another number of hosts.
+  input_pipeline: 'indexed' (default; data/indexed_pipeline.py: the order is a function of the seed,
+    the position a few integers, resumes in constant time on any number of hosts) or 'tf_data'
+    (data/pipeline.py: seqio's tf.data mixing; resumes by re-reading and skipping). See docs/data.md.
+  line_index_dir: where the indexed pipeline caches its line offsets (default $XMTF_CACHE_DIR/line_index
+    or ~/.cache/xmtf_jax/line_index; a gs:// folder lets a pod's hosts build them once).
+  num_data_shards: ('tf_data' only) into how many shards the data stream is split (default: the number
+    of processes); keep it fixed to resume the same stream on another number of hosts.
   checkpoint_period, keep_checkpoints, async_checkpointing: save every K steps (and at the end or on a
     stop request), keep the last N (None: all), write in the background.
   restore_input_position: on resume, continue the data stream (False: start it over, e.g. after
-    changing the number of hosts and num_data_shards).
+    changing the pipeline, or with 'tf_data' the number of hosts and num_data_shards).
   eval_period, eval_batches, eval_split: validation loss every K steps on this many batches of the
     split (None: all of it; 0: no validation loss); eval_hook_factories: more hooks (train/hooks.py).
   log_period: steps per progress line; stop_check_period: with several processes, how often the hosts
@@ -70,6 +76,8 @@ class TrainConfig:
   data_seed: int = 0
   dropout_seed: int = 0
   init_seed: int = 0
+  input_pipeline: str = "indexed"
+  line_index_dir: Optional[str] = None
   num_data_shards: Optional[int] = None
   checkpoint_period: int = 1000
   keep_checkpoints: Optional[int] = 3
@@ -94,6 +102,9 @@ class TrainConfig:
     if self.batch_size % self.num_microbatches:
       raise ValueError(f"BATCH_SIZE={self.batch_size} is not a multiple of "
                        f"NUM_MICROBATCHES={self.num_microbatches}")
+    if self.input_pipeline not in INPUT_PIPELINES:
+      raise ValueError(f"TrainConfig.input_pipeline={self.input_pipeline!r}: choose one of "
+                       f"{', '.join(map(repr, INPUT_PIPELINES))}")
     for name in ("train_steps", "checkpoint_period", "eval_period", "log_period"):
       if getattr(self, name) < 1:
         raise ValueError(f"TrainConfig.{name}={getattr(self, name)} must be >= 1")
@@ -206,10 +217,7 @@ def train(config: TrainConfig, model_config: T5Config,
 
   # Per-host batches of this process's data shards (truncation is counted afresh for this run).
   truncation.reset_all()
-  data = host_batches.make_host_batches(
-      config.mixture_or_task_name, config.task_feature_lengths, "train", config.batch_size,
-      use_packing=config.use_packing, shuffle=True, seed=config.data_seed, repeat=True,
-      num_data_shards=num_data_shards)
+  data = make_train_batches(config, num_data_shards)
   metrics_log = reporting.MetricsLog(config.model_dir)
   state = restore_or_initialize(config, model, optimizer, state_shardings, checkpointer, data,
                                 metrics_log)
@@ -239,10 +247,27 @@ def train(config: TrainConfig, model_config: T5Config,
     raise NonFiniteLossError(f"{e}; last good checkpoint: {last}. Lower LEARNING_RATE, check the "
                              "data, or use float32 activations.") from None
   finally:
+    if hasattr(data, "close"):
+      data.close()
     checkpointer.close()
     metrics_log.flush()
     tensorboard.close()
     reporting.plot_loss_curve(config.model_dir)
+
+
+def make_train_batches(config: TrainConfig, num_data_shards: int):
+  """This process's training batches from the configured input pipeline."""
+  if config.input_pipeline == "tf_data":
+    return host_batches.make_host_batches(
+        config.mixture_or_task_name, config.task_feature_lengths, "train", config.batch_size,
+        use_packing=config.use_packing, shuffle=True, seed=config.data_seed, repeat=True,
+        num_data_shards=num_data_shards)
+  if config.num_data_shards:
+    logging.warning("TrainConfig.num_data_shards=%d is ignored by the indexed input pipeline (its "
+                    "global batches never depend on the number of hosts)", config.num_data_shards)
+  return indexed_pipeline.make_indexed_batches(
+      config.mixture_or_task_name, config.task_feature_lengths, "train", config.batch_size,
+      use_packing=config.use_packing, seed=config.data_seed, index_dir=config.line_index_dir)
 
 
 def make_meter(config: TrainConfig, model_config: T5Config) -> reporting.ProgressMeter:

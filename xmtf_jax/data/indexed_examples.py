@@ -1,0 +1,264 @@
+"""Example k of a task, read by line offset and tokenized by the task's own seqio preprocessors.
+
+`TaskLines` maps a task's example number k to a line: epoch k // n, then a seeded Permutation of
+the n lines of the split's files (data/global_order.py), and reads and checks that line with the
+same rules as the tf.data source (`jsonl_source.check_record`). A bad line is an error naming file
+and line (strict), or is counted in `jsonl_source.BAD_LINES` and replaced by the task's next
+example (lenient), so the stream keeps its length and stays a pure function of the seed.
+
+`TaskTokenizer` runs the task's preprocessors (tokenize, truncation counts, EOS, trimming: whatever
+the seqio Task lists) in one long-lived tf.data pipeline per task, fed record by record from a
+queue, so users' tasks and mixtures need no change. Preprocessors must be one-to-one (seqio's
+tokenize, append_eos, rekey, ...): a filtering preprocessor is reported instead of hanging.
+"""
+from __future__ import annotations
+
+import functools
+import queue
+import threading
+import time
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from xmtf_jax.data import global_order, jsonl_source, line_index, truncation
+from xmtf_jax.data.jsonl_source import BAD_LINES, HOW_TO_FIX, JsonlDataSource
+
+
+class TaskLines:
+  """The (checked) records of one task's split, by example number."""
+
+  def __init__(self, task: seqio.Task, split: str, *, seed: int, shuffle: bool,
+               index_dir: Optional[str] = None):
+    source = task.source
+    if not isinstance(source, JsonlDataSource):
+      raise ValueError(
+          f"task {task.name!r} reads its data with a {type(source).__name__}; the indexed input "
+          "pipeline reads JSON-lines tasks (`add_jsonl_task`). Use the tf.data pipeline for it "
+          "(gin: TrainConfig.input_pipeline = 'tf_data').")
+    files = source.existing_files(split)
+    archives = [f for f in files if f.endswith(".zip")]
+    if archives:
+      raise ValueError(
+          f"task {task.name!r}, split {split!r}: {archives[0]} is a zip archive, which cannot be "
+          "read by line offset. Unzip it (the .jsonl members), or use the tf.data pipeline (gin: "
+          "TrainConfig.input_pipeline = 'tf_data').")
+    self.task = task
+    self.name = task.name
+    self.schema = source.schema
+    self.strict = source.strict
+    self.lines = line_index.FileSetIndex(files, index_dir)
+    self.size = self.lines.num_lines
+    if not self.size:
+      raise ValueError(f"task {task.name!r} has no examples in split {split!r}: its data files "
+                       f"are empty ({', '.join(files)}). Remove it from the mixture or fix its "
+                       "files; `python -m xmtf_jax.data_report` lists every task's size.")
+    self._seed, self._shuffle = int(seed), bool(shuffle)
+    self._permutations: dict[int, global_order.Permutation] = {}
+
+  def lines_of(self, ks: np.ndarray) -> np.ndarray:
+    """The lines (of the whole file set, 0-based) that the task's examples `ks` read."""
+    epochs, local = np.divmod(np.asarray(ks, np.int64), self.size)
+    if not self._shuffle:
+      return local
+    out = np.empty_like(local)
+    for epoch in np.unique(epochs):
+      where = epochs == epoch
+      out[where] = self._permutation(int(epoch))(local[where])
+    return out
+
+  def _permutation(self, epoch: int) -> global_order.Permutation:
+    perm = self._permutations.get(epoch)
+    if perm is None:
+      if len(self._permutations) > 4:
+        self._permutations.clear()
+      perm = global_order.Permutation(
+          self.size, global_order.derive_key("lines", self._seed, self.name, epoch))
+      self._permutations[epoch] = perm
+    return perm
+
+  def records(self, ks: Sequence[int]) -> list[dict]:
+    """The records of examples `ks` (lenient: a bad line's example reads the next good one)."""
+    files, lines = self.lines.locate(self.lines_of(np.asarray(ks, np.int64)))
+    out = []
+    for k, f, line in zip(ks, files, lines):
+      record, reason, why = jsonl_source.check_record(self.lines.files[f].read(line), self.schema)
+      out.append(record if record is not None else self._bad(int(k), f, int(line), reason, why))
+    return out
+
+  def _bad(self, k: int, f: int, line: int, reason: str, why: str) -> dict:
+    for attempt in range(1, self.size + 1):
+      path = self.lines.files[f].path
+      if self.strict:
+        raise jsonl_source.BadDataError(f"{path}, line {line + 1}: {why}. {HOW_TO_FIX}")
+      BAD_LINES.record(self.name, path, line + 1, reason, why)
+      files, lines = self.lines.locate(self.lines_of(np.array([k + attempt])))
+      f, line = int(files[0]), int(lines[0])
+      record, reason, why = jsonl_source.check_record(self.lines.files[f].read(line), self.schema)
+      if record is not None:
+        return record
+    raise jsonl_source.BadDataError(
+        f"task {self.name!r}: every one of its {self.size} lines is bad (lenient mode skipped them "
+        "all); see the warnings above and `python -m xmtf_jax.data_report`.")
+
+
+class TaskTokenizer:
+  """Records in, preprocessed `inputs`/`targets` token arrays out, through the task's seqio steps."""
+
+  STALL_SECONDS = 60.0
+
+  def __init__(self, task: seqio.Task, schema: jsonl_source.RecordSchema,
+               sequence_length: Mapping[str, int], seed: int):
+    self.name = task.name
+    self._fields = tuple(schema.string_fields)
+    self._list_fields = tuple(schema.list_fields)
+    self._queue: queue.Queue = queue.Queue()
+    self._closed = threading.Event()
+    self._pulling = threading.Event()
+    signature = {f: tf.TensorSpec([], tf.string) for f in self._fields}
+    signature.update({f: tf.TensorSpec([None], tf.string) for f in self._list_fields})
+    ds = tf.data.Dataset.from_generator(self._records, output_signature=signature)
+    ds = task.preprocess_precache(ds, seed=seed)
+    ds = task.preprocess_postcache(ds, sequence_length=dict(sequence_length), seed=seed)
+    ds = seqio.utils.trim_dataset(ds, dict(sequence_length), task.output_features)
+    ds = ds.map(lambda ex: {"inputs": tf.cast(ex["inputs"], tf.int32),
+                            "targets": tf.cast(ex["targets"], tf.int32)})
+    options = tf.data.Options()
+    options.deterministic = True
+    self._iterator = ds.with_options(options).as_numpy_iterator()
+
+  def _records(self):
+    waited = 0.0
+    while True:
+      try:
+        item = self._queue.get(timeout=0.2)
+      except queue.Empty:
+        if self._closed.is_set():
+          return
+        waited = waited + 0.2 if self._pulling.is_set() else 0.0
+        if waited > self.STALL_SECONDS:
+          raise RuntimeError(
+              f"task {self.name!r}: its preprocessors returned fewer examples than they were given "
+              "(a filtering preprocessor?). The indexed input pipeline needs one example out per "
+              "record in; use the tf.data pipeline (gin: TrainConfig.input_pipeline = 'tf_data').")
+        continue
+      waited = 0.0
+      yield item
+
+  def push(self, records: Sequence[dict]) -> None:
+    for r in records:
+      item = {f: r[f].encode("utf-8") for f in self._fields}
+      item.update({f: [v.encode("utf-8") for v in r[f]] for f in self._list_fields})
+      self._queue.put(item)
+
+  def pull(self, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    out = []
+    self._pulling.set()
+    try:
+      for _ in range(n):
+        ex = next(self._iterator)
+        out.append((ex["inputs"], ex["targets"]))
+    except tf.errors.OpError as e:
+      bad = jsonl_source.unwrap_tf_error(e)
+      raise bad if bad is not e else e
+    finally:
+      self._pulling.clear()
+    return out
+
+  def close(self) -> None:
+    self._closed.set()
+
+
+def _is_standard(task: seqio.Task) -> bool:
+  """Whether the task's steps are exactly `data.tasks.preprocessors` with SentencePiece features."""
+  steps = list(task.preprocessors)
+  return (len(steps) == 3 and steps[0] is seqio.preprocessors.tokenize
+          and isinstance(steps[1], functools.partial)
+          and steps[1].func is truncation.count_truncation
+          and steps[2] is seqio.preprocessors.append_eos_after_trim
+          and all(isinstance(task.output_features[k].vocabulary, seqio.SentencePieceVocabulary)
+                  for k in ("inputs", "targets")))
+
+
+class StandardTokenizer:
+  """`data.tasks.preprocessors` (tokenize, count truncation, EOS after trimming) in plain Python.
+
+  For tasks made by `add_jsonl_task` (all of xP3 and the demo) it gives the ids seqio's TF ops give
+  (tests/test_indexed_pipeline.py compares them) at a small fraction of the per-example cost:
+  SentencePiece encodes a whole batch in one call and the truncation counters take one update.
+  """
+
+  def __init__(self, task: seqio.Task, sequence_length: Mapping[str, int]):
+    self.name = task.name
+    self._features = {k: task.output_features[k] for k in ("inputs", "targets")}
+    self._lengths = dict(sequence_length)
+    self._done: list = []
+
+  def push(self, records: Sequence[dict]) -> None:
+    columns, counts = {}, [len(records)]
+    for key, feature in self._features.items():
+      encode = feature.vocabulary.tokenizer.EncodeAsIds  # per text: a batch call costs ~150 us
+      ids = [encode(r[key]) for r in records]
+      eos = int(bool(feature.add_eos))
+      limit = self._lengths[key]
+      untrimmed = np.array([len(x) + eos for x in ids], np.int64)
+      cut = np.maximum(untrimmed - limit, 0)
+      counts += [int(untrimmed.sum()), int((cut > 0).sum()), int(cut.sum())]
+      keep = limit - eos
+      columns[key] = [np.array(x[:keep] + [feature.vocabulary.eos_id] * eos, np.int32) for x in ids]
+    truncation.counter(self.name).add(counts)
+    self._done.extend(zip(columns["inputs"], columns["targets"]))
+
+  def pull(self, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    out, self._done = self._done[:n], self._done[n:]
+    return out
+
+  def close(self) -> None:
+    pass
+
+
+class ExampleReader:
+  """Tokenized examples of a mixture's tasks by (task number, example number)."""
+
+  def __init__(self, tasks: Sequence[seqio.Task], split: str, sequence_length: Mapping[str, int],
+               *, seed: int, shuffle: bool, index_dir: Optional[str] = None,
+               fast_tokenizer: bool = True):
+    start = time.time()
+    self.tasks = [TaskLines(t, split, seed=seed, shuffle=shuffle, index_dir=index_dir)
+                  for t in tasks]
+    self.index_seconds = time.time() - start
+    self._lengths = dict(sequence_length)
+    self._seed = int(seed)
+    self._fast = fast_tokenizer
+    self._tokenizers: dict = {}
+
+  def _tokenizer(self, t: int):
+    if t not in self._tokenizers:
+      lines = self.tasks[t]
+      if self._fast and _is_standard(lines.task):
+        self._tokenizers[t] = StandardTokenizer(lines.task, self._lengths)
+      else:
+        self._tokenizers[t] = TaskTokenizer(lines.task, lines.schema, self._lengths, self._seed)
+    return self._tokenizers[t]
+
+  def examples(self, task_ids: np.ndarray, ks: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(inputs, targets) int32 token arrays of each (task, k), in the order asked."""
+    out: list = [None] * len(task_ids)
+    wanted: dict[int, list[int]] = {}
+    for position, t in enumerate(task_ids):
+      wanted.setdefault(int(t), []).append(position)
+    for t, where in wanted.items():  # all tasks tokenize in parallel before the first pull
+      self._tokenizer(t).push(self.tasks[t].records([int(ks[p]) for p in where]))
+    for t, where in wanted.items():
+      for p, example in zip(where, self._tokenizer(t).pull(len(where))):
+        out[p] = example
+    return out
+
+  def close(self) -> None:
+    for tokenizer in self._tokenizers.values():
+      tokenizer.close()
+    for lines in self.tasks:
+      for f in lines.lines.files:
+        f.close()

@@ -1,0 +1,308 @@
+"""Training batches whose order is a pure function of the seed: resumable in O(1), on any host count.
+
+The global batch is `global_batch_size` rows; row r of every batch reads its own stream of global
+example indices r, r + G, r + 2G, ... (G = global batch size). Global example i is placed by
+`global_order.MixingOrder` (task and the task's example number, at the configured rates) and read by
+line offset (`indexed_examples`). Unpacked, row r of batch s is example s*G + r. Packed, a row takes
+the next examples of its stream while both features still fit (the first always fits: it is
+trimmed), so rows honour segment boundaries and never split an example.
+
+Process p of P builds rows [p*G/P, (p+1)*G/P). The state is, per row, how many examples of its
+stream were consumed (run-length encoded: unpacked runs store one pair); a restore reads the
+states that every process saved, so it continues the same global batches with any process count
+that divides G, at the same cost at step 10 and at step 100,000.
+
+Compared with the tf.data pipeline (data/pipeline.py): no shuffle buffers (every line of an epoch
+is equally likely anywhere), mixing rates met to one example per task per block instead of sampled,
+and packing is next-fit per row instead of seqio's windowed packing (see the benchmark for both
+efficiencies).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import threading
+import time
+from typing import Mapping, Optional, Sequence, Union
+
+import numpy as np
+import seqio
+
+from xmtf_jax.data import global_order, indexed_examples, jsonl_source, truncation
+from xmtf_jax.data import tasks as data_tasks
+from xmtf_jax.data.pipeline import batch_shapes
+
+STATE_VERSION = 2
+PIPELINE = "indexed"
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexedSpec:
+  """What determines the global stream (saved with the position; the process count is not in it)."""
+  mixture_or_task_name: str
+  task_feature_lengths: dict
+  split: str
+  global_batch_size: int
+  use_packing: bool
+  shuffle: bool
+  seed: int
+  block_size: int = 4096
+
+
+def _run_lengths(values: np.ndarray) -> list[list[int]]:
+  runs: list[list[int]] = []
+  for v in values.tolist():
+    if runs and runs[-1][0] == v:
+      runs[-1][1] += 1
+    else:
+      runs.append([v, 1])
+  return runs
+
+
+def _expand(runs: Sequence[Sequence[int]]) -> np.ndarray:
+  return np.concatenate([np.full(int(n), int(v), np.int64) for v, n in runs]) if runs else \
+      np.zeros(0, np.int64)
+
+
+def unpacked_features(examples, lengths: Mapping[str, int]) -> dict[str, np.ndarray]:
+  """seqio's EncDecFeatureConverter(pack=False) on one example per row, in numpy."""
+  rows = len(examples)
+  enc = np.zeros((rows, lengths["inputs"]), np.int32)
+  dec = np.zeros((rows, lengths["targets"]), np.int32)
+  for r, (inputs, targets) in enumerate(examples):
+    enc[r, :len(inputs)] = inputs
+    dec[r, :len(targets)] = targets
+  shifted = np.concatenate([np.zeros((rows, 1), np.int32), dec[:, :-1]], axis=1)
+  return {"encoder_input_tokens": enc, "decoder_target_tokens": dec,
+          "decoder_input_tokens": shifted, "decoder_loss_weights": (dec != 0).astype(np.int32)}
+
+
+def packed_features(rows_of_examples, lengths: Mapping[str, int]) -> dict[str, np.ndarray]:
+  """seqio's EncDecFeatureConverter(pack=True) layout for rows of given examples, in numpy."""
+  rows = len(rows_of_examples)
+  out = {k: np.zeros((rows, lengths["inputs"]), np.int32)
+         for k in ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions")}
+  out.update({k: np.zeros((rows, lengths["targets"]), np.int32)
+              for k in ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
+                        "decoder_segment_ids", "decoder_positions")})
+  for r, examples in enumerate(rows_of_examples):
+    at_in = at_out = 0
+    for segment, (inputs, targets) in enumerate(examples, start=1):
+      n, m = len(inputs), len(targets)
+      out["encoder_input_tokens"][r, at_in:at_in + n] = inputs
+      out["encoder_segment_ids"][r, at_in:at_in + n] = segment
+      out["encoder_positions"][r, at_in:at_in + n] = np.arange(n)
+      out["decoder_target_tokens"][r, at_out:at_out + m] = targets
+      out["decoder_input_tokens"][r, at_out + 1:at_out + m] = targets[:-1]
+      out["decoder_segment_ids"][r, at_out:at_out + m] = segment
+      out["decoder_positions"][r, at_out:at_out + m] = np.arange(m)
+      at_in, at_out = at_in + n, at_out + m
+  out["decoder_loss_weights"] = (out["decoder_target_tokens"] != 0).astype(np.int32)
+  return out
+
+
+class IndexedBatches:
+  """This process's rows of every global batch, with get_state/set_state (see module docstring)."""
+
+  def __init__(self, spec: IndexedSpec, process_index: int, process_count: int, *,
+               index_dir: Optional[str] = None, prefetch: int = 2):
+    if spec.global_batch_size % process_count:
+      raise ValueError(f"BATCH_SIZE={spec.global_batch_size} must be a multiple of the number of "
+                       f"processes ({process_count})")
+    self.spec = spec
+    provider = data_tasks.get_mixture_or_task(spec.mixture_or_task_name)
+    if isinstance(provider, seqio.Mixture):
+      tasks = [t for t in provider.tasks if spec.split in t.splits]
+      rates = [float(provider.get_rate(t)) for t in tasks]
+      tasks, rates = [t for t, r in zip(tasks, rates) if r > 0], [r for r in rates if r > 0]
+    else:
+      tasks, rates = [provider], [1.0]
+    if not tasks:
+      raise ValueError(f"no task of {spec.mixture_or_task_name!r} has a {spec.split!r} split")
+    self.task_names = [t.name for t in tasks]
+    self.reader = indexed_examples.ExampleReader(tasks, spec.split, spec.task_feature_lengths,
+                                                 seed=spec.seed, shuffle=spec.shuffle,
+                                                 index_dir=index_dir)
+    self.order = global_order.MixingOrder(rates, spec.seed, spec.block_size)
+    rows = spec.global_batch_size // process_count
+    self.rows = range(process_index * rows, (process_index + 1) * rows)
+    self._prefetch = prefetch
+    self._reset(np.zeros(rows, np.int64))
+
+  # ---- position ---------------------------------------------------------------------------------
+
+  def _reset(self, positions: np.ndarray) -> None:
+    self._stop_producer()
+    self._positions = positions.copy()   # after the batches handed out
+    self._next = positions.copy()        # first example of each row's stream not yet taken
+    self._buffers = [[] for _ in self.rows]  # tokenized examples from _next on
+    self._ready: queue.Queue = queue.Queue(maxsize=max(self._prefetch, 1))
+    self._thread: Optional[threading.Thread] = None
+    self._stop = threading.Event()
+
+  @property
+  def local_batch_size(self) -> int:
+    return len(self.rows)
+
+  def shapes(self) -> dict[str, tuple[int, int]]:
+    return batch_shapes(self.spec.task_feature_lengths, self.local_batch_size, self.spec.use_packing)
+
+  def get_state(self) -> dict:
+    return {"version": STATE_VERSION, "pipeline": PIPELINE, "spec": dataclasses.asdict(self.spec),
+            "rows": [self.rows.start, self.rows.stop], "positions": _run_lengths(self._positions)}
+
+  def set_state(self, states: Union[Mapping, Sequence[Mapping]]) -> None:
+    """Continues from the states every process saved (a list, any process count) or one state."""
+    states = [states] if isinstance(states, Mapping) else list(states)
+    positions = np.full(self.spec.global_batch_size, -1, np.int64)
+    mine = dataclasses.asdict(self.spec)
+    for state in states:
+      if not isinstance(state, Mapping):  # the tf.data pipeline saves a list of shard states
+        state = {"pipeline": "tf_data", "version": 1}
+      if state.get("version") != STATE_VERSION or state.get("pipeline") != PIPELINE:
+        raise ValueError(
+            f"the saved input position was written by the {state.get('pipeline', 'tf_data')!r} "
+            f"input pipeline (state version {state.get('version')}); this run uses the indexed "
+            "one. Resume with the same TrainConfig.input_pipeline, or set "
+            "TrainConfig.restore_input_position = False to start the data from the beginning.")
+      diffs = {k: (state["spec"].get(k), v) for k, v in mine.items() if state["spec"].get(k) != v}
+      if diffs:
+        detail = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in sorted(diffs.items()))
+        raise ValueError(
+            f"cannot continue the saved input stream with different pipeline arguments ({detail}). "
+            "Restore with the same mixture, lengths, batch size, packing and seed (the number of "
+            "hosts may change), or set TrainConfig.restore_input_position = False.")
+      lo, hi = state["rows"]
+      positions[lo:hi] = _expand(state["positions"])
+    if (positions[self.rows.start:self.rows.stop] < 0).any():
+      raise ValueError(f"the saved input position does not cover rows {self.rows.start}.."
+                       f"{self.rows.stop - 1} of the global batch (states of {len(states)} "
+                       "process(es) given); pass the states of every process that saved it")
+    self._reset(positions[self.rows.start:self.rows.stop])
+    logging.info("input pipeline (indexed): resumed at %d examples per row",
+                 int(self._positions.min()))
+
+  def data_stats(self) -> dict:
+    return {"truncation": truncation.all_totals(), "bad_lines": jsonl_source.BAD_LINES.counts()}
+
+  # ---- batches ----------------------------------------------------------------------------------
+
+  def _fetch(self, row_offsets: list[int], counts: list[int]) -> None:
+    """Appends the next `counts[j]` examples of row row_offsets[j]'s stream to its buffer."""
+    G = self.spec.global_batch_size
+    which, indices = [], []
+    for j, n in zip(row_offsets, counts):
+      first = int(self._next[j]) + len(self._buffers[j])
+      row = self.rows.start + j
+      which += [j] * n
+      indices += [(first + c) * G + row for c in range(n)]
+    tasks, ks = self.order.assign(np.array(indices, np.int64))
+    for j, example in zip(which, self.reader.examples(tasks, ks)):
+      self._buffers[j].append(example)
+
+  def _take_rows(self) -> list[list]:
+    """The examples of each row of the next batch (advances `_next`)."""
+    lengths = self.spec.task_feature_lengths
+    n_rows = len(self.rows)
+    empty = [j for j in range(n_rows) if not self._buffers[j]]
+    if empty:
+      self._fetch(empty, [1] * len(empty))
+    if not self.spec.use_packing:
+      taken = [[self._buffers[j].pop(0)] for j in range(n_rows)]
+      self._next += 1
+      return taken
+    decided: dict[int, int] = {}
+    while len(decided) < n_rows:
+      undecided = []
+      for j in range(n_rows):
+        if j in decided:
+          continue
+        buf, used_in, used_out, count = self._buffers[j], 0, 0, 0
+        for inputs, targets in buf:
+          if count and (used_in + len(inputs) > lengths["inputs"]
+                        or used_out + len(targets) > lengths["targets"]):
+            decided[j] = count
+            break
+          used_in, used_out, count = used_in + len(inputs), used_out + len(targets), count + 1
+        else:
+          if used_out >= lengths["targets"]:  # full: nothing more can fit (targets end with EOS)
+            decided[j] = count
+          else:
+            undecided.append(j)
+      if undecided:
+        self._fetch(undecided, [2] * len(undecided))
+    taken = []
+    for j in range(n_rows):
+      taken.append(self._buffers[j][:decided[j]])
+      del self._buffers[j][:decided[j]]
+      self._next[j] += decided[j]
+    return taken
+
+  def _make_batch(self) -> tuple[dict, np.ndarray]:
+    rows = self._take_rows()
+    lengths = self.spec.task_feature_lengths
+    if self.spec.use_packing:
+      return packed_features(rows, lengths), self._next.copy()
+    return unpacked_features([r[0] for r in rows], lengths), self._next.copy()
+
+  def _produce(self) -> None:
+    try:
+      while not self._stop.is_set():
+        item = self._make_batch()
+        while not self._stop.is_set():
+          try:
+            self._ready.put(item, timeout=0.2)
+            break
+          except queue.Full:
+            continue
+    except BaseException as e:  # handed to the consumer, raised from __next__
+      self._ready.put(e)
+
+  def _stop_producer(self) -> None:
+    thread = getattr(self, "_thread", None)
+    if thread is not None:
+      self._stop.set()
+      thread.join()
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    if not self._prefetch:
+      batch, self._positions = self._make_batch()
+      return batch
+    if self._thread is None:
+      self._thread = threading.Thread(target=self._produce, name="indexed-input", daemon=True)
+      self._thread.start()
+    item = self._ready.get()
+    if isinstance(item, BaseException):
+      raise item
+    batch, self._positions = item
+    return batch
+
+  def close(self) -> None:
+    self._stop_producer()
+    self.reader.close()
+
+
+def make_indexed_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
+                         split: str, global_batch_size: int, *, use_packing: bool, seed: int,
+                         shuffle: bool = True, process_index: Optional[int] = None,
+                         process_count: Optional[int] = None, index_dir: Optional[str] = None,
+                         prefetch: int = 2) -> IndexedBatches:
+  """This process's IndexedBatches (defaults: jax.process_index() of jax.process_count())."""
+  if process_index is None or process_count is None:
+    import jax  # only here: the data modules do not otherwise need jax
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  start = time.time()
+  spec = IndexedSpec(mixture_or_task_name, {k: int(task_feature_lengths[k])
+                                            for k in ("inputs", "targets")},
+                     split, int(global_batch_size), bool(use_packing), bool(shuffle), int(seed))
+  batches = IndexedBatches(spec, process_index, process_count, index_dir=index_dir,
+                           prefetch=prefetch)
+  logging.info("input pipeline (indexed): %d task(s), %d lines, set up in %.1fs",
+               len(batches.task_names), sum(t.size for t in batches.reader.tasks),
+               time.time() - start)
+  return batches
