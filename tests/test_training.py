@@ -31,14 +31,15 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_STEPS = 12
 
 # The tiny model with one layer per side (faster to compile), dropout on (its masks must resume too),
-# 8 devices as data 4 x model 2, the data stream split into 2 shards (as 2 processes would read it).
+# 8 devices as data 4 x model 2; the indexed input pipeline (its global batches do not depend on the
+# number of processes).
 RUN_GIN = [
     "--gin_file=gin/models/mt5_tiny.gin", "--gin_file=gin/runs/finetune.gin",
     "--gin_file=gin/mixtures/demo.gin", "--gin_file=gin/partitioning/model_parallel_2.gin",
     "--gin.MIXTURE_OR_TASK_NAME='demo_en'", f"--gin.TRAIN_STEPS={TRAIN_STEPS}",
     "--gin.BATCH_SIZE=16", "--gin.CHECKPOINT_PERIOD=4", "--gin.EVAL_BATCHES=0",
     "--gin.LOG_PERIOD=4", "--gin.DROPOUT_RATE=0.1", "--gin.LOSS_NORMALIZATION='per_target_token'",
-    "--gin.TrainConfig.num_data_shards=2", "--gin.T5Config.num_encoder_layers=1",
+    "--gin.T5Config.num_encoder_layers=1",
     "--gin.T5Config.num_decoder_layers=1",
 ]
 
@@ -106,9 +107,11 @@ def test_uninterrupted_run_writes_everything(reference_run):
   position = os.path.join(checkpoints.step_directory(model_dir, 12), "input_position",
                           "process_00000_of_00001.json")
   with open(position) as f:
-    state = json.load(f)  # the indexed pipeline: 12 examples consumed by each of the 16 rows
-  assert state["pipeline"] == "indexed" and state["positions"] == [[12, 16]], state
-  assert len(json.dumps(state)) < 600  # a few integers, whatever the step
+    state = json.load(f)  # the indexed pipeline: examples consumed by each of the 16 packed rows
+  consumed = [n for value, count in state["positions"] for n in [value] * count]
+  assert state["pipeline"] == "indexed" and len(consumed) == 16, state
+  assert all(n >= 12 for n in consumed)  # each row took at least one example per step
+  assert len(json.dumps(state)) < 800  # a few integers per row, whatever the step
   assert os.path.exists(os.path.join(model_dir, "config.gin"))
   assert os.path.getsize(os.path.join(model_dir, reporting.LOSS_CURVE_FILE)) > 1000
   assert any(name.startswith("events.out.tfevents")
@@ -167,6 +170,33 @@ def test_two_processes_match_one_process(reference_run, compilation_cache, tmp_p
   assert sorted(n for n in os.listdir(position_dir) if n.startswith("process_")) == [
       "process_00000_of_00002.json", "process_00001_of_00002.json"]
   assert checkpoints.list_steps(model_dir) == [4, 8, 12]
+
+
+def run_processes(model_dir, cache, count, extra=()):
+  if count == 1:
+    return run_train(model_dir, cache, extra)
+  address = f"127.0.0.1:{_free_port()}"
+  procs = [run_train(model_dir, cache, extra, devices=8 // count, process=(address, i, count),
+                     wait=False) for i in range(count)]
+  for proc in procs:
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output[-5000:]
+
+
+@pytest.mark.parametrize("saved_by, resumed_by", [(2, 1), (1, 2)])
+def test_resume_on_another_number_of_processes(reference_run, compilation_cache, tmp_path,
+                                               saved_by, resumed_by):
+  """A run saved by 2 processes continues on 1 (and the reverse) with the same batches and losses."""
+  model_dir = str(tmp_path / "run")
+  run_processes(model_dir, compilation_cache, saved_by, ["--gin.TRAIN_STEPS=6"])
+  position_dir = os.path.join(checkpoints.step_directory(model_dir, 6), "input_position")
+  assert len([n for n in os.listdir(position_dir) if n.startswith("process_")]) == saved_by
+  run_processes(model_dir, compilation_cache, resumed_by)  # resumes at step 6, to 12
+  reference = train_losses(reference_run[0])
+  resumed = train_losses(model_dir)
+  assert sorted(resumed) == sorted(reference)
+  np.testing.assert_allclose([resumed[s] for s in sorted(resumed)],
+                             [reference[s] for s in sorted(reference)], rtol=1e-5, atol=1e-6)
 
 
 def _tiny_train_config(model_dir, **changes):
