@@ -80,3 +80,22 @@ def test_command_line_on_the_demo(tmp_path):
       ("demo_te", 40, 1.0)]
   assert report["tasks"][0]["inputs_truncated_share"] > 0
   assert "| demo_te |" in result.stdout
+
+
+def test_report_builds_the_line_index_the_training_pipeline_then_finds(xp3_fixture, tmp_path):
+  from xmtf_jax.data import indexed_pipeline, line_index
+  index_dir = str(tmp_path / "line_index")
+  data_report.make_report("fx_xp3", {"inputs": 24, "targets": 6}, output_dir=str(tmp_path / "r"),
+                          max_examples_per_task=10, line_index_dir=index_dir)
+  files = data_report.data_files("fx_xp3", "train")
+  assert files and len(os.listdir(index_dir)) == len(files)
+  built = line_index.load_index
+  try:  # the pipeline must only load what the report built
+    line_index.build_offsets, original = None, line_index.build_offsets
+    it = indexed_pipeline.make_indexed_batches("fx_xp3", {"inputs": 24, "targets": 6}, "train", 4,
+                                               use_packing=False, seed=0, process_index=0,
+                                               process_count=1, index_dir=index_dir)
+    assert sum(t.size for t in it.reader.tasks) == sum(built(f, index_dir).num_lines for f in files)
+    it.close()
+  finally:
+    line_index.build_offsets = original

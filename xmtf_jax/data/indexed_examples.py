@@ -13,6 +13,7 @@ tokenize, append_eos, rekey, ...): a filtering preprocessor is reported instead 
 """
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import queue
 import threading
@@ -23,8 +24,14 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from xmtf_jax import paths
 from xmtf_jax.data import global_order, jsonl_source, line_index, truncation
 from xmtf_jax.data.jsonl_source import BAD_LINES, HOW_TO_FIX, JsonlDataSource
+
+
+@functools.lru_cache(maxsize=1)
+def _remote_reads() -> concurrent.futures.ThreadPoolExecutor:
+  return concurrent.futures.ThreadPoolExecutor(32, thread_name_prefix="line-reads")
 
 
 class TaskLines:
@@ -51,6 +58,7 @@ class TaskLines:
     self.strict = source.strict
     self.lines = line_index.FileSetIndex(files, index_dir)
     self.size = self.lines.num_lines
+    self.remote = any(paths.is_remote(f) for f in files)
     if not self.size:
       raise ValueError(f"task {task.name!r} has no examples in split {split!r}: its data files "
                        f"are empty ({', '.join(files)}). Remove it from the mixture or fix its "
@@ -82,9 +90,14 @@ class TaskLines:
   def records(self, ks: Sequence[int]) -> list[dict]:
     """The records of examples `ks` (lenient: a bad line's example reads the next good one)."""
     files, lines = self.lines.locate(self.lines_of(np.asarray(ks, np.int64)))
+    read = lambda fl: self.lines.files[fl[0]].read(int(fl[1]))
+    if self.remote and len(ks) > 1:  # one ranged request per line: overlap their latencies
+      texts = list(_remote_reads().map(read, zip(files, lines)))
+    else:
+      texts = [read(fl) for fl in zip(files, lines)]
     out = []
-    for k, f, line in zip(ks, files, lines):
-      record, reason, why = jsonl_source.check_record(self.lines.files[f].read(line), self.schema)
+    for k, f, line, text in zip(ks, files, lines, texts):
+      record, reason, why = jsonl_source.check_record(text, self.schema)
       out.append(record if record is not None else self._bad(int(k), f, int(line), reason, why))
     return out
 
