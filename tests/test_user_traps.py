@@ -1,5 +1,9 @@
 """Traps a user walking through the README fell into: each check fails on the code before its fix."""
+import glob
 import logging
+import os
+import re
+import sys
 
 import gin
 import pytest
@@ -61,3 +65,24 @@ def test_a_mixture_typo_leaves_no_model_dir_behind(tmp_path):
     train.main(["--gin_file=gin/runs/demo.gin", f"--gin.MODEL_DIR='{model_dir}'",
                 "--gin.MIXTURE_OR_TASK_NAME='dmeo'"])
   assert not model_dir.exists()
+
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A command the docs tell users to run: `tool --flag` at the start of a line, code span or parenthesis.
+_DOC_COMMAND = re.compile(r"(?:^|[`(])\s*([a-z][\w-]*) --[a-z]", re.MULTILINE)
+_COMES_WITH_THE_VENV = {"python", "python3", "make", "pip"}
+
+
+def test_every_tool_the_docs_run_is_pinned_and_installed():
+  """README told users to run `tensorboard --logdir`, which requirements.txt did not install."""
+  docs = [os.path.join(REPO_ROOT, "README.md")] + glob.glob(os.path.join(REPO_ROOT, "docs", "*.md"))
+  tools = set()
+  for path in docs:
+    tools |= set(_DOC_COMMAND.findall(open(path, encoding="utf-8").read())) - _COMES_WITH_THE_VENV
+  assert "tensorboard" in tools
+  with open(os.path.join(REPO_ROOT, "requirements.txt")) as f:
+    pinned = {line.split("==")[0].strip().lower() for line in f if "==" in line and not line.startswith("#")}
+  bin_dir = os.path.dirname(sys.executable)
+  for tool in sorted(tools):
+    assert tool in pinned, f"the docs run `{tool}`, which requirements.txt does not pin"
+    assert os.path.exists(os.path.join(bin_dir, tool)), f"`{tool}` is not installed in {bin_dir}"
