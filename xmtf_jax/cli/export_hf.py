@@ -12,7 +12,6 @@ See `xmtf_jax.hf_export` for what is written and how memory is bounded.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from typing import Optional, Sequence
 
@@ -20,6 +19,7 @@ from xmtf_jax import paths
 from xmtf_jax.hf import sources as export_sources
 from xmtf_jax.train import checkpoint_source
 from xmtf_jax.cli import gin_flags as gin_utils
+from xmtf_jax.cli import runtime
 from xmtf_jax.hf import export as hf_export
 from xmtf_jax.hf import model_card
 
@@ -66,7 +66,7 @@ def open_source(checkpoint_dir: str, step: Optional[int] = None) -> export_sourc
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  runtime.configure_logging()  # our progress lines; orbax's per-tensor restore chatter at WARNING
   argv = list(sys.argv[1:] if argv is None else argv)
   gin_files, gin_bindings, rest = gin_utils.split_gin_args(argv)
   if gin_files or gin_bindings:  # gin is optional here; parsing locks gin's config for the process
