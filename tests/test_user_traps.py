@@ -86,3 +86,28 @@ def test_every_tool_the_docs_run_is_pinned_and_installed():
   for tool in sorted(tools):
     assert tool in pinned, f"the docs run `{tool}`, which requirements.txt does not pin"
     assert os.path.exists(os.path.join(bin_dir, tool)), f"`{tool}` is not installed in {bin_dir}"
+
+
+def test_add_jsonl_task_takes_metric_fns_and_a_postprocess_fn(tmp_path):
+  """add_jsonl_task had no way to give a task its metrics or postprocessing (seqio's Task has both)."""
+  import seqio
+  from tests import data_fixtures
+  from xmtf_jax.data import tasks
+  data_fixtures.write_jsonl(str(tmp_path / "dev.jsonl"), [{"inputs": "Is it?", "targets": " Yes "}])
+
+  def exact_match(targets, predictions):
+    return {"exact_match": 100.0 * sum(t == p for t, p in zip(targets, predictions)) / len(targets)}
+
+  def mean_score(targets, scores):
+    return {"mean_score": float(sum(scores)) / len(scores)}
+
+  tasks.add_jsonl_task(
+      "trap_metrics_task", {"validation": [str(tmp_path / "dev.jsonl")]},
+      vocab=tasks.vocabulary(mixtures.demo.DEMO_VOCABULARY_PATH), metric_fns=[exact_match, mean_score],
+      postprocess_fn=lambda text, example=None, is_target=False: text.strip().lower(), overwrite=True)
+  task = seqio.get_mixture_or_task("trap_metrics_task")
+  assert list(task.predict_metric_fns) == [exact_match]
+  assert list(task.score_metric_fns) == [mean_score]
+  assert task.postprocess_fn(" Yes ", example={}, is_target=True) == "yes"
+  example = next(iter(task.get_dataset(None, split="validation", shuffle=False).as_numpy_iterator()))
+  assert example["targets_pretokenized"] == b" Yes "

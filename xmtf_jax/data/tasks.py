@@ -62,18 +62,24 @@ def add_jsonl_task(name: str, files: Mapping[str, Sequence[str]], *, vocab: seqi
                    add_eos_to_inputs: bool = False, strict: Optional[bool] = None,
                    schema: RecordSchema = RecordSchema(),
                    count_fn: Optional[Callable[[Sequence[str]], int]] = None,
+                   metric_fns: Sequence[Callable] = (), postprocess_fn: Optional[Callable] = None,
                    shuffle_buffer_size: int = 1_000, overwrite: bool = False) -> seqio.Task:
   """Registers a seqio Task reading `{split: [.jsonl paths or globs]}` with `inputs`/`targets` records.
 
   strict None (default): bad lines and missing files are errors or are skipped and counted as the
   run's DATA_STRICT says (`mixtures.DataConfig.strict`); True/False fixes it for this task.
+  metric_fns, postprocess_fn: seqio's, used when the task is decoded during training
+  (`zero_shot_eval_hook.generation_tasks`; a task without metric_fns gets BLEU and ROUGE):
+  `fn(targets, predictions) -> {name: value}` (seqio files those taking `scores` under
+  `score_metric_fns`); `postprocess_fn(text, example=, is_target=)` runs on both texts first.
   """
   if overwrite and name in seqio.TaskRegistry.names():
     seqio.TaskRegistry.remove(name)
   source = JsonlDataSource(name, files, schema=schema, strict=strict, count_fn=count_fn)
   return seqio.TaskRegistry.add(
       name, source=source, output_features=output_features(vocab, add_eos_to_inputs),
-      preprocessors=preprocessors(name), shuffle_buffer_size=shuffle_buffer_size)
+      preprocessors=preprocessors(name), postprocess_fn=postprocess_fn,
+      metric_fns=list(metric_fns), shuffle_buffer_size=shuffle_buffer_size)
 
 
 def add_mixture(name: str, tasks_and_rates, *, overwrite: bool = False) -> seqio.Mixture:
