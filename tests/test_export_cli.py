@@ -34,3 +34,30 @@ def test_export_prints_its_own_progress_and_no_library_chatter(launch, tiny_trai
   assert len(lines) < 30, "\n".join(lines)
   assert any(re.search(r"wrote model\.safetensors \(1/1\): \d+ tensors", line) for line in lines), lines
   assert any(line.startswith("exported ") and str(out) in line for line in proc.stdout.splitlines())
+
+
+def card_title(folder) -> str:
+  """The first `# ` heading of the folder's README.md (the model card)."""
+  with open(os.path.join(folder, "README.md")) as f:
+    return next(line[2:].strip() for line in f if line.startswith("# "))
+
+
+def test_card_title_is_the_model_name_or_what_the_run_recorded_never_the_folder(tiny_trained_run,
+                                                                                  tmp_path):
+  """The title was the output folder's name (`# hf`, `# out`) unless --model_name was given."""
+  run, _ = tiny_trained_run
+  out = tmp_path / "out_folder_xyz"
+  assert export_hf.main([f"--checkpoint_dir={run}", f"--output_dir={out}", "--noverify"]) == 0
+  assert card_title(out) == "mT0-style model trained on demo"  # no INITIAL_CHECKPOINT_PATH: from scratch
+  assert export_hf.main([f"--checkpoint_dir={run}", f"--output_dir={out}", "--noverify", "--overwrite",
+                         "--model_name=My mT0"]) == 0
+  assert card_title(out) == "My mT0"
+  assert export_hf.main([f"--checkpoint_dir={run}", f"--output_dir={out}", "--noverify", "--overwrite",
+                         "--base_model=/models/mt5-small/", "--mixture=xp3"]) == 0
+  assert card_title(out) == "mT0-style model: mt5-small finetuned on xp3"
+
+
+def test_model_name_is_documented_in_help(capsys):
+  with pytest.raises(SystemExit):
+    export_hf.main(["--help"])
+  assert re.search(r"--model_name MODEL_NAME\s+the card's title", capsys.readouterr().out)

@@ -42,9 +42,12 @@ def _parser() -> argparse.ArgumentParser:
                  help="SentencePiece model (default: the one recorded with the checkpoint)")
   p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
   card = p.add_argument_group("model card (README.md); defaults come from the training run")
-  card.add_argument("--model_name", default=None)
-  card.add_argument("--base_model", default=None, help="e.g. google/mt5-xxl")
-  card.add_argument("--mixture", default=None)
+  card.add_argument("--model_name", default=None,
+                    help="the card's title (default from the base model and mixture, e.g. "
+                         "'mT0-style model: mt5-small finetuned on xp3')")
+  card.add_argument("--base_model", default=None,
+                    help="e.g. google/mt5-xxl (default: the run's INITIAL_CHECKPOINT_PATH)")
+  card.add_argument("--mixture", default=None, help="default: the run's MIXTURE_OR_TASK_NAME")
   card.add_argument("--languages", default=None, help="comma-separated ISO codes")
   card.add_argument("--eval_results", action="append", default=None,
                     help="results.json from `xmtf_jax.evaluate` (repeatable; default: those found "
@@ -79,7 +82,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      "--vocabulary_path=/path/to/sentencepiece.model")
   facts = source.card_facts()
   card = model_card.ModelCard(
-      model_name=args.model_name or paths.basename(args.output_dir),
+      model_name=args.model_name,
       base_model=args.base_model or facts.get("base_model"),
       mixture=args.mixture or facts.get("mixture"), steps=facts.get("steps"))
   if args.languages:
