@@ -111,3 +111,46 @@ def test_add_jsonl_task_takes_metric_fns_and_a_postprocess_fn(tmp_path):
   assert task.postprocess_fn(" Yes ", example={}, is_target=True) == "yes"
   example = next(iter(task.get_dataset(None, split="validation", shuffle=False).as_numpy_iterator()))
   assert example["targets_pretokenized"] == b" Yes "
+
+
+USER_TASKS = '''
+import mixtures
+mixtures.add_jsonl_task("trap_run_vocab", {"validation": [%r]}, vocab=mixtures.run_vocabulary(),
+                        overwrite=True)
+mixtures.add_mixture("trap_run_vocab_plus_demo", [("trap_run_vocab", 1.0), ("demo_en", 1.0)],
+                     overwrite=True)
+'''
+
+
+def test_a_task_defined_at_import_follows_the_runs_vocabulary_path(tmp_path, monkeypatch,
+                                                                    data_spm_path):
+  """A user's module named its vocabulary file at import, before gin was parsed, so
+  --gin.VOCABULARY_PATH did not reach its tasks: `mixtures.run_vocabulary()` is looked up at use."""
+  import importlib
+  import seqio
+  from tests import data_fixtures
+  from xmtf_jax.cli import runtime
+  from xmtf_jax.data import tasks
+  text = "Translate to English: Je t'aime."
+  data_fixtures.write_jsonl(str(tmp_path / "dev.jsonl"), [{"inputs": text, "targets": "I love you."}])
+  (tmp_path / "trap_user_tasks.py").write_text(USER_TASKS % str(tmp_path / "dev.jsonl"))
+  monkeypatch.syspath_prepend(str(tmp_path))
+  # Leave the run's vocabulary as found (mT5's) for the tests after this one.
+  monkeypatch.setattr(tasks, "_RUN_VOCABULARY_PATH", [mixtures.MT5_VOCABULARY_PATH], raising=False)
+  importlib.import_module("trap_user_tasks")  # what `import trap_user_tasks` in a gin file does
+
+  demo_vocab, tiny_vocab = tasks.vocabulary(mixtures.demo.DEMO_VOCABULARY_PATH), tasks.vocabulary(data_spm_path)
+  assert demo_vocab.encode(text) != tiny_vocab.encode(text)
+  for vocab_path, expected in ((data_spm_path, tiny_vocab), ("data/demo/sentencepiece.model", demo_vocab)):
+    gin.clear_config()
+    gin_flags.parse_gin(["--gin_file=gin/runs/demo.gin", f"--gin.VOCABULARY_PATH='{vocab_path}'"])
+    runtime.register_tasks("trap_run_vocab")
+    task = seqio.get_mixture_or_task("trap_run_vocab")
+    vocab = task.output_features["inputs"].vocabulary
+    assert vocab == expected and vocab.vocab_size == expected.vocab_size
+    assert vocab.sentencepiece_model_file == expected.sentencepiece_model_file
+    example = next(iter(task.get_dataset(None, split="validation", shuffle=False).as_numpy_iterator()))
+    assert list(example["inputs"]) == expected.encode(text), vocab_path
+  # With the demo's vocabulary the task mixes with the demo's tasks (seqio: same vocabulary).
+  mixture = seqio.get_mixture_or_task("trap_run_vocab_plus_demo")
+  assert next(iter(mixture.get_dataset(None, split="validation", shuffle=False)))

@@ -14,10 +14,10 @@ import seqio
 
 from xmtf_jax import paths
 from xmtf_jax.data import truncation
+from xmtf_jax.data.config import MT5_VOCABULARY_PATH
 from xmtf_jax.data.jsonl_source import JsonlDataSource, RecordSchema
 
 
-@functools.lru_cache(maxsize=None)
 class _SentencePieceVocabulary(seqio.SentencePieceVocabulary):
   """seqio's vocabulary, loading a remote model file through xmtf_jax.paths (a cached local copy):
   seqio reads it with tf.io.gfile, which cannot reach a GCS emulator. The recorded path (what
@@ -34,13 +34,63 @@ class _SentencePieceVocabulary(seqio.SentencePieceVocabulary):
       self._sentencepiece_model_file = url
 
 
+@functools.lru_cache(maxsize=None)
+def _shared_vocabulary(path: str) -> seqio.SentencePieceVocabulary:
+  return _SentencePieceVocabulary(path, extra_ids=0)
+
+
 def vocabulary(path: str) -> seqio.SentencePieceVocabulary:
   """A SentencePiece vocabulary with no extra ids (mT5's 100 sentinels are inside the model).
 
   Loaded lazily on first use, so naming a gs:// model does not download anything at registration.
   Relative paths that do not exist from the working directory are taken from the repository root.
+  One object per file (local paths made absolute): tasks naming it share its loaded model and are
+  equal, as seqio requires of the tasks of a mixture.
   """
-  return _SentencePieceVocabulary(paths.repo_path(path), extra_ids=0)
+  return _shared_vocabulary(paths.abspath(paths.repo_path(path)))
+
+
+# The run's SentencePiece model (gin VOCABULARY_PATH): the entry points set it from
+# DataConfig.vocabulary_path once gin is parsed, after the user's task modules were imported by gin.
+_RUN_VOCABULARY_PATH = [MT5_VOCABULARY_PATH]
+
+
+def set_run_vocabulary_path(path: str) -> None:
+  _RUN_VOCABULARY_PATH[0] = path
+
+
+class RunVocabulary(_SentencePieceVocabulary):
+  """The vocabulary of whatever VOCABULARY_PATH the run sets, looked up at each use (tokenizing,
+  sizes, the path recorded in checkpoints), so a task defined at import, before gin is parsed, still
+  follows `--gin.VOCABULARY_PATH`. Equal to `vocabulary(that path)`: it mixes with xP3's tasks."""
+
+  def __init__(self):
+    super().__init__("", extra_ids=0)
+
+  def resolve(self) -> seqio.SentencePieceVocabulary:
+    return vocabulary(_RUN_VOCABULARY_PATH[0])
+
+  def _model_context(self):
+    return self.resolve()._model_context()  # the shared, cached model of that file
+
+  @property
+  def sentencepiece_model_file(self) -> str:
+    return self.resolve().sentencepiece_model_file
+
+  def __getstate__(self):  # what seqio's __eq__ compares (mixtures require equal vocabularies)
+    return self.resolve().__getstate__()
+
+  def __reduce__(self):  # pickled (gin copies, workers) as "the run's", not as today's file
+    return run_vocabulary, ()
+
+
+_RUN_VOCABULARY = RunVocabulary()
+
+
+def run_vocabulary() -> RunVocabulary:
+  """The run's vocabulary (gin VOCABULARY_PATH; mT5's by default) for tasks of your own modules:
+  `add_jsonl_task(..., vocab=run_vocabulary())` instead of naming a file."""
+  return _RUN_VOCABULARY
 
 
 def output_features(vocab: seqio.Vocabulary, add_eos_to_inputs: bool = False) -> dict:
