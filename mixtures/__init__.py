@@ -5,28 +5,30 @@ the bundled demo (`demo`, `demo_{lang}`, `demo_heldout_*`); the xP3 family (`xp3
 After that, seqio's own `seqio.get_mixture_or_task(name)` finds them.
 
 The building blocks live in the library: `xmtf_jax.data.tasks` (`add_jsonl_task`, `add_mixture`,
-`vocabulary`), `xmtf_jax.data.config.DataConfig`, `xmtf_jax.data.xp3_family`.
+`vocabulary`, `run_vocabulary`), `xmtf_jax.data.config.DataConfig`, `xmtf_jax.data.xp3_family`.
 """
 from typing import Optional
 
 from mixtures import demo  # noqa: F401  (registers the demo tasks)
 from mixtures.xp3 import VARIANTS, ensure_registered, register_variant, variant_of
-from xmtf_jax.data import jsonl_source, xp3_family
+from xmtf_jax.data import jsonl_source, tasks, xp3_family
 from xmtf_jax.data.xp3_family import language_rates, mixture_info
 from xmtf_jax.data.config import MT5_VOCABULARY_PATH, DataConfig
-from xmtf_jax.data.tasks import add_jsonl_task, add_mixture, output_features, vocabulary
+from xmtf_jax.data.tasks import (add_jsonl_task, add_mixture, output_features, run_vocabulary,
+                                  vocabulary)
 
 
 def register_for(name: str, config: Optional[DataConfig] = None) -> None:
   """Makes `name` findable by seqio: registers the xP3-family variant it belongs to (from `config`'s
   data root) and applies `config`'s mixing settings and strictness to tasks without their own (the
-  demo, your `add_jsonl_task` tasks)."""
+  demo, your `add_jsonl_task` tasks), and its vocabulary to tasks that use `run_vocabulary()`."""
   config = config or DataConfig()
   xp3_family.configure_rates(config)
   jsonl_source.set_default_strict(config.strict)
+  tasks.set_run_vocabulary_path(config.vocabulary_path)
   ensure_registered(name, config)
 
 
 __all__ = ["DataConfig", "MT5_VOCABULARY_PATH", "VARIANTS", "add_jsonl_task", "add_mixture",
-           "ensure_registered", "language_rates", "mixture_info", "output_features", "register_for", "register_variant", "variant_of",
-           "vocabulary"]
+           "ensure_registered", "language_rates", "mixture_info", "output_features", "register_for", "register_variant", "run_vocabulary",
+           "variant_of", "vocabulary"]

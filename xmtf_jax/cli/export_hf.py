@@ -12,7 +12,6 @@ See `xmtf_jax.hf_export` for what is written and how memory is bounded.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from typing import Optional, Sequence
 
@@ -20,6 +19,7 @@ from xmtf_jax import paths
 from xmtf_jax.hf import sources as export_sources
 from xmtf_jax.train import checkpoint_source
 from xmtf_jax.cli import gin_flags as gin_utils
+from xmtf_jax.cli import runtime
 from xmtf_jax.hf import export as hf_export
 from xmtf_jax.hf import model_card
 
@@ -42,9 +42,12 @@ def _parser() -> argparse.ArgumentParser:
                  help="SentencePiece model (default: the one recorded with the checkpoint)")
   p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
   card = p.add_argument_group("model card (README.md); defaults come from the training run")
-  card.add_argument("--model_name", default=None)
-  card.add_argument("--base_model", default=None, help="e.g. google/mt5-xxl")
-  card.add_argument("--mixture", default=None)
+  card.add_argument("--model_name", default=None,
+                    help="the card's title (default from the base model and mixture, e.g. "
+                         "'mT0-style model: mt5-small finetuned on xp3')")
+  card.add_argument("--base_model", default=None,
+                    help="e.g. google/mt5-xxl (default: the run's INITIAL_CHECKPOINT_PATH)")
+  card.add_argument("--mixture", default=None, help="default: the run's MIXTURE_OR_TASK_NAME")
   card.add_argument("--languages", default=None, help="comma-separated ISO codes")
   card.add_argument("--eval_results", action="append", default=None,
                     help="results.json from `xmtf_jax.evaluate` (repeatable; default: those found "
@@ -66,7 +69,7 @@ def open_source(checkpoint_dir: str, step: Optional[int] = None) -> export_sourc
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  runtime.configure_logging()  # our progress lines; orbax's per-tensor restore chatter at WARNING
   argv = list(sys.argv[1:] if argv is None else argv)
   gin_files, gin_bindings, rest = gin_utils.split_gin_args(argv)
   if gin_files or gin_bindings:  # gin is optional here; parsing locks gin's config for the process
@@ -79,7 +82,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      "--vocabulary_path=/path/to/sentencepiece.model")
   facts = source.card_facts()
   card = model_card.ModelCard(
-      model_name=args.model_name or paths.basename(args.output_dir),
+      model_name=args.model_name,
       base_model=args.base_model or facts.get("base_model"),
       mixture=args.mixture or facts.get("mixture"), steps=facts.get("steps"))
   if args.languages:

@@ -16,7 +16,9 @@ from xmtf_jax.train import pretrained
 
 
 def configure_logging() -> None:
-  """INFO lines with a time stamp from process 0 (others: warnings, prefixed with their index)."""
+  """INFO lines with a time stamp from process 0 (others: warnings, prefixed with their index); the
+  libraries' loggers at WARNING (orbax logs several INFO lines per restored tensor through absl).
+  `force`: importing orbax already gave the root logger a WARNING handler (absl's first message)."""
   level = logging.INFO if jax.process_index() == 0 else logging.WARNING
   prefix = f"[{jax.process_index()}] " if jax.process_count() > 1 else ""
   logging.basicConfig(level=level, format=f"%(asctime)s {prefix}%(message)s", datefmt="%H:%M:%S",

@@ -14,10 +14,10 @@ import seqio
 
 from xmtf_jax import paths
 from xmtf_jax.data import truncation
+from xmtf_jax.data.config import MT5_VOCABULARY_PATH
 from xmtf_jax.data.jsonl_source import JsonlDataSource, RecordSchema
 
 
-@functools.lru_cache(maxsize=None)
 class _SentencePieceVocabulary(seqio.SentencePieceVocabulary):
   """seqio's vocabulary, loading a remote model file through xmtf_jax.paths (a cached local copy):
   seqio reads it with tf.io.gfile, which cannot reach a GCS emulator. The recorded path (what
@@ -34,13 +34,63 @@ class _SentencePieceVocabulary(seqio.SentencePieceVocabulary):
       self._sentencepiece_model_file = url
 
 
+@functools.lru_cache(maxsize=None)
+def _shared_vocabulary(path: str) -> seqio.SentencePieceVocabulary:
+  return _SentencePieceVocabulary(path, extra_ids=0)
+
+
 def vocabulary(path: str) -> seqio.SentencePieceVocabulary:
   """A SentencePiece vocabulary with no extra ids (mT5's 100 sentinels are inside the model).
 
   Loaded lazily on first use, so naming a gs:// model does not download anything at registration.
   Relative paths that do not exist from the working directory are taken from the repository root.
+  One object per file (local paths made absolute): tasks naming it share its loaded model and are
+  equal, as seqio requires of the tasks of a mixture.
   """
-  return _SentencePieceVocabulary(paths.repo_path(path), extra_ids=0)
+  return _shared_vocabulary(paths.abspath(paths.repo_path(path)))
+
+
+# The run's SentencePiece model (gin VOCABULARY_PATH): the entry points set it from
+# DataConfig.vocabulary_path once gin is parsed, after the user's task modules were imported by gin.
+_RUN_VOCABULARY_PATH = [MT5_VOCABULARY_PATH]
+
+
+def set_run_vocabulary_path(path: str) -> None:
+  _RUN_VOCABULARY_PATH[0] = path
+
+
+class RunVocabulary(_SentencePieceVocabulary):
+  """The vocabulary of whatever VOCABULARY_PATH the run sets, looked up at each use (tokenizing,
+  sizes, the path recorded in checkpoints), so a task defined at import, before gin is parsed, still
+  follows `--gin.VOCABULARY_PATH`. Equal to `vocabulary(that path)`: it mixes with xP3's tasks."""
+
+  def __init__(self):
+    super().__init__("", extra_ids=0)
+
+  def resolve(self) -> seqio.SentencePieceVocabulary:
+    return vocabulary(_RUN_VOCABULARY_PATH[0])
+
+  def _model_context(self):
+    return self.resolve()._model_context()  # the shared, cached model of that file
+
+  @property
+  def sentencepiece_model_file(self) -> str:
+    return self.resolve().sentencepiece_model_file
+
+  def __getstate__(self):  # what seqio's __eq__ compares (mixtures require equal vocabularies)
+    return self.resolve().__getstate__()
+
+  def __reduce__(self):  # pickled (gin copies, workers) as "the run's", not as today's file
+    return run_vocabulary, ()
+
+
+_RUN_VOCABULARY = RunVocabulary()
+
+
+def run_vocabulary() -> RunVocabulary:
+  """The run's vocabulary (gin VOCABULARY_PATH; mT5's by default) for tasks of your own modules:
+  `add_jsonl_task(..., vocab=run_vocabulary())` instead of naming a file."""
+  return _RUN_VOCABULARY
 
 
 def output_features(vocab: seqio.Vocabulary, add_eos_to_inputs: bool = False) -> dict:
@@ -62,18 +112,24 @@ def add_jsonl_task(name: str, files: Mapping[str, Sequence[str]], *, vocab: seqi
                    add_eos_to_inputs: bool = False, strict: Optional[bool] = None,
                    schema: RecordSchema = RecordSchema(),
                    count_fn: Optional[Callable[[Sequence[str]], int]] = None,
+                   metric_fns: Sequence[Callable] = (), postprocess_fn: Optional[Callable] = None,
                    shuffle_buffer_size: int = 1_000, overwrite: bool = False) -> seqio.Task:
   """Registers a seqio Task reading `{split: [.jsonl paths or globs]}` with `inputs`/`targets` records.
 
   strict None (default): bad lines and missing files are errors or are skipped and counted as the
   run's DATA_STRICT says (`mixtures.DataConfig.strict`); True/False fixes it for this task.
+  metric_fns, postprocess_fn: seqio's, used when the task is decoded during training
+  (`zero_shot_eval_hook.generation_tasks`; a task without metric_fns gets BLEU and ROUGE):
+  `fn(targets, predictions) -> {name: value}` (seqio files those taking `scores` under
+  `score_metric_fns`); `postprocess_fn(text, example=, is_target=)` runs on both texts first.
   """
   if overwrite and name in seqio.TaskRegistry.names():
     seqio.TaskRegistry.remove(name)
   source = JsonlDataSource(name, files, schema=schema, strict=strict, count_fn=count_fn)
   return seqio.TaskRegistry.add(
       name, source=source, output_features=output_features(vocab, add_eos_to_inputs),
-      preprocessors=preprocessors(name), shuffle_buffer_size=shuffle_buffer_size)
+      preprocessors=preprocessors(name), postprocess_fn=postprocess_fn,
+      metric_fns=list(metric_fns), shuffle_buffer_size=shuffle_buffer_size)
 
 
 def add_mixture(name: str, tasks_and_rates, *, overwrite: bool = False) -> seqio.Mixture:

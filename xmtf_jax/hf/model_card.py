@@ -48,6 +48,26 @@ class ModelCard:
     return []
 
 
+def _hub_id(base_model: Optional[str]) -> bool:
+  """An HF hub id (`owner/name`) rather than a path of ours."""
+  return bool(base_model and re.fullmatch(r"[\w.-]+/[\w.-]+", base_model)
+              and not paths.exists(base_model))
+
+
+def title(card: ModelCard) -> str:
+  """The card's heading: `model_name`, else what the run recorded (base model, mixture), e.g.
+  "mT0-style model: mt5-small finetuned on xp3". Never the export folder's name: users export to
+  folders like `hf/` or `out`."""
+  if card.model_name:
+    return card.model_name
+  base = paths.basename(card.base_model) if card.base_model else ""  # google/mt5-small: mt5-small
+  if base and card.mixture:
+    return f"mT0-style model: {base} finetuned on {card.mixture}"
+  if base:
+    return f"mT0-style model: {base} finetuned"
+  return f"mT0-style model trained on {card.mixture}" if card.mixture else "mT0-style model"
+
+
 def find_eval_results(root: str, max_depth: int = 3) -> list[str]:
   """`results.json` files (as `xmtf_jax.evaluate` writes them) under `root`, nearest first."""
   found = []
@@ -100,13 +120,11 @@ def render(card: ModelCard, *, config: Any, dtype: str, num_parameters: int,
   iso = [code for code in languages if code != "code"]
   if iso:
     front += ["language:"] + [f"- {code}" for code in iso]
-  if card.base_model and re.fullmatch(r"[\w.-]+/[\w.-]+", card.base_model) and not paths.exists(
-      card.base_model):
+  if _hub_id(card.base_model):
     front.append(f"base_model: {card.base_model}")  # HF hub ids only; local paths mean nothing there
   front.append("---")
 
-  name = card.model_name or "mT0-style model"
-  lines = front + ["", f"# {name}", "",
+  lines = front + ["", f"# {title(card)}", "",
                    "An mT5 encoder-decoder finetuned with multitask prompted finetuning (the mT0 recipe "
                    "of *Crosslingual Generalization through Multitask Finetuning*), trained with "
                    "xmtf_jax and exported to `MT5ForConditionalGeneration`.", "",
