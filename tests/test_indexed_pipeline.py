@@ -231,3 +231,14 @@ def test_line_index_is_cached_and_rebuilt_when_the_file_changes(tmp_path):
   path.write_bytes(b"x\ny\n")
   assert line_index.load_index(str(path), str(tmp_path / "idx")).num_lines == 2
   assert line_index.build_offsets(str(path)).tolist() == [0, 2, 4]
+
+
+def test_a_mixture_of_mixtures_mixes_at_seqios_rates(xp3_fixture, index_dir):
+  mixtures.add_mixture("ix_nested", [("fx_xp3", 3.0), ("fx_xp3_en", 1.0)], overwrite=True)
+  it = make("ix_nested", index_dir=index_dir)
+  nested = seqio.get_mixture_or_task("ix_nested")
+  expected = np.array([nested.get_rate(seqio.get_mixture_or_task(n)) for n in it.task_names])
+  np.testing.assert_allclose(it.order.rates, expected / expected.sum())
+  assert "fx_xp3_en" in it.task_names and len(it.task_names) == len(set(it.task_names)) > 2
+  assert next(it)["encoder_input_tokens"].shape == (8, LENGTHS["inputs"])
+  it.close()

@@ -136,7 +136,8 @@ def test_checkpoint_restores_onto_other_meshes_with_the_same_next_step(mesh_4x2,
     other_model, other_optimizer, other_shardings = setup(num_partitions, devices)
     abstract = trainer.abstract_train_state(other_model, other_optimizer, other_model.mesh)
     restored = checkpointer.restore(1, abstract.params, abstract.opt_state)
-    assert restored.metadata["step"] == 1 and restored.input_position == [{"batches_consumed": 1}]
+    assert restored.metadata["step"] == 1  # input position: one entry per saving process
+    assert restored.input_position == [[{"batches_consumed": 1}]]
     embedding = restored.params["token_embedder"]["embedding"]
     assert embedding.sharding == other_shardings.params["token_embedder"]["embedding"]
     for a, b in zip(jax.tree.leaves(jax.device_get(restored.params)), jax.tree.leaves(saved_params)):
