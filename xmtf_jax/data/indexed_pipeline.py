@@ -247,17 +247,19 @@ class IndexedBatches:
     return unpacked_features([r[0] for r in rows], lengths), self._next.copy()
 
   def _produce(self) -> None:
-    try:
-      while not self._stop.is_set():
+    while not self._stop.is_set():
+      try:
         item = self._make_batch()
-        while not self._stop.is_set():
-          try:
-            self._ready.put(item, timeout=0.2)
-            break
-          except queue.Full:
-            continue
-    except BaseException as e:  # handed to the consumer, raised from __next__
-      self._ready.put(e)
+      except BaseException as e:  # handed to the consumer, raised from __next__
+        item = e
+      while not self._stop.is_set():
+        try:
+          self._ready.put(item, timeout=0.2)
+          break
+        except queue.Full:
+          continue
+      if isinstance(item, BaseException):
+        return
 
   def _stop_producer(self) -> None:
     thread = getattr(self, "_thread", None)
