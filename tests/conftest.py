@@ -3,8 +3,11 @@
 Fixtures that several test files need (tiny vocabulary, tiny HF models, xP3-layout folders) live here
 and are built once per session.
 """
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 # Must happen before jax is imported anywhere.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -13,6 +16,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# One XLA compilation cache per test session, shared with the subprocesses the tests start: many tests
+# compile the same tiny programs (train steps, decoders) again, in-process and in `python -m` runs.
+# It starts empty each session, so no test depends on an earlier run.
+_JIT_CACHE = tempfile.mkdtemp(prefix="xmtf_jax_test_jit_cache_")
+atexit.register(shutil.rmtree, _JIT_CACHE, ignore_errors=True)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _JIT_CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
