@@ -1,0 +1,783 @@
+"""Checks that what the docs (README.md, docs/*.md) name exists in the code as it is.
+
+    python scripts/check_docs.py        exit status 1 and one line per finding: doc:line: `name`: why
+
+Nothing of the project is imported: every module is parsed with `ast`, so the check takes a second.
+What counts as a name of this project (anything else is prose and is not checked):
+
+- file paths ending in .py / .gin / .md that start with a folder of the repository (`xmtf_jax/`,
+  `tests/`, `gin/`, `docs/`, ...) or of the package (`data/pipeline.py` is `xmtf_jax/data/pipeline.py`,
+  as the docs write them), with `{a,b}` alternatives and `*` globs; `path.py:function`; a bare
+  `name.py` / `name.gin` in backticks (looked up next to the last path on the same line, else anywhere);
+- dotted names in backticks and code blocks whose first part is `xmtf_jax` or `mixtures`, a module
+  of the project (`partitioning.make_mesh`), a class of the project (`TrainConfig.num_data_shards`),
+  a gin configurable (`zero_shot_eval_hook.generation_tasks`, `--gin.TrainConfig.seed=0`) or `model`
+  (an `EncoderDecoderModel`, as in the README); keyword arguments of calls to project functions;
+- a first part that is none of these, nor a Python package, nor a name the project's code imports
+  from outside (`np`, `lax`), nor a variable of the docs' examples or a parameter of a project
+  function (`context`), is an unknown module: `gin_utils.parse_gin`, `eval_hooks.EvalContext`;
+- in a table row that names project modules, a bare `name` defined at the top level of some other
+  module is misplaced (`BatchFunction` in the row of `model/scoring.py`);
+- in code blocks, `--gin.MACRO=` bindings; in a table whose first column is `macro`, its macros:
+  each must be set or used in a gin file;
+- Markdown links `[text](target#anchor)` and plain `docs/x.md#anchor`: the file and the heading.
+
+Names of your own files are written `my_*` in the docs and are not looked up.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import glob
+import importlib.util
+import os
+import re
+import sys
+from typing import Iterable, Optional
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY_TREES = ("xmtf_jax", "mixtures", "tests", "benchmarks", "scripts")
+LIBRARY_TREES = ("xmtf_jax", "mixtures", "scripts")
+PATH_ROOTS = ("xmtf_jax", "mixtures", "tests", "benchmarks", "scripts", "gin", "docs", "data")
+CHECKED_EXTENSIONS = ("py", "gin", "md")
+# A dotted token ending like this is a file name (`model.safetensors`, `results.json`), not a name.
+FILE_SUFFIXES = {"safetensors", "json", "jsonl", "md", "py", "gin", "png", "txt", "npy", "bin", "yaml",
+                 "zip", "csv", "tsv", "parquet", "model", "index", "gz", "html", "sh"}
+TYPED_VARIABLES = {"model": "xmtf_jax.model.encoder_decoder.EncoderDecoderModel"}
+USER_PLACEHOLDER = re.compile(r"^(my|your)(_|\.|$)")
+
+DOTTED = re.compile(r"(?<![\w./@-])@?([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+)(\s*\()?")
+PATH = re.compile(r"(?<![\w./{}<>*-])((?:[\w*-]+|\{[\w,]+\})(?:/(?:[\w.*-]+|\{[\w,.]+\}|[\w*-]*\{[\w,]+\}[\w*.-]*))*"
+                  r"\.(?:py|gin|md))(?::(\w+))?(#[\w-]+)?(?![\w/])")
+BARE_FILE = re.compile(r"^([\w-]+\.(?:py|gin))$")
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+GIN_BINDING = re.compile(r"--gin\.([A-Za-z_][\w.]*)\s*=")
+GIN_FILE_LINE = re.compile(r"^\s*([A-Za-z_][\w.]*\.[A-Za-z_]\w*)\s*=")
+PYTHON_M = re.compile(r"python3?\s+-m\s+([\w.]+)")
+BACKTICKS = re.compile(r"`([^`]+)`")
+IMPORT_LINE = re.compile(r"^\s*(?:from\s+([\w.]+)\s+)?import\s+(.+)$")
+KWARG = re.compile(r"[(,]\s*(\w+)\s*=(?!=)")
+
+
+@dataclasses.dataclass
+class Finding:
+  doc: str
+  line: int
+  name: str
+  why: str
+
+  def __str__(self):
+    return f"{self.doc}:{self.line}: `{self.name}`: {self.why}"
+
+
+@dataclasses.dataclass
+class ClassInfo:
+  members: set
+  bases: list
+  init_params: Optional[set]
+
+
+@dataclasses.dataclass
+class ModuleInfo:
+  name: str
+  path: str
+  defined: dict          # top-level name -> "class" | "def" | "var"
+  imported: dict         # local name -> dotted target (project or external)
+  classes: dict          # class name -> ClassInfo
+  functions: dict        # function name -> parameter names (None: takes **kwargs)
+  dynamic: set           # names a module-level __getattr__ serves (string keys of its dicts)
+
+
+def _params(args: ast.arguments) -> Optional[set]:
+  names = {a.arg for a in args.posonlyargs + args.args + args.kwonlyargs}
+  if args.vararg:
+    names.add(args.vararg.arg)
+  return None if args.kwarg else names
+
+
+def _class_info(node: ast.ClassDef) -> ClassInfo:
+  members, init_params = set(), None
+  for item in node.body:
+    if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
+      members.add(item.name)
+      if item.name == "__init__":
+        init_params = _params(item.args)
+      for sub in ast.walk(item):
+        if isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name) and sub.value.id == "self" \
+            and isinstance(sub.ctx, ast.Store):
+          members.add(sub.attr)
+    elif isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+      members.add(item.target.id)
+    elif isinstance(item, ast.Assign):
+      members |= {t.id for t in item.targets if isinstance(t, ast.Name)}
+    elif isinstance(item, ast.ClassDef):
+      members.add(item.name)
+  bases = [ast.unparse(b) for b in node.bases]
+  return ClassInfo(members, bases, init_params)
+
+
+def _module_name(path: str, root: str) -> str:
+  rel = os.path.relpath(path, root)[:-3].replace(os.sep, ".")
+  return rel[:-len(".__init__")] if rel.endswith(".__init__") else rel
+
+
+def parse_module(path: str, root: str) -> ModuleInfo:
+  name = _module_name(path, root)
+  tree = ast.parse(open(path, encoding="utf-8").read(), path)
+  package = name if path.endswith("__init__.py") else name.rpartition(".")[0]
+  info = ModuleInfo(name, path, {}, {}, {}, {}, set())
+  body = list(tree.body)
+  for node in list(body):  # definitions under a top-level if/try are module level too
+    if isinstance(node, (ast.If, ast.Try)):
+      body += [n for n in ast.walk(node) if n is not node and isinstance(n, ast.stmt)]
+  dict_keys = set()
+  for node in body:
+    if isinstance(node, ast.ClassDef):
+      info.defined[node.name] = "class"
+      info.classes[node.name] = _class_info(node)
+    elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+      info.defined[node.name] = "def"
+      info.functions[node.name] = _params(node.args)
+    elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+      targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+      for target in targets:
+        for t in ast.walk(target):
+          if isinstance(t, ast.Name):
+            info.defined.setdefault(t.id, "var")
+      if isinstance(node.value, ast.Dict):
+        dict_keys |= {k.value for k in node.value.keys if isinstance(k, ast.Constant) and isinstance(k.value, str)}
+    elif isinstance(node, ast.Import):
+      for alias in node.names:
+        if alias.asname:
+          info.imported[alias.asname] = alias.name
+        else:
+          info.imported[alias.name.split(".")[0]] = alias.name.split(".")[0]
+    elif isinstance(node, ast.ImportFrom):
+      base = node.module or ""
+      if node.level:
+        base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
+      for alias in node.names:
+        info.imported[alias.asname or alias.name] = f"{base}.{alias.name}"
+  if "__getattr__" in info.functions:
+    info.dynamic = dict_keys
+  return info
+
+
+class Project:
+  """What the code defines, read with ast: modules, classes, functions, gin names and macros, files."""
+
+  def __init__(self, root: str):
+    self.root = root
+    self.modules: dict[str, ModuleInfo] = {}
+    for tree in PY_TREES:
+      for path in sorted(glob.glob(os.path.join(root, tree, "**", "*.py"), recursive=True)):
+        info = parse_module(path, root)
+        self.modules[info.name] = info
+    self.packages = {m.rpartition(".")[0] for m in self.modules if "." in m} | {
+        m for m, i in self.modules.items() if i.path.endswith("__init__.py")}
+    self.stems: dict[str, list[str]] = {}
+    for name in set(self.modules) | self.packages:
+      self.stems.setdefault(name.rpartition(".")[2], []).append(name)
+    self.classes: dict[str, list[tuple[str, ClassInfo]]] = {}
+    self.top_defs: dict[str, set[str]] = {}
+    self.params: set[str] = set()
+    self.external: set[str] = set()
+    self.code_aliases: dict[str, str] = {}  # `hooks as eval_hooks`: local name -> project module
+    for name, info in self.modules.items():
+      for cls, ci in info.classes.items():
+        self.classes.setdefault(cls, []).append((name, ci))
+      for params in info.functions.values():
+        self.params |= params or set()
+      for local, target in info.imported.items():
+        if not self._is_project(target):
+          self.external.add(local)
+        elif local != target.rpartition(".")[2] and (target in self.modules or target in self.packages
+                                                      or os.path.isdir(os.path.join(root, *target.split(".")))):
+          self.code_aliases[local] = target
+      if name.split(".")[0] in LIBRARY_TREES:
+        for top, kind in info.defined.items():
+          if kind != "var" or top.isupper():
+            self.top_defs.setdefault(top, set()).add(name)
+    self.gin_names = self._gin_names()
+    self.macros = self._gin_macros()
+
+  @staticmethod
+  def _is_project(dotted: str) -> bool:
+    return dotted.split(".")[0] in PY_TREES
+
+  def _gin_names(self) -> dict[str, tuple[str, str]]:
+    """gin name (with its module prefix, if any) -> (module, object) of every registration."""
+    names = {}
+    for name, info in self.modules.items():
+      if not name.startswith(("xmtf_jax", "mixtures")):
+        continue
+      tree = ast.parse(open(info.path, encoding="utf-8").read())
+      for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and ast.unparse(node.func).endswith("external_configurable"):
+          kw = {k.arg: k.value.value for k in node.keywords if isinstance(k.value, ast.Constant)}
+          target = ast.unparse(node.args[0])
+          gin_name = kw.get("name") or target.rpartition(".")[2]
+          if kw.get("module"):
+            gin_name = f"{kw['module']}.{gin_name}"
+          head = target.split(".")[0]
+          names[gin_name] = (info.imported.get(head, f"{name}.{head}"), target)
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+          for deco in node.decorator_list:
+            if "configurable" in ast.unparse(deco):
+              module = None
+              if isinstance(deco, ast.Call):
+                for k in deco.keywords:
+                  if k.arg == "module" and isinstance(k.value, ast.Constant):
+                    module = k.value.value
+              names[f"{module}.{node.name}" if module else node.name] = (name, node.name)
+    return names
+
+  def _gin_macros(self) -> set[str]:
+    macros = set()
+    for path in glob.glob(os.path.join(self.root, "gin", "**", "*.gin"), recursive=True):
+      text = open(path, encoding="utf-8").read()
+      macros |= set(re.findall(r"^([A-Z][A-Z0-9_]*)\s*=", text, re.M))
+      macros |= set(re.findall(r"%([A-Z][A-Z0-9_]*)", text))
+    return macros
+
+  # -- resolving python names --------------------------------------------------------------------------
+
+  def module(self, dotted: str) -> Optional[ModuleInfo]:
+    return self.modules.get(dotted)
+
+  def class_members(self, module: str, cls: str, seen=None) -> Optional[set]:
+    info = self.modules.get(module)
+    if not info or cls not in info.classes:
+      return None
+    ci = info.classes[cls]
+    members = set(ci.members)
+    seen = (seen or set()) | {(module, cls)}
+    for base in ci.bases:
+      head = base.split(".")[-1].split("[")[0]
+      for owner, _ in self.classes.get(head, []):
+        if (owner, head) not in seen:
+          members |= self.class_members(owner, head, seen) or set()
+      if base.split(".")[0] in ("NamedTuple", "typing") or "NamedTuple" in base:
+        members |= {"_asdict", "_replace", "_fields"}
+    return members
+
+  def resolve(self, dotted: str, depth: int = 0) -> tuple[bool, str]:
+    """(resolves?, why not) for an absolute dotted name of the project (module[.attr...])."""
+    parts = dotted.split(".")
+    for n in range(len(parts), 0, -1):
+      head = ".".join(parts[:n])
+      if head in self.modules or head in self.packages:
+        return self.resolve_in(head, parts[n:], depth)
+    return False, f"no module {'.'.join(parts[:2])}"
+
+  def resolve_in(self, module: str, rest: list[str], depth: int = 0) -> tuple[bool, str]:
+    if not rest:
+      return True, ""
+    if depth > 8:
+      return False, "import cycle"
+    info = self.modules.get(module)
+    name, more = rest[0], rest[1:]
+    sub = f"{module}.{name}"
+    if sub in self.modules or sub in self.packages:
+      return self.resolve_in(sub, more, depth)
+    if info is None:
+      return False, f"{module} (a folder without __init__.py) has no module {name}"
+    if name in info.classes:
+      if not more:
+        return True, ""
+      members = self.class_members(module, name) or set()
+      if more[0] in members and len(more) == 1:
+        return True, ""
+      return False, f"class {name} ({self.rel(info.path)}) has no member {more[0]}"
+    if name in info.functions:
+      if not more:
+        return True, ""
+      return False, f"{name} is a function in {self.rel(info.path)}; it has no attribute {more[0]}"
+    if name in info.defined:
+      return True, ""  # a variable: its attributes are not followed
+    if name in info.imported:
+      target = info.imported[name]
+      if self._is_project(target):
+        return self.resolve(".".join([target] + more), depth + 1)
+      return True, ""
+    if name in info.dynamic:
+      return True, ""
+    return False, f"{self.rel(info.path)} defines no {name}"
+
+  def rel(self, path: str) -> str:
+    return os.path.relpath(path, self.root)
+
+  def callable_params(self, dotted: str) -> Optional[set]:
+    """Parameter names of a project function or class (None when unknown or it takes **kwargs)."""
+    parts = dotted.split(".")
+    for n in range(len(parts) - 1, 0, -1):
+      head = ".".join(parts[:n])
+      info = self.modules.get(head)
+      if info is None:
+        continue
+      rest = parts[n:]
+      if len(rest) == 1 and rest[0] in info.functions:
+        return info.functions[rest[0]]
+      if len(rest) == 1 and rest[0] in info.classes:
+        ci = info.classes[rest[0]]
+        if ci.init_params is not None:
+          return ci.init_params - {"self"}
+        fields = self.class_members(head, rest[0]) or set()
+        return fields if fields and not ci.bases else None
+      if len(rest) == 1 and rest[0] in info.imported and self._is_project(info.imported[rest[0]]):
+        return self.callable_params(info.imported[rest[0]])
+      if len(rest) == 2 and rest[0] in info.classes:
+        return None  # methods: not followed
+      return None
+    return None
+
+  # -- files -------------------------------------------------------------------------------------------
+
+  def file_exists(self, path: str) -> bool:
+    for base in (self.root, os.path.join(self.root, "xmtf_jax")):
+      full = os.path.join(base, path)
+      if ("*" in path and glob.glob(full)) or os.path.exists(full):
+        return True
+    return False
+
+  def find_basename(self, name: str) -> list[str]:
+    found = []
+    for tree in PY_TREES + ("gin",):
+      found += glob.glob(os.path.join(self.root, tree, "**", name), recursive=True)
+    return found
+
+
+# -- Markdown ------------------------------------------------------------------------------------------
+
+def slug(heading: str) -> str:
+  """GitHub's anchor for a heading."""
+  text = re.sub(r"`([^`]*)`", r"\1", heading.strip())
+  text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", text)
+  text = re.sub(r"[^\w\- ]", "", text.lower())
+  return text.replace(" ", "-")
+
+
+def anchors(path: str) -> set[str]:
+  found, counts, fence = set(), {}, False
+  for line in open(path, encoding="utf-8"):
+    if line.lstrip().startswith("```"):
+      fence = not fence
+      continue
+    m = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
+    if m and not fence:
+      s = slug(m.group(1))
+      n = counts.get(s, 0)
+      counts[s] = n + 1
+      found.add(s if n == 0 else f"{s}-{n}")
+  return found
+
+
+def expand_braces(path: str) -> list[str]:
+  m = re.search(r"\{([^{}]*,[^{}]*)\}", path)
+  if not m:
+    return [path]
+  return [e for alt in m.group(1).split(",") for e in expand_braces(path[:m.start()] + alt + path[m.end():])]
+
+
+@dataclasses.dataclass
+class Line:
+  number: int
+  text: str
+  fence: Optional[str]   # None in prose, else the code block's language ("" when none)
+
+
+def read_lines(path: str) -> list[Line]:
+  lines, fence = [], None
+  for number, text in enumerate(open(path, encoding="utf-8").read().split("\n"), 1):
+    stripped = text.lstrip()
+    if stripped.startswith("```"):
+      fence = stripped[3:].strip() if fence is None else None
+      continue
+    lines.append(Line(number, text, fence))
+  return lines
+
+
+class DocChecker:
+  def __init__(self, project: Project, doc_path: str):
+    self.project = project
+    self.path = doc_path
+    self.doc = project.rel(doc_path)
+    self.lines = read_lines(doc_path)
+    self.findings: list[Finding] = []
+    self.aliases: dict[str, str] = {}      # names the doc's python blocks import from the project
+    self.variables: set[str] = set()       # names the doc's python blocks assign
+    self.externals: set[str] = set()
+    for line in self.lines:
+      if line.fence == "python":
+        self._scan_python_bindings(line.text)
+
+  def report(self, line: int, name: str, why: str):
+    self.findings.append(Finding(self.doc, line, name, why))
+
+  def _scan_python_bindings(self, text: str):
+    m = IMPORT_LINE.match(text)
+    if m:
+      base, names = m.group(1), m.group(2)
+      for part in names.split("#")[0].strip("() ").split(","):
+        words = part.split()
+        if not words:
+          continue
+        target, local = words[0], words[-1]
+        full = f"{base}.{target}" if base else target
+        if Project._is_project(full):
+          self.aliases[local if base or len(words) > 1 else target.split(".")[0]] = (
+              full if base or len(words) > 1 else target.split(".")[0])
+        else:
+          self.externals.add(local.split(".")[0])
+      return
+    m = re.match(r"^\s*(?:for\s+)?([\w, ]+?)\s*(?:=(?!=)|\s+in\s)", text)
+    if m:
+      self.variables |= {v.strip() for v in m.group(1).split(",") if v.strip().isidentifier()}
+
+  # -- the checks --------------------------------------------------------------------------------------
+
+  def run(self) -> list[Finding]:
+    macro_table = False
+    for line in self.lines:
+      text = line.text
+      if line.fence is None and text.startswith("|"):
+        cells = [c.strip() for c in text.strip().strip("|").split("|")]
+        if re.match(r"^-+$|^:?-+:?$", cells[0] or "-") and len(set(cells[0])) <= 2:
+          pass
+        elif not re.match(r"^[\s|:-]+$", text):
+          if cells and cells[0].lower() == "macro":
+            macro_table = True
+          elif macro_table:
+            for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", cells[0]):
+              if name not in self.project.macros:
+                self.report(line.number, name, "no gin file sets or uses this macro")
+      elif not text.startswith("|"):
+        macro_table = False
+      self.check_links(line)
+      self.check_paths(line)
+      self.check_gin(line)
+      self.check_names(line)
+      if line.fence is None and text.startswith("|"):
+        self.check_row_placement(line)
+    if any(l.fence == "python" for l in self.lines):
+      self.check_python_blocks()
+    return sorted(self.findings, key=lambda f: f.line)
+
+  def check_links(self, line: Line):
+    if line.fence is not None:
+      return
+    targets = LINK.findall(line.text)
+    for m in re.finditer(r"(?<![\w/(])((?:docs/)?[\w-]+\.md)(#[\w-]+)", line.text):
+      targets.append(m.group(1) + m.group(2))
+    for target in targets:
+      if re.match(r"^[a-z]+:", target):
+        continue
+      path, _, anchor = target.partition("#")
+      base = os.path.dirname(self.path)
+      full = os.path.normpath(os.path.join(base, path)) if path else self.path
+      if path and not os.path.exists(full):
+        alt = os.path.join(self.project.root, path)   # plain `docs/x.md#a` from a doc in docs/
+        if os.path.exists(alt) and not target.startswith("["):
+          full = alt
+        else:
+          self.report(line.number, target, f"link target {os.path.relpath(full, self.project.root)} does not exist")
+          continue
+      if anchor and full.endswith(".md") and anchor not in anchors(full):
+        self.report(line.number, target, f"{self.project.rel(full)} has no heading with anchor #{anchor}")
+
+  def check_paths(self, line: Line):
+    text = line.text
+    context_dir, strict_dir = None, None
+    if line.fence is None and text.startswith("|"):  # a module table's row: `mixtures/` | `demo.py` ...
+      folders = re.findall(r"`([\w/]+)/`", text.strip().strip("|").split("|")[0])
+      if len(folders) == 1 and os.path.isdir(os.path.join(self.project.root, folders[0])):
+        strict_dir = folders[0]
+    for m in re.finditer(r"`([^`]+)`|" + PATH.pattern, text):
+      if m.group(1) is not None:  # a backtick span: paths inside it, or a bare file name
+        span = m.group(1).strip()
+        bare = BARE_FILE.match(span)
+        if bare and strict_dir:
+          if not os.path.exists(os.path.join(self.project.root, strict_dir, span)):
+            self.report(line.number, span, f"no such file in {strict_dir}/ (the row's folder)")
+        elif bare:
+          self._check_bare_file(line, span, context_dir)
+          continue
+        for pm in PATH.finditer(span):
+          context_dir = self._check_path(line, pm) or context_dir
+      else:
+        context_dir = self._check_path(line, PATH.match(text, m.start())) or context_dir
+
+  def _check_path(self, line: Line, m) -> Optional[str]:
+    path, func = m.group(1), m.group(2)
+    first = path.split("/")[0]
+    if "/" not in path:
+      return None
+    if first not in PATH_ROOTS and first not in self.project.stems and not first.startswith("{"):
+      return None
+    if USER_PLACEHOLDER.match(os.path.basename(path)) or re.search(r"\{\w+\}", path):
+      return None  # `{lang}` placeholders are data layouts, not files of ours
+    resolved_dir = None
+    for candidate in expand_braces(path):
+      if not self.project.file_exists(candidate):
+        self.report(line.number, candidate, "no such file (looked in the repository root and xmtf_jax/)")
+        continue
+      resolved_dir = os.path.dirname(candidate)
+      if func and candidate.endswith(".py"):
+        module = self._module_of_path(candidate)
+        info = self.project.module(module) if module else None
+        if info and func not in info.defined and func not in info.imported:
+          self.report(line.number, f"{candidate}:{func}", f"{candidate} defines no {func}")
+    return resolved_dir
+
+  def _module_of_path(self, path: str) -> Optional[str]:
+    for base in ("", "xmtf_jax/"):
+      full = os.path.join(self.project.root, base + path)
+      if os.path.exists(full):
+        return _module_name(full, self.project.root)
+    return None
+
+  def _check_bare_file(self, line: Line, name: str, context_dir: Optional[str]):
+    if USER_PLACEHOLDER.match(name):
+      return
+    if context_dir and self.project.file_exists(os.path.join(context_dir, name)):
+      return
+    if not self.project.find_basename(name):
+      where = f" in {context_dir}/ or" if context_dir else ""
+      self.report(line.number, name, f"no such file{where} anywhere in the repository")
+
+  def check_gin(self, line: Line):
+    text = line.text
+    for m in GIN_BINDING.finditer(text):
+      name = m.group(1)
+      if "." not in name:
+        if line.fence is not None and name not in self.project.macros:
+          self.report(line.number, f"--gin.{name}", "no gin file sets or uses this macro")
+      else:
+        ok, why = self.check_gin_name(name)
+        if not ok:
+          self.report(line.number, name, why)
+    if line.fence is not None and line.fence != "python":
+      m = GIN_FILE_LINE.match(text.lstrip("# "))
+      if m and not text.lstrip().startswith("--"):
+        ok, why = self.check_gin_name(m.group(1))
+        if not ok:
+          self.report(line.number, m.group(1), why)
+      for ref in re.findall(r"@([A-Za-z_][\w.]*)", text):
+        if not USER_PLACEHOLDER.match(ref) and ref not in self.project.gin_names:
+          self.report(line.number, "@" + ref, "not a registered gin configurable")
+
+  def check_gin_name(self, name: str) -> tuple[bool, str]:
+    """`Configurable.param` (or `module.Configurable.param`)."""
+    configurable, _, param = name.rpartition(".")
+    if configurable not in self.project.gin_names:
+      if USER_PLACEHOLDER.match(configurable):
+        return True, ""
+      return False, f"{configurable} is not a registered gin configurable (xmtf_jax/cli/configurables.py)"
+    module, obj = self.project.gin_names[configurable]
+    dotted = f"{module}.{obj}" if not obj.startswith(module) else obj
+    params = self.project.callable_params(dotted)
+    if params is None:
+      params = self._members_of(dotted)
+    if params is not None and param not in params:
+      return False, f"gin configurable {configurable} has no parameter or field {param}"
+    return True, ""
+
+  def _members_of(self, dotted: str) -> Optional[set]:
+    module, _, cls = dotted.rpartition(".")
+    info = self.project.module(module)
+    if info and cls in info.imported:
+      return self._members_of(info.imported[cls])
+    return self.project.class_members(module, cls)
+
+  # -- dotted names ------------------------------------------------------------------------------------
+
+  def spans(self, line: Line) -> Iterable[str]:
+    if line.fence is not None:
+      text = line.text
+      if line.fence != "python":
+        text = GIN_BINDING.sub(" ", text)
+        text = re.sub(r"--gin_file=\S+", " ", text)
+      yield text
+    else:
+      for span in BACKTICKS.findall(line.text):
+        yield GIN_BINDING.sub(" ", span)
+      for m in re.finditer(r"(?<![\w.`])(xmtf_jax(?:\.\w+)+)", BACKTICKS.sub(" ", line.text)):
+        yield m.group(1)
+
+  def check_names(self, line: Line):
+    if line.fence == "python":
+      return  # python blocks: check_python_blocks
+    for span in self.spans(line):
+      if line.fence is None and GIN_FILE_LINE.match(span) and "(" not in span.split("=")[0]:
+        ok, why = self.check_gin_name(GIN_FILE_LINE.match(span).group(1))
+        if not ok:
+          self.report(line.number, GIN_FILE_LINE.match(span).group(1), why)
+        continue
+      for m in DOTTED.finditer(span):
+        name = m.group(1)
+        if PATH.fullmatch(name) or self._is_path_part(span, m):
+          continue
+        self.check_dotted(line.number, name, {}, set(), call_args=self._call_args(span, m))
+
+  @staticmethod
+  def _is_path_part(span: str, m) -> bool:
+    return m.end(1) < len(span) and span[m.end(1)] in "/:" and not span[m.end(1):].startswith(": ")
+
+  @staticmethod
+  def _call_args(span: str, m) -> Optional[str]:
+    if not m.group(2):
+      return None
+    depth, start = 0, m.end(0) - 1
+    for i in range(start, len(span)):
+      depth += {"(": 1, ")": -1}.get(span[i], 0)
+      if depth == 0:
+        return span[start:i + 1]
+    return span[start:]
+
+  def check_dotted(self, number: int, name: str, aliases: dict, variables: set, call_args=None):
+    project = self.project
+    parts = name.split(".")
+    head = parts[0]
+    if parts[-1] in FILE_SUFFIXES and head not in ("xmtf_jax", "mixtures"):
+      return
+    if USER_PLACEHOLDER.match(head):
+      return
+    candidates: list[str] = []
+    gin_ok = None
+    if head in aliases:
+      candidates = [".".join([aliases[head]] + parts[1:])]
+    elif head in TYPED_VARIABLES:
+      candidates = [".".join([TYPED_VARIABLES[head]] + parts[1:])]
+    elif head in ("xmtf_jax", "mixtures"):
+      candidates = [name]
+    elif head in variables or head in self.variables:
+      return
+    else:
+      if len(parts) >= 2:
+        for n in (2, 1):
+          configurable = ".".join(parts[:n])
+          if configurable in project.gin_names and len(parts) == n + 1:
+            gin_ok = project.gin_names and self.check_gin_name(name)
+      if head in project.stems:
+        candidates += [".".join([m] + parts[1:]) for m in project.stems[head]]
+      if head in project.classes:
+        candidates += [".".join([owner, head] + parts[1:]) for owner, _ in project.classes[head]]
+      if not candidates and gin_ok is None:
+        if head in project.code_aliases:
+          self.report(number, name, f"{head} is the code's local alias of {project.code_aliases[head]}; "
+                                    f"name the module")
+        return  # not a name of this project (seqio's Mixture, jax, a tensor name): prose
+    if gin_ok and gin_ok[0]:
+      return
+    results = [project.resolve(c) for c in candidates]
+    if any(ok for ok, _ in results):
+      if call_args:
+        self._check_kwargs(number, name, [c for c, (ok, _) in zip(candidates, results) if ok], call_args)
+      return
+    why = "; ".join(sorted({w for _, w in results})) or (gin_ok[1] if gin_ok else "unresolved")
+    if gin_ok:
+      why = f"{gin_ok[1]}; {why}" if candidates else gin_ok[1]
+    self.report(number, name, why)
+
+  def _check_kwargs(self, number: int, name: str, resolved: list[str], args: str):
+    depth, top = 0, []
+    for ch in args:  # keyword names at the call's own level, not those of nested calls
+      depth += {"(": 1, "[": 1, "{": 1, ")": -1, "]": -1, "}": -1}.get(ch, 0)
+      top.append(ch if depth <= 1 else " ")
+    keywords = set(KWARG.findall("".join(top))) - {"self"}
+    if not keywords:
+      return
+    for dotted in resolved:
+      params = self.project.callable_params(dotted)
+      if params is None or keywords <= params:
+        return
+    bad = sorted(keywords - (self.project.callable_params(resolved[0]) or set()))
+    self.report(number, name, f"takes no keyword argument {', '.join(bad)}")
+
+  def check_python_blocks(self):
+    """Python examples: imports resolve, `alias.name` resolves, keyword arguments exist."""
+    for line in self.lines:
+      if line.fence != "python":
+        continue
+      m = IMPORT_LINE.match(line.text)
+      if m:
+        base, names = m.group(1), m.group(2)
+        for part in names.split("#")[0].strip("() ").split(","):
+          words = part.split()
+          if not words:
+            continue
+          full = f"{base}.{words[0]}" if base else words[0]
+          if Project._is_project(full):
+            ok, why = self.project.resolve(full)
+            if not ok:
+              self.report(line.number, full, why)
+        continue
+      code = line.text
+      for dm in DOTTED.finditer(code):
+        if self._is_path_part(code, dm):
+          continue
+        self.check_dotted(line.number, dm.group(1), self.aliases, set(), call_args=self._call_args(code, dm))
+
+  # -- table rows: names in the row of their module ----------------------------------------------------
+
+  def check_row_placement(self, line: Line):
+    """Rows of a module table (first cell: the module paths): the names they list live there."""
+    first = line.text.strip().strip("|").split("|")[0]
+    modules = []
+    for m in PATH.finditer(first):
+      for candidate in expand_braces(m.group(1)):
+        if candidate.endswith(".py") and "/" in candidate:
+          module = self._module_of_path(candidate)
+          if module:
+            modules.append(module)
+    if not modules:
+      return
+    # bare names continue the folder of the cell's first path: `xmtf_jax/train/loop.py`, `trainer.py`
+    folder = os.path.dirname(self.project.modules[modules[0]].path)
+    for name in re.findall(r"`([\w-]+)\.py`", first):
+      if os.path.exists(os.path.join(folder, name + ".py")):
+        modules.append(_module_name(os.path.join(folder, name + ".py"), self.project.root))
+    local = set()
+    for module in modules:
+      info = self.project.modules[module]
+      local |= set(info.defined)
+      for ci in info.classes.values():
+        local |= ci.members
+      for params in info.functions.values():
+        local |= params or set()
+    for span in BACKTICKS.findall(line.text):
+      m = re.match(r"^@?(\w+)\s*(\(.*\))?\s*(->.*)?$", span.strip())
+      if not m:
+        continue
+      name = m.group(1)
+      if name in local or name not in self.project.top_defs:
+        continue
+      owners = sorted(self.project.rel(self.project.modules[o].path) for o in self.project.top_defs[name])
+      self.report(line.number, name, f"defined in {', '.join(owners)}, not in this row's "
+                                     f"{', '.join(self.project.rel(self.project.modules[m].path) for m in modules)}")
+
+
+def doc_paths(root: str) -> list[str]:
+  return [os.path.join(root, "README.md")] + sorted(glob.glob(os.path.join(root, "docs", "*.md")))
+
+
+def check(root: str = ROOT, docs: Optional[list[str]] = None) -> list[Finding]:
+  project = Project(root)
+  findings = []
+  for doc in docs or doc_paths(root):
+    findings += DocChecker(project, doc).run()
+  return findings
+
+
+def main(argv: list[str]) -> int:
+  root = argv[1] if len(argv) > 1 else ROOT
+  findings = check(root)
+  for finding in findings:
+    print(finding)
+  if not findings:
+    print(f"docs: every name, path and link resolves ({len(doc_paths(root))} files)")
+  return 1 if findings else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv))
