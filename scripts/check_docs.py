@@ -198,6 +198,7 @@ class Project:
         for top, kind in info.defined.items():
           if kind != "var" or top.isupper():
             self.top_defs.setdefault(top, set()).add(name)
+    self.mentioned = self._mentioned()
     self.gin_names = self._gin_names()
     self.macros = self._gin_macros()
 
@@ -205,8 +206,29 @@ class Project:
   def _is_project(dotted: str) -> bool:
     return dotted.split(".")[0] in PY_TREES
 
-  def _gin_names(self) -> dict[str, tuple[str, str]]:
-    """gin name (with its module prefix, if any) -> (module, object) of every registration."""
+  def _mentioned(self) -> set[str]:
+    """Every identifier, attribute, keyword and identifier-like string the code mentions."""
+    words = set(self.stems)
+    for info in self.modules.values():
+      for node in ast.walk(ast.parse(open(info.path, encoding="utf-8").read())):
+        if isinstance(node, ast.Name):
+          words.add(node.id)
+        elif isinstance(node, ast.Attribute):
+          words.add(node.attr)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+          words.add(node.name)
+        elif isinstance(node, ast.arg):
+          words.add(node.arg)
+        elif isinstance(node, ast.keyword) and node.arg:
+          words.add(node.arg)
+        elif isinstance(node, ast.alias):
+          words |= set((node.asname or node.name).split("."))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+          words |= set(re.findall(r"\w+", node.value))
+    return words
+
+  def _gin_names(self) -> dict[str, str]:
+    """gin name (with its module prefix, if any) -> the dotted name of what it registers."""
     names = {}
     for name, info in self.modules.items():
       if not name.startswith(("xmtf_jax", "mixtures")):
@@ -219,8 +241,8 @@ class Project:
           gin_name = kw.get("name") or target.rpartition(".")[2]
           if kw.get("module"):
             gin_name = f"{kw['module']}.{gin_name}"
-          head = target.split(".")[0]
-          names[gin_name] = (info.imported.get(head, f"{name}.{head}"), target)
+          head, _, rest = target.partition(".")
+          names[gin_name] = ".".join([info.imported.get(head, f"{name}.{head}")] + ([rest] if rest else []))
         if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
           for deco in node.decorator_list:
             if "configurable" in ast.unparse(deco):
@@ -229,7 +251,7 @@ class Project:
                 for k in deco.keywords:
                   if k.arg == "module" and isinstance(k.value, ast.Constant):
                     module = k.value.value
-              names[f"{module}.{node.name}" if module else node.name] = (name, node.name)
+              names[f"{module}.{node.name}" if module else node.name] = f"{name}.{node.name}"
     return names
 
   def _gin_macros(self) -> set[str]:
@@ -573,8 +595,7 @@ class DocChecker:
       if USER_PLACEHOLDER.match(configurable):
         return True, ""
       return False, f"{configurable} is not a registered gin configurable (xmtf_jax/cli/configurables.py)"
-    module, obj = self.project.gin_names[configurable]
-    dotted = f"{module}.{obj}" if not obj.startswith(module) else obj
+    dotted = self.project.gin_names[configurable]
     params = self.project.callable_params(dotted)
     if params is None:
       params = self._members_of(dotted)
@@ -750,6 +771,13 @@ class DocChecker:
       if not m:
         continue
       name = m.group(1)
+      if name in self.project.code_aliases and name not in self.project.stems:
+        self.report(line.number, name, f"{name} is the code's local alias of "
+                                       f"{self.project.code_aliases[name]}; name the module")
+        continue
+      if "_" in name.strip("_") and name not in self.project.mentioned:
+        self.report(line.number, name, "the code defines and mentions no such name")
+        continue
       if name in local or name not in self.project.top_defs:
         continue
       owners = sorted(self.project.rel(self.project.modules[o].path) for o in self.project.top_defs[name])
@@ -761,8 +789,10 @@ def doc_paths(root: str) -> list[str]:
   return [os.path.join(root, "README.md")] + sorted(glob.glob(os.path.join(root, "docs", "*.md")))
 
 
-def check(root: str = ROOT, docs: Optional[list[str]] = None) -> list[Finding]:
-  project = Project(root)
+def check(root: str = ROOT, docs: Optional[list[str]] = None, project: Optional[Project] = None
+          ) -> list[Finding]:
+  """The findings for `docs` (default README.md and docs/*.md under `root`), against the code in `root`."""
+  project = project or Project(root)
   findings = []
   for doc in docs or doc_paths(root):
     findings += DocChecker(project, doc).run()
