@@ -761,7 +761,7 @@ class DocChecker:
     local = set()
     for module in modules:
       info = self.project.modules[module]
-      local |= set(info.defined)
+      local |= set(info.defined) | set(info.imported)  # what a row's module defines or uses
       for ci in info.classes.values():
         local |= ci.members
       for params in info.functions.values():
