@@ -86,6 +86,7 @@ class ModuleInfo:
   classes: dict          # class name -> ClassInfo
   functions: dict        # function name -> parameter names (None: takes **kwargs)
   dynamic: set           # names a module-level __getattr__ serves (string keys of its dicts)
+  tree: ast.Module
 
 
 def _params(args: ast.arguments) -> Optional[set]:
@@ -125,7 +126,7 @@ def parse_module(path: str, root: str) -> ModuleInfo:
   name = _module_name(path, root)
   tree = ast.parse(open(path, encoding="utf-8").read(), path)
   package = name if path.endswith("__init__.py") else name.rpartition(".")[0]
-  info = ModuleInfo(name, path, {}, {}, {}, {}, set())
+  info = ModuleInfo(name, path, {}, {}, {}, {}, set(), tree)
   body = list(tree.body)
   for node in list(body):  # definitions under a top-level if/try are module level too
     if isinstance(node, (ast.If, ast.Try)):
@@ -207,10 +208,12 @@ class Project:
     return dotted.split(".")[0] in PY_TREES
 
   def _mentioned(self) -> set[str]:
-    """Every identifier, attribute, keyword and identifier-like string the code mentions."""
+    """Every identifier, attribute, keyword and identifier-like string the library mentions."""
     words = set(self.stems)
     for info in self.modules.values():
-      for node in ast.walk(ast.parse(open(info.path, encoding="utf-8").read())):
+      if info.name.split(".")[0] not in ("xmtf_jax", "mixtures"):
+        continue  # the library only: tests and this checker name stale names on purpose
+      for node in ast.walk(info.tree):
         if isinstance(node, ast.Name):
           words.add(node.id)
         elif isinstance(node, ast.Attribute):
@@ -231,10 +234,10 @@ class Project:
     """gin name (with its module prefix, if any) -> the dotted name of what it registers."""
     names = {}
     for name, info in self.modules.items():
-      if not name.startswith(("xmtf_jax", "mixtures")):
+      if not name.startswith(("xmtf_jax", "mixtures")) or \
+          "configurable" not in open(info.path, encoding="utf-8").read():
         continue
-      tree = ast.parse(open(info.path, encoding="utf-8").read())
-      for node in ast.walk(tree):
+      for node in ast.walk(info.tree):
         if isinstance(node, ast.Call) and ast.unparse(node.func).endswith("external_configurable"):
           kw = {k.arg: k.value.value for k in node.keywords if isinstance(k.value, ast.Constant)}
           target = ast.unparse(node.args[0])
@@ -363,10 +366,13 @@ class Project:
     return False
 
   def find_basename(self, name: str) -> list[str]:
-    found = []
-    for tree in PY_TREES + ("gin",):
-      found += glob.glob(os.path.join(self.root, tree, "**", name), recursive=True)
-    return found
+    if not hasattr(self, "_basenames"):
+      self._basenames = {}
+      for tree in PY_TREES + ("gin",):
+        for folder, _, files in os.walk(os.path.join(self.root, tree)):
+          for file in files:
+            self._basenames.setdefault(file, []).append(os.path.join(folder, file))
+    return self._basenames.get(name, [])
 
 
 # -- Markdown ------------------------------------------------------------------------------------------
