@@ -465,22 +465,20 @@ class DocChecker:
   # -- the checks --------------------------------------------------------------------------------------
 
   def run(self) -> list[Finding]:
-    macro_table = False
+    table = None   # "macro", or the gin configurables a knob table's header names (`infer.*`)
     for line in self.lines:
       text = line.text
       if line.fence is None and text.startswith("|"):
         cells = [c.strip() for c in text.strip().strip("|").split("|")]
-        if re.match(r"^-+$|^:?-+:?$", cells[0] or "-") and len(set(cells[0])) <= 2:
-          pass
-        elif not re.match(r"^[\s|:-]+$", text):
-          if cells and cells[0].lower() == "macro":
-            macro_table = True
-          elif macro_table:
-            for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", cells[0]):
-              if name not in self.project.macros:
-                self.report(line.number, name, "no gin file sets or uses this macro")
-      elif not text.startswith("|"):
-        macro_table = False
+        if re.match(r"^[\s|:-]+$", text):
+          pass  # the header's separator row
+        elif table is None:
+          configurables = re.findall(r"`([A-Za-z_][\w.]*)\.\*`", cells[0])
+          table = "macro" if cells[0].lower() == "macro" else configurables or ""
+        else:
+          self.check_knob_row(line.number, cells[0], table)
+      else:
+        table = None
       self.check_links(line)
       self.check_paths(line)
       self.check_gin(line)
@@ -490,6 +488,23 @@ class DocChecker:
     if any(l.fence == "python" for l in self.lines):
       self.check_python_blocks()
     return sorted(self.findings, key=lambda f: f.line)
+
+  def check_knob_row(self, number: int, cell: str, table) -> None:
+    """A row of a knob table: macros that gin files set, or parameters of the header's configurables."""
+    if table == "macro":
+      for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", cell):
+        if name not in self.project.macros:
+          self.report(number, name, "no gin file sets or uses this macro")
+      return
+    for configurable in table or ():
+      if configurable not in self.project.gin_names:
+        self.report(number, f"{configurable}.*", "not a registered gin configurable")
+        return
+    for span in re.findall(r"`([A-Za-z_][\w.]*)`", cell) if table else ():
+      if "." in span:
+        continue  # `HeldoutSuite.data_dir`: checked as a dotted name
+      if not any(self.check_gin_name(f"{c}.{span}")[0] for c in table):
+        self.report(number, span, f"no parameter or field of {' / '.join(table)}")
 
   def check_links(self, line: Line):
     if line.fence is not None:
