@@ -2,27 +2,31 @@
 
     python scripts/check_docs.py        exit status 1 and one line per finding: doc:line: `name`: why
 
-Nothing of the project is imported: every module is parsed with `ast`, so the check takes a second.
-What counts as a name of this project (anything else is prose and is not checked):
+Nothing of the project is imported: every module is parsed with `ast` (about a second). What counts
+as a name of this project (anything else is prose and is not checked, so nothing else can be a
+false finding):
 
 - file paths ending in .py / .gin / .md that start with a folder of the repository (`xmtf_jax/`,
   `tests/`, `gin/`, `docs/`, ...) or of the package (`data/pipeline.py` is `xmtf_jax/data/pipeline.py`,
-  as the docs write them), with `{a,b}` alternatives and `*` globs; `path.py:function`; a bare
-  `name.py` / `name.gin` in backticks (looked up next to the last path on the same line, else anywhere);
-- dotted names in backticks and code blocks whose first part is `xmtf_jax` or `mixtures`, a module
-  of the project (`partitioning.make_mesh`), a class of the project (`TrainConfig.num_data_shards`),
-  a gin configurable (`zero_shot_eval_hook.generation_tasks`, `--gin.TrainConfig.seed=0`) or `model`
-  (an `EncoderDecoderModel`, as in the README); keyword arguments of calls to project functions;
-- a first part that is none of these, nor a Python package, nor a name the project's code imports
-  from outside (`np`, `lax`), nor a variable of the docs' examples or a parameter of a project
-  function (`context`), is an unknown module: `gin_utils.parse_gin`, `eval_hooks.EvalContext`;
-- in a table row that names project modules, a bare `name` defined at the top level of some other
-  module is misplaced (`BatchFunction` in the row of `model/scoring.py`);
-- in code blocks, `--gin.MACRO=` bindings; in a table whose first column is `macro`, its macros:
-  each must be set or used in a gin file;
+  as the docs write them), with `{a,b}` alternatives and `*` globs, and `path.py:function`; a bare
+  `name.py` / `name.gin` in backticks (looked up next to the last path on the line, else anywhere; in a
+  table row whose first cell is one folder, `mixtures/`, in that folder only);
+- dotted names in backticks and code blocks whose first part is `xmtf_jax` or `mixtures`, a module of
+  the project (`partitioning.make_mesh`), a class of the project (`TrainConfig.num_data_shards`), a gin
+  configurable (`zero_shot_eval_hook.generation_tasks`, `--gin.TrainConfig.seed=0`), `model` (an
+  `EncoderDecoderModel`, as in the README) or a name a Python example imported; keyword arguments of
+  calls to project functions; the imports of Python examples;
+- a local alias the code uses for a project module (`eval_hooks`, `gin_utils`): the docs name modules
+  by their names;
+- in a table row whose first cell names project modules: a bare `name` defined at the top level of
+  another module and neither defined nor imported by the row's modules (`BatchFunction` in the row
+  of `model/scoring.py`), or a snake_case name the library never mentions at all (`default_mesh`);
+- knob tables: a first column of `macro` must hold macros a gin file sets or uses; a table headed
+  `` `infer.*` / `DecodingConfig.*` `` lists parameters or fields of those gin configurables; in code
+  blocks, `--gin.MACRO=` bindings and `@configurable` references;
 - Markdown links `[text](target#anchor)` and plain `docs/x.md#anchor`: the file and the heading.
 
-Names of your own files are written `my_*` in the docs and are not looked up.
+Names of your own files and modules are written `my_*` in the docs and are not looked up.
 """
 from __future__ import annotations
 

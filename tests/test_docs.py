@@ -4,6 +4,7 @@ The checker (scripts/check_docs.py) reads the code with `ast`; these tests run i
 (no findings) and on a copy of the repository with one stale statement injected at a time (exactly
 that finding, with its doc and line).
 """
+import glob
 import os
 import shutil
 import sys
@@ -23,9 +24,15 @@ def test_the_docs_name_only_what_exists():
 @pytest.fixture(scope="module")
 def repo_copy(tmp_path_factory):
   root = str(tmp_path_factory.mktemp("repo") / "xmtf_jax_copy")
-  shutil.copytree(REPO_ROOT, root, ignore=shutil.ignore_patterns(
-      ".git", ".venv", "runs", "data", "__pycache__", ".pytest_cache"))
-  return root, check_docs.Project(root)
+  def ignore(folder, names):  # the code, gin files and docs; not the demo data, runs or caches
+    top = {".git", ".venv", "runs", "data"} if os.path.samefile(folder, REPO_ROOT) else set()
+    return [n for n in names if n in top or n in ("__pycache__", ".pytest_cache")]
+  shutil.copytree(REPO_ROOT, root, ignore=ignore)
+  project = check_docs.Project(root)
+  originals = {check_docs._module_name(path, REPO_ROOT) for tree in check_docs.PY_TREES
+               for path in glob.glob(os.path.join(REPO_ROOT, tree, "**", "*.py"), recursive=True)}
+  assert set(project.modules) == originals  # the copy holds every module the checker resolves against
+  return root, project
 
 
 # (text injected as a new last line of a doc, the name reported, words of the reason)
@@ -55,6 +62,18 @@ STALE = [
      "takes no keyword argument beams"),
     ("docs/configuration.md", "```bash\npython -m xmtf_jax.train --gin.TRAIN_STEP=10\n```",
      "--gin.TRAIN_STEP", "no gin file sets or uses this macro"),
+    ("docs/configuration.md", "```\nTrainConfig.eval_hook_factories = [@zero_shot_hook]\n```",
+     "@zero_shot_hook", "not a registered gin configurable"),
+    ("docs/configuration.md", "| `infer.*` | default | meaning |\n|---|---|---|\n| `beams` | 4 | x |",
+     "beams", "no parameter or field of infer"),
+    ("docs/configuration.md", "| macro | default | meaning |\n|---|---|---|\n| `TRAIN_STEP` | 1 | x |",
+     "TRAIN_STEP", "no gin file sets or uses this macro"),
+    ("docs/architecture.md", "| `mixtures/` | `config.py` (`DataConfig`), `demo.py` |", "config.py",
+     "no such file in mixtures/"),
+    ("docs/architecture.md", "| `xmtf_jax/train/loop.py` | `host_data` batches |", "host_data",
+     "alias of xmtf_jax.data.host_batches"),
+    ("README.md", "Decoding: `model.predict_batch(params, tokens)`.", "model.predict_batch",
+     "has no member predict_batch"),
 ]
 
 DEAD_LINKS = [
