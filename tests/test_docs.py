@@ -13,7 +13,7 @@ import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO_ROOT, "scripts"))
-import check_docs  # noqa: E402
+import check_docs  # noqa: E402  (scripts/ is not a package)
 
 
 def test_the_docs_name_only_what_exists():
@@ -29,7 +29,7 @@ def repo_copy(tmp_path_factory):
     return [n for n in names if n in top or n in ("__pycache__", ".pytest_cache")]
   shutil.copytree(REPO_ROOT, root, ignore=ignore)
   project = check_docs.Project(root)
-  originals = {check_docs._module_name(path, REPO_ROOT) for tree in check_docs.PY_TREES
+  originals = {check_docs.module_name(path, REPO_ROOT) for tree in check_docs.PY_TREES
                for path in glob.glob(os.path.join(REPO_ROOT, tree, "**", "*.py"), recursive=True)}
   assert set(project.modules) == originals  # the copy holds every module the checker resolves against
   return root, project
