@@ -126,3 +126,20 @@ def test_prose_and_other_libraries_are_not_names_of_the_project(tmp_path):
       "`model.logits(params, tokens)`, `e.g.`, `os.path.exists/isdir`, `np.asarray`.\n",
       encoding="utf-8")
   assert check_docs.check(REPO_ROOT, [str(doc)]) == []
+
+
+def test_the_command_prints_doc_line_name_and_reason(repo_copy, capsys):
+  root, _ = repo_copy
+  path = os.path.join(root, "docs", "gcs.md")
+  original = open(path, encoding="utf-8").read()
+  try:
+    with open(path, "a", encoding="utf-8") as f:
+      f.write("\nSee [the layer](paths.md#the-layer).\n")
+    status = check_docs.main(["check_docs.py", root])
+  finally:
+    with open(path, "w", encoding="utf-8") as f:
+      f.write(original)
+  line = original.count("\n") + 2
+  assert status == 1
+  assert capsys.readouterr().out.splitlines()[-1] == (
+      f"docs/gcs.md:{line}: `paths.md#the-layer`: link target docs/paths.md does not exist")
