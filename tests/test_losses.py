@@ -110,6 +110,8 @@ def test_loss_sums_and_normalised_loss_by_hand(logits_and_targets):
   correct = (logits.argmax(-1) == targets) & (weights > 0)
   assert float(sums["num_correct"]) == correct.sum()
   assert float(sums["num_tokens"]) == 9.0
+  # The per-token loss ignores the normalisation: plain cross-entropy of the 9 real tokens.
+  assert float(sums["token_cross_entropy_sum"]) == pytest.approx((ce * (weights > 0)).sum(), rel=1e-5)
 
 
 def test_loss_config_errors_name_the_setting():

@@ -17,6 +17,7 @@ import sys
 
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing import event_accumulator
 
 import mixtures  # noqa: F401  (registers the demo tasks)
 
@@ -125,21 +126,37 @@ def test_sigterm_and_sigkill_then_resume_give_the_same_losses(reference_run, com
                                                               tmp_path):
   reference = train_losses(reference_run[0])
   model_dir = str(tmp_path / "run")
-  hooks = signal_gin(tmp_path, {5: "SIGTERM", 10: "SIGKILL"}, {10: 8})
+  # LOG_PERIOD 1: TensorBoard gets every step, so re-done steps would show there twice.
+  hooks = [signal_gin(tmp_path, {2: "SIGKILL", 5: "SIGTERM", 10: "SIGKILL"}, {10: 8}),
+           "--gin.LOG_PERIOD=1"]
+
+  # SIGKILL at step 2, before any checkpoint: the rerun starts from scratch, and metrics.jsonl keeps
+  # nothing of the killed run.
+  code, output = run_train(model_dir, compilation_cache, hooks, check=False)
+  assert code == -signal.SIGKILL and not checkpoints.list_steps(model_dir), output[-3000:]
+  assert [r["step"] for r in reporting.read_metrics(model_dir, "train")] == [1, 2]
 
   # SIGTERM after step 5: the run finishes step 6, saves it and exits 0.
-  code, output = run_train(model_dir, compilation_cache, [hooks])
+  code, output = run_train(model_dir, compilation_cache, hooks)
   assert "SIGTERM received" in output and "stopped at step 6" in output, output[-3000:]
   assert checkpoints.list_steps(model_dir)[-1] == 6
+  assert [r["step"] for r in reporting.read_metrics(model_dir, "train")] == list(range(1, 7))
 
   # Resumed at 6; killed with SIGKILL at step 10, after checkpoint 8 was committed.
-  code, output = run_train(model_dir, compilation_cache, [hooks], check=False)
+  code, output = run_train(model_dir, compilation_cache, hooks, check=False)
   assert code == -signal.SIGKILL, output[-3000:]
   assert "resumed from" in output and checkpoints.list_steps(model_dir)[-1] == 8
 
   # Resumed at 8 (steps 9-10 of the killed run are dropped from metrics.jsonl) to the end.
-  run_train(model_dir, compilation_cache, [hooks])
+  run_train(model_dir, compilation_cache, hooks)
   resumed = train_losses(model_dir)
+  steps = [r["step"] for r in reporting.read_metrics(model_dir, "train")]
+  assert steps == list(range(1, TRAIN_STEPS + 1))  # each once, in order
+  # TensorBoard too: the killed runs' steps (2; 9 and 10) are hidden, the re-done ones shown once.
+  accumulator = event_accumulator.EventAccumulator(os.path.join(model_dir, "train"))
+  board = [(e.step, e.value) for e in accumulator.Reload().Scalars("loss")]
+  assert [s for s, _ in board] == sorted({s for s, _ in board}) and {10, 12} <= {s for s, _ in board}
+  np.testing.assert_allclose([v for _, v in board], [resumed[s] for s, _ in board], rtol=1e-6)
   assert sorted(resumed) == sorted(reference)
   np.testing.assert_allclose([resumed[s] for s in sorted(resumed)],
                              [reference[s] for s in sorted(reference)], rtol=1e-6, atol=1e-7)

@@ -3,5 +3,11 @@ import sys
 
 from xmtf_jax.cli import errors, data_report
 
+
+def main() -> int:
+  """The `xmtf-data-report` console script."""
+  return errors.run(data_report.main, data_report.__doc__)
+
+
 if __name__ == "__main__":
-  sys.exit(errors.run(data_report.main, data_report.__doc__))
+  sys.exit(main())

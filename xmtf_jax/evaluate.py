@@ -3,5 +3,11 @@ import sys
 
 from xmtf_jax.cli import errors, evaluate
 
+
+def main() -> int:
+  """The `xmtf-evaluate` console script."""
+  return errors.run(evaluate.main, evaluate.__doc__)
+
+
 if __name__ == "__main__":
-  sys.exit(errors.run(evaluate.main, evaluate.__doc__))
+  sys.exit(main())

@@ -231,7 +231,7 @@ def train(config: TrainConfig, model_config: T5Config,
   metadata = checkpoint_metadata(config, model_config, features, optimizer_config)
   lengths = config.task_feature_lengths
   meter = make_meter(config, model_config)
-  tensorboard = reporting.TensorBoard(config.model_dir)
+  tensorboard = reporting.TensorBoard(config.model_dir, start_step)
   logging.info("training %s from step %d to %d: batch %d x (%d, %d), %s, mesh %s on %d %s device(s)",
                config.mixture_or_task_name, start_step, config.train_steps, config.batch_size,
                lengths["inputs"], lengths["targets"], optim.describe(optimizer_config),
@@ -281,6 +281,7 @@ def make_meter(config: TrainConfig, model_config: T5Config) -> reporting.Progres
 def restore_or_initialize(config, model, optimizer, state_shardings, checkpointer, data, metrics_log):
   latest = checkpointer.latest_step()
   if latest is None:
+    metrics_log.truncate_after(0)  # a run killed before its first checkpoint starts over
     params = initial_params(config, model)
     return trainer.init_train_state(params, optimizer, state_shardings)
   abstract = trainer.abstract_train_state(model, optimizer, model.mesh)

@@ -156,12 +156,17 @@ def normalized_loss_weights(batch: Mapping[str, Array], config: LossConfig) -> t
   return weights, jnp.sum(weights)
 
 
+SUM_KEYS = ("cross_entropy_sum", "z_loss_sum", "num_correct", "num_tokens", "token_cross_entropy_sum")
+
+
 def loss_sums(logits: Array, targets: Array, weights: Array, config: LossConfig) -> dict[str, Array]:
   """Weighted float32 sums of a (micro-)batch; divide the loss terms by the factor afterwards.
 
   Returns cross_entropy_sum, z_loss_sum (weighted by `weights`), and for metrics num_correct (tokens
-  whose target has the highest logit) and num_tokens (counted over tokens with weight > 0,
-  unnormalised).
+  whose target has the highest logit), num_tokens (counted over tokens with weight > 0,
+  unnormalised) and token_cross_entropy_sum (the cross-entropy of those tokens, unweighted: divided
+  by num_tokens it is the per-token loss, comparable with the validation loss whatever the
+  normalisation).
   """
   cross_entropy, z_loss, target_logit, max_logit = _cross_entropy_and_stats(
       logits, targets, config.z_loss, config.label_smoothing)
@@ -175,4 +180,5 @@ def loss_sums(logits: Array, targets: Array, weights: Array, config: LossConfig)
       "z_loss_sum": jnp.sum(z_loss * weights),
       "num_correct": jnp.sum(correct * real),
       "num_tokens": jnp.sum(real),
+      "token_cross_entropy_sum": jnp.sum(cross_entropy * real),
   }

@@ -62,8 +62,9 @@ class MetricsLog:
   """Appends one JSON object per line to MODEL_DIR/metrics.jsonl (process 0 only).
 
   Train lines: {"kind": "train", "step": s, "loss": ..., ...} for every step; eval lines:
-  {"kind": "eval", "step": s, "name": ..., ...}. On resume, `truncate_after(step)` drops the lines
-  of steps a killed run had done after its last checkpoint, so the file reads as one uninterrupted run.
+  {"kind": "eval", "step": s, "name": ..., ...}. When a run (re)starts, `truncate_after(step)` drops
+  the lines of steps a killed run had done after the state it continues from (its last checkpoint, or
+  step 0 when none was written), so the file reads as one uninterrupted run.
   On a bucket an object cannot grow: lines are kept here and the whole file is uploaded at most every
   `flush_seconds`, on `flush()` (the train loop calls it before each checkpoint) and at the end.
   """
@@ -112,11 +113,17 @@ def read_metrics(path: str, kind: Optional[str] = None) -> list[dict]:
 
 
 class TensorBoard:
-  """Scalars under MODEL_DIR/train and MODEL_DIR/eval (tensorboardX; process 0 only)."""
+  """Scalars under MODEL_DIR/train and MODEL_DIR/eval (tensorboardX; process 0 only).
 
-  def __init__(self, model_dir: str):
+  start_step: the step the run continues from (0 for a fresh start). Each writer opens with a purge
+  marker at start_step + 1, so TensorBoard hides what a killed run logged after the state it resumes
+  from: its curves read as one uninterrupted run, as metrics.jsonl does.
+  """
+
+  def __init__(self, model_dir: str, start_step: int = 0):
     self._writers = {}
     self._model_dir = model_dir
+    self._purge_step = start_step + 1
     self.enabled = jax.process_index() == 0
 
   def scalars(self, kind: str, step: int, values: Mapping[str, float]) -> None:
@@ -124,7 +131,11 @@ class TensorBoard:
       return
     if kind not in self._writers:
       from tensorboardX import SummaryWriter
-      self._writers[kind] = SummaryWriter(paths.join(self._model_dir, kind))
+      # Event files are named by the second they were opened in: the suffix keeps a restart within
+      # the same second from overwriting the file of the run it continues.
+      self._writers[kind] = SummaryWriter(paths.join(self._model_dir, kind),
+                                          purge_step=self._purge_step,
+                                          filename_suffix=f".from_step_{self._purge_step - 1:09d}")
     writer = self._writers[kind]
     for name, value in values.items():
       if isinstance(value, (int, float)) and math.isfinite(value):
@@ -150,7 +161,8 @@ class ProgressMeter:
   def _reset(self, now: float) -> None:
     self._start = now
     self._steps = 0
-    self._sums = {"loss": 0.0, "correct": 0.0, "target_tokens": 0.0, "tokens": 0.0}
+    self._sums = {"loss": 0.0, "token_loss": 0.0, "correct": 0.0, "target_tokens": 0.0,
+                  "tokens": 0.0}
     self._last = {}
 
   def restart_clock(self) -> None:
@@ -164,6 +176,7 @@ class ProgressMeter:
   def add(self, metrics: Mapping[str, float]) -> None:
     self._steps += 1
     self._sums["loss"] += metrics["loss"]
+    self._sums["token_loss"] += metrics.get("token_loss", metrics["loss"]) * metrics["num_target_tokens"]
     self._sums["correct"] += metrics["accuracy"] * metrics["num_target_tokens"]
     self._sums["target_tokens"] += metrics["num_target_tokens"]
     self._sums["tokens"] += metrics["num_target_tokens"] + metrics["num_input_tokens"]
@@ -177,6 +190,7 @@ class ProgressMeter:
     seconds_per_step = seconds / n
     out = {
         "loss": self._sums["loss"] / n,
+        "token_loss": self._sums["token_loss"] / max(self._sums["target_tokens"], 1.0),
         "accuracy": self._sums["correct"] / max(self._sums["target_tokens"], 1.0),
         "learning_rate": self._last.get("learning_rate", float("nan")),
         "tokens_per_second": self._sums["tokens"] / seconds,
@@ -191,14 +205,20 @@ class ProgressMeter:
   def line(self, step: int, summary: Mapping[str, float]) -> str:
     mfu = f"{100 * summary['mfu']:.1f}%" if "mfu" in summary else "n/a"
     width = len(str(self.total_steps))
-    return (f"step {step:>{width}}/{self.total_steps}  loss {summary['loss']:.4f}  "
+    # With 'fixed' or per-sequence normalisation the optimised loss is not per token: show both.
+    token_loss = summary.get("token_loss", summary["loss"])
+    per_token = ("" if math.isclose(token_loss, summary["loss"], rel_tol=1e-3, abs_tol=1e-6)
+                 else f" (per token {token_loss:.4f})")
+    return (f"step {step:>{width}}/{self.total_steps}  loss {summary['loss']:.4f}{per_token}  "
             f"acc {summary['accuracy']:.3f}  lr {summary['learning_rate']:.2e}  "
             f"tokens/s {_si(summary['tokens_per_second'])}  s/step {summary['seconds_per_step']:.3f}  "
             f"MFU {mfu}  ETA {format_duration(summary['eta_seconds'])}")
 
 
 def plot_loss_curve(model_dir: str, output: Optional[str] = None) -> Optional[str]:
-  """Writes MODEL_DIR/loss_curve.png (train loss per step, and validation loss) from metrics.jsonl."""
+  """Writes MODEL_DIR/loss_curve.png from metrics.jsonl: the train loss per target token beside the
+  validation loss (also per token), and the optimised loss on a second axis when the normalisation
+  makes it differ (t5x's 'fixed' factor gives values near 0)."""
   path = paths.join(model_dir, METRICS_FILE)
   if jax.process_index() != 0 or not paths.exists(path):
     return None
@@ -209,15 +229,26 @@ def plot_loss_curve(model_dir: str, output: Optional[str] = None) -> Optional[st
   train = read_metrics(path, "train")
   evals = [r for r in read_metrics(path, "eval") if "loss" in r and r.get("name") == "validation"]
   fig, ax = plt.subplots(figsize=(7, 4))
+  steps = [r["step"] for r in train]
+  token_loss = [r.get("token_loss", r["loss"]) for r in train]
+  handles = []
   if train:
-    ax.plot([r["step"] for r in train], [r["loss"] for r in train], lw=0.8, label="train loss")
+    handles += ax.plot(steps, token_loss, lw=0.8, label="train loss per token")
   if evals:
-    ax.plot([r["step"] for r in evals], [r["loss"] for r in evals], "o-", label="validation loss")
+    handles += ax.plot([r["step"] for r in evals], [r["loss"] for r in evals], "o-",
+                       label="validation loss per token")
+  if train and any(not math.isclose(r["loss"], t, rel_tol=1e-3, abs_tol=1e-6)
+                   for r, t in zip(train, token_loss)):
+    objective = ax.twinx()
+    handles += objective.plot(steps, [r["loss"] for r in train], lw=0.6, color="tab:gray",
+                              alpha=0.7, label="train loss as optimised (right axis)")
+    objective.set_ylabel("optimised loss")
   ax.set_xlabel("step")
-  ax.set_ylabel("loss")
+  ax.set_ylabel("loss per target token")
   ax.set_title("/".join(paths.abspath(model_dir).rstrip("/").replace(os.sep, "/").split("/")[-2:]))
   ax.grid(alpha=0.3)
-  ax.legend()
+  if handles:
+    ax.legend(handles=handles, labels=[h.get_label() for h in handles])
   output = output or paths.join(model_dir, LOSS_CURVE_FILE)
   fig.tight_layout()
   paths.save_figure(fig, output, dpi=100)

@@ -176,8 +176,7 @@ def make_train_step(model: EncoderDecoderModel, optimizer: optax.GradientTransfo
                 jax.tree.map(jnp.add, sum_totals, sums)), None
 
       zeros = jax.tree.map(jnp.zeros_like, state.params)
-      zero_sums = {k: jnp.zeros((), jnp.float32) for k in
-                   ("cross_entropy_sum", "z_loss_sum", "num_correct", "num_tokens")}
+      zero_sums = {k: jnp.zeros((), jnp.float32) for k in losses.SUM_KEYS}
       (grads, sums), _ = jax.lax.scan(
           accumulate, (zeros, zero_sums), (jnp.arange(num_microbatches), micro))
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -187,6 +186,8 @@ def make_train_step(model: EncoderDecoderModel, optimizer: optax.GradientTransfo
         "cross_entropy": sums["cross_entropy_sum"] / factor,
         "z_loss": sums["z_loss_sum"] / factor,
         "accuracy": sums["num_correct"] / jnp.maximum(sums["num_tokens"], 1.0),
+        # Per real target token, whatever the normalisation: 'fixed' makes `loss` tiny.
+        "token_loss": sums["token_cross_entropy_sum"] / jnp.maximum(sums["num_tokens"], 1.0),
         "num_target_tokens": sums["num_tokens"],
         "num_input_tokens": jnp.sum(batch["encoder_input_tokens"] != 0).astype(jnp.float32),
         "normalizing_factor": factor,
@@ -255,6 +256,7 @@ class EvalSums:
   z_loss_sum: float = 0.0
   num_correct: float = 0.0
   num_tokens: float = 0.0
+  token_cross_entropy_sum: float = 0.0
 
   def add(self, sums: Mapping[str, Array]) -> None:
     for k, v in jax.device_get(dict(sums)).items():
