@@ -115,6 +115,12 @@ def test_a_gin_syntax_error_is_one_paragraph(tmp_path, capsys, text, phrases):
   _assert_one_paragraph(code, err, *phrases)
 
 
+def test_a_binding_that_is_not_a_literal_is_one_paragraph(capsys):
+  code, err = _run(train.main, ["--gin_file=gin/runs/demo.gin", "--gin.MODEL_DIR=/tmp/run"], capsys)
+  _assert_one_paragraph(code, err, "gin syntax error in the binding --gin.MODEL_DIR=/tmp/run",
+                        "a value is a Python literal")
+
+
 def test_gin_mistakes_found_at_finalize_or_call_are_one_paragraph(tmp_path, capsys):
   (tmp_path / "macro.gin").write_text("include 'gin/runs/demo.gin'\nTrainConfig.log_period = %NO_SUCH\n")
   code, err = _run(train.main, [f"--gin_file={tmp_path / 'macro.gin'}"], capsys)

@@ -82,10 +82,13 @@ def parse_gin(argv: Sequence[str] | None = None, *, default_files: Sequence[str]
     gin.finalize()
   except UserError:
     raise
-  except SyntaxError as e:  # gin's parser: the file (or binding), line and column of the mistake
-    origin = e.filename or "a --gin binding"
-    raise UserError(f"gin syntax error in {origin}, line {e.lineno}: {e.msg}"
-                    + (f": {e.text.strip()}" if e.text and e.text.strip() else "")) from e
+  except SyntaxError as e:  # gin's parser: the file (or binding), line and text of the mistake
+    text = (e.text or "").strip()
+    if e.filename:
+      raise UserError(f"gin syntax error in {e.filename}, line {e.lineno}: {e.msg}"
+                      + (f": {text}" if text else "")) from e
+    raise UserError(f"gin syntax error in the binding --gin.{text}: {e.msg} (a value is a Python "
+                    "literal, e.g. --gin.MODEL_DIR=\"'/tmp/run'\" --gin.TRAIN_STEPS=1000)") from e
   except tokenize.TokenError as e:  # an unclosed bracket or string at the end of a file
     raise UserError(f"gin syntax error ({where}): {e.args[0]} (line {e.args[1][0]}): a bracket or "
                     "string is not closed") from e

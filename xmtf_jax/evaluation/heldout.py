@@ -176,7 +176,7 @@ def prompt_templates(templates_root: str, dataset: str, language: str, variant: 
   """
   spec = get_dataset(dataset)
   if variant not in ("en", "ht", "mt"):
-    raise UserError(f"prompt variant must be 'en', 'ht' or 'mt', not {variant!r}")
+    raise UserError(f"HeldoutSuite.prompt_variant must be 'en', 'ht' or 'mt', not {variant!r}")
   if variant == "en" or language == "en":
     found = templates_lib.load_templates(
         templates_lib.templates_file(templates_root, spec.promptsource_name, "en"))

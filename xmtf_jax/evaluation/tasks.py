@@ -90,7 +90,8 @@ def text_records(task: seqio.Task, split: str, max_examples: int | None = None, 
                         "seqio.preprocessors.tokenize with copy_pretokenized=True")
     records.append(dict(record, example=example))
   if not records:
-    raise UserError(f"task {task.name} split {split}: no examples")
+    raise UserError(f"task {task.name} split {split}: no examples; check the task's data files or "
+                    "choose another split")
   return records
 
 
@@ -125,7 +126,8 @@ def load_task_examples(task_name: str, split: str | None = None,
       if key in example and key not in meta:
         meta[key] = _text(example[key])
   if not records:
-    raise UserError(f"task {task_name} split {split}: no examples")
+    raise UserError(f"task {task_name} split {split}: no examples; check the task's data files or "
+                    "choose another split")
   vocabulary = task.output_features["targets"].vocabulary
   return TaskExamples(
       task=task_name,

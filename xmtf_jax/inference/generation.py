@@ -45,9 +45,11 @@ class DecodingConfig:
     if self.method not in ("greedy", "beam", "sample"):
       raise UserError(f"DecodingConfig.method must be 'greedy', 'beam' or 'sample', not {self.method!r}")
     if self.max_decode_length < 1 or self.num_beams < 1:
-      raise UserError("max_decode_length and num_beams must be at least 1")
+      raise UserError(f"DecodingConfig.max_decode_length={self.max_decode_length} and "
+                      f"num_beams={self.num_beams} must be at least 1")
     if self.method == "sample" and not (self.temperature > 0 and 0 < self.top_p <= 1 and self.top_k >= 0):
-      raise UserError("sampling needs temperature > 0, 0 < top_p <= 1 and top_k >= 0")
+      raise UserError(f"DecodingConfig: sampling needs temperature > 0, 0 < top_p <= 1 and top_k >= 0 "
+                      f"(got {self.temperature}, {self.top_p}, {self.top_k})")
 
 
 def predict_batch(model, params: Any, encoder_input_tokens: jax.Array, config: DecodingConfig,

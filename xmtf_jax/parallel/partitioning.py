@@ -66,7 +66,8 @@ def make_mesh(num_partitions: int = 1, num_data_partitions: int = -1,
   devices = list(jax.devices() if devices is None else devices)
   n = len(devices)
   if num_partitions < 1 or n % num_partitions:
-    raise UserError(f"num_partitions={num_partitions} (the 'model' axis) must divide the {n} devices")
+    raise UserError(f"PartitioningConfig.num_partitions={num_partitions} (the 'model' axis) must divide "
+                    f"the {n} devices")
   if num_data_partitions == -1:
     num_data_partitions = n // num_partitions
   if num_data_partitions * num_partitions != n:
