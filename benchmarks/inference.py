@@ -27,7 +27,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from xmtf_jax.inference import generation
-from xmtf_jax.model import encoder_decoder as models
+from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
 from xmtf_jax.model import scoring  # noqa: E402
 from xmtf_jax.model.config import T5Config  # noqa: E402
 
@@ -62,7 +62,7 @@ def main() -> None:
     config = config.replace(dtype=args.dtype)
   if config.dtype == "float32":  # exact float32 matmuls (no TF32), for the equality checks
     jax.config.update("jax_default_matmul_precision", "highest")
-  model = models.EncoderDecoderModel(config)
+  model = EncoderDecoderModel(config)
   params = model.init_params(jax.random.key(0))
   rng = np.random.default_rng(0)
   device = jax.devices()[0].device_kind

@@ -21,6 +21,7 @@ import seqio
 
 from xmtf_jax.data import tasks, xp3_family, xp3_layouts
 from xmtf_jax.data.config import DataConfig
+from xmtf_jax.errors import UserError
 
 # variant -> layout kind
 VARIANTS = {"xp3": xp3_layouts.XP3, "xp3mt": xp3_layouts.XP3, "xp3all": xp3_layouts.XP3,
@@ -44,7 +45,7 @@ def register_variant(variant: str, config: Optional[DataConfig] = None, *,
   variant as the prefix of task and mixture names (tests register fixtures under other names).
   """
   if variant not in VARIANTS:
-    raise ValueError(f"unknown xP3 variant {variant!r}; known: {sorted(VARIANTS)}")
+    raise UserError(f"unknown xP3 variant {variant!r}; known: {sorted(VARIANTS)}")
   config = config or DataConfig()
   root = data_dir or config.root_for(variant)
   return xp3_family.register_layout(name or variant, root, kind=VARIANTS[variant],

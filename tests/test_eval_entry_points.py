@@ -12,6 +12,7 @@ import torch
 
 from xmtf_jax.cli import evaluate as evaluate_lib
 from xmtf_jax.cli import infer as infer_lib
+from xmtf_jax.errors import UserError
 from xmtf_jax.train import pretrained
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -137,5 +138,5 @@ def test_hf_folders_get_inputs_without_eos(model_dir):
 def test_infer_reports_bad_input_lines(tmp_path):
   bad = tmp_path / "bad.jsonl"
   bad.write_text('{"inputs": "ok"}\n{"text": "no inputs"}\n')
-  with pytest.raises(SystemExit, match=r"bad.jsonl:2: expected an object with an 'inputs'"):
+  with pytest.raises(UserError, match=r"bad.jsonl:2: expected an object with an 'inputs'"):
     infer_lib.read_inputs(str(bad))

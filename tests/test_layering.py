@@ -1,7 +1,7 @@
 """The package layering stays true: imports only go down the data flow, no cycles, no import dodges.
 
 Layers, bottom to top (docs/architecture.md draws them):
-  base        xmtf_jax.paths, xmtf_jax.progress     (stdlib-level helpers every layer may use)
+  base        xmtf_jax.paths, xmtf_jax.progress, xmtf_jax.errors  (stdlib-level helpers every layer may use)
   parallel    mesh, logical-axis rules, shardings, multi-host helpers
   data        record sources, xP3 layouts, tasks, mixing, the per-host pipeline, the data report
   model       config, network, dropout, the task-level model, scoring
@@ -37,7 +37,7 @@ def layer_of(module: str) -> int:
   if len(parts) == 1 or parts[-1] == "__main__":
     return ENTRY  # the face: xmtf_jax/__init__.py
   head = parts[1]
-  if head in ("paths", "progress"):
+  if head in ("paths", "progress", "errors"):
     return LEVEL["base"]
   if head in LEVEL:
     return LEVEL[head]

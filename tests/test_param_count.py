@@ -3,7 +3,7 @@ import gin
 import pytest
 import torch
 
-from xmtf_jax.cli import gin_flags as gin_utils
+from xmtf_jax.cli import gin_flags
 from xmtf_jax import hf
 from xmtf_jax.cli import param_count
 from xmtf_jax.parallel import partitioning
@@ -19,7 +19,7 @@ def clean_gin():
 
 
 def config_from_gin(*args):
-  gin_utils.parse_gin(list(args))
+  gin_flags.parse_gin(list(args))
   return T5Config()
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import seqio
 
-from xmtf_jax.evaluation import tasks as evaluation
+from xmtf_jax.evaluation import tasks as eval_tasks
 from xmtf_jax.evaluation import heldout_tasks
 from xmtf_jax.evaluation import rank_classification as rc
 
@@ -82,7 +82,7 @@ def test_evaluate_tasks_end_to_end_on_registered_heldout_tasks(tmp_path):
       data_dir=str(tmp_path), templates_root=FIXTURES, vocabulary=seqio.ByteVocabulary(),
       datasets=["xnli"], languages={"xnli": ["en"]}, prefix="rc_test")
   assert names == ["rc_test_xnli_en_toy_arrow", "rc_test_xnli_en_toy_support"]
-  results = evaluation.evaluate_tasks(token_sum_scorer, names, batch_size=3, print_fn=None)
+  results = eval_tasks.evaluate_tasks(token_sum_scorer, names, batch_size=3, print_fn=None)
   by_template = {r.template: r for r in results}
   # "toy arrow": choices entailed / undetermined / contradicted → the shortest, "entailed", is
   # predicted: correct for labels 0 (rows 0 and 3). "toy support": Yes / Perhaps / No → "No"
@@ -104,4 +104,4 @@ def test_tasks_without_answer_choices_are_refused():
       output_features={"inputs": seqio.Feature(seqio.ByteVocabulary()),
                        "targets": seqio.Feature(seqio.ByteVocabulary())})
   with pytest.raises(ValueError, match="rc_test_plain: examples have no 'answer_choices'"):
-    evaluation.evaluate_tasks(token_sum_scorer, ["rc_test_plain"], batch_size=2, print_fn=None)
+    eval_tasks.evaluate_tasks(token_sum_scorer, ["rc_test_plain"], batch_size=2, print_fn=None)

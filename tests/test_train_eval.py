@@ -6,10 +6,10 @@ import pytest
 import seqio
 
 import mixtures  # noqa: F401  (registers the demo tasks)
-from xmtf_jax.evaluation import tasks as evaluation
+from xmtf_jax.evaluation import tasks as eval_tasks
 from xmtf_jax.inference import generation
 from xmtf_jax.evaluation import metrics
-from xmtf_jax.model import encoder_decoder as models
+from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
 from xmtf_jax.evaluation import rank_classification
 from xmtf_jax.evaluation import during_training as train_eval
 from xmtf_jax.model.config import T5Config
@@ -22,7 +22,7 @@ RANK_TASKS = ["demo_heldout_language_id_en_identify", "demo_heldout_language_id_
 def tiny():
   config = T5Config(vocab_size=2048, d_model=32, d_kv=8, d_ff=64, num_heads=4, num_encoder_layers=2,
                     num_decoder_layers=2, dropout_rate=0.0)
-  model = models.EncoderDecoderModel(config)
+  model = EncoderDecoderModel(config)
   return model, model.init_params(jax.random.key(0))
 
 
@@ -34,7 +34,7 @@ def test_evaluator_matches_standalone_evaluation_and_reuses_compilation(tiny):
       max_examples_per_task=8, batch_size=8, decoding=decoding)
   first = evaluator(10, params)
   # Rank classification: the same numbers as python -m xmtf_jax.evaluate would write.
-  standalone = evaluation.evaluate_tasks(rank_classification.make_choice_scorer(model, params), RANK_TASKS,
+  standalone = eval_tasks.evaluate_tasks(rank_classification.make_choice_scorer(model, params), RANK_TASKS,
                                          batch_size=8, max_examples_per_task=8, print_fn=None)
   for result in standalone:
     assert first[f"{result.task}/accuracy"] == pytest.approx(result.accuracy)
@@ -42,7 +42,7 @@ def test_evaluator_matches_standalone_evaluation_and_reuses_compilation(tiny):
   assert first["language_id/median_accuracy"] == pytest.approx((en + es) / 2)
   # Generation: BLEU / ROUGE of greedy predictions (demo tasks define no metric_fns).
   task = seqio.get_mixture_or_task("demo_en")
-  records = evaluation.text_records(task, "validation", 8, require_targets=True)
+  records = eval_tasks.text_records(task, "validation", 8, require_targets=True)
   predictions = generation.predict_texts(model, params, task.output_features["targets"].vocabulary,
                                          [r["inputs"] for r in records], decoding, batch_size=8)
   expected = metrics.bleu([r["targets"] for r in records], predictions)["bleu"]

@@ -10,6 +10,7 @@ import pytest
 
 import mixtures  # noqa: F401  (registers the demo tasks)
 from xmtf_jax.cli import configurables, gin_flags
+from xmtf_jax.errors import UserError
 from xmtf_jax.model.config import T5Config
 from xmtf_jax.train import run_checks
 
@@ -46,7 +47,7 @@ def test_a_much_larger_fresh_embedding_is_reported(caplog):
 
 
 def test_a_misspelt_macro_is_an_error_with_a_suggestion():
-  with pytest.raises(SystemExit, match=r"--gin.TRAIN_STEP: no gin file given defines the macro "
+  with pytest.raises(UserError, match=r"--gin.TRAIN_STEP: no gin file given defines the macro "
                                        r"TRAIN_STEP.*Did you mean TRAIN_STEPS"):
     gin_flags.parse_gin(["--gin_file=gin/runs/demo.gin", "--gin.TRAIN_STEP=10"])
 

@@ -207,10 +207,10 @@ def test_registration_is_explicit_and_follows_the_environment(xp3_fixture, monke
 
 
 def test_registration_follows_gin(xp3x_fixture):
-  from xmtf_jax.cli import gin_flags as gin_utils, runtime
+  from xmtf_jax.cli import gin_flags, runtime
   gin.clear_config()
   try:
-    gin_utils.parse_gin(["--gin_file=gin/mixtures/xp3x.gin",
+    gin_flags.parse_gin(["--gin_file=gin/mixtures/xp3x.gin",
                          f"--gin.XP3_DATA_DIR='{xp3x_fixture['root']}'",
                          "--gin.MIXING_RATE='temperature'", "--gin.MIXING_TEMPERATURE=2.0"])
     assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == "xp3x"

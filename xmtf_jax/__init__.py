@@ -3,6 +3,7 @@
 The public Python API (README "Python API"; docs/architecture.md for the package map):
   model, params = xmtf_jax.load_pretrained(path, mesh=None)
   logits = model.logits(params, encoder_input_tokens, decoder_input_tokens, **packing)
+  except xmtf_jax.UserError: a mistake in what was given (path, config, data); message says what to do
 
 The names below are looked up on first use (PEP 562), so `import xmtf_jax.model` or
 `python -m xmtf_jax.train` does not import the data stack (TensorFlow, seqio) just for this face.
@@ -10,7 +11,7 @@ The names below are looked up on first use (PEP 562), so `import xmtf_jax.model`
 import importlib
 
 _API = {"T5Config": "xmtf_jax.model.config", "load_pretrained": "xmtf_jax.train.pretrained",
-        "EncoderDecoderModel": "xmtf_jax.model.encoder_decoder"}
+        "EncoderDecoderModel": "xmtf_jax.model.encoder_decoder", "UserError": "xmtf_jax.errors"}
 
 __all__ = sorted(_API)
 

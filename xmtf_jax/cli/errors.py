@@ -1,10 +1,11 @@
 """How every entry point ends: a user's mistake is one readable paragraph on stderr and exit status 2;
 `--help` prints the command's usage; `--traceback` keeps Python's traceback for developers.
 
-User mistakes are the errors the library raises for bad input (ValueError and its subclasses:
-bad gin values, unknown tasks, bad data lines, bad templates; FileNotFoundError for missing paths),
-including those raised inside tf.data, which are unwrapped from TensorFlow's `{{function_node ...}}`
-text. Anything else (a bug) keeps its traceback.
+User mistakes are `xmtf_jax.errors.UserError` and its subclasses (bad gin values, unknown tasks, bad
+data lines, bad templates, paths the user named), gin's own configuration mistakes (raised by gin
+itself: a required binding left unset, arguments gin could not supply), and those raised inside
+tf.data, which are unwrapped from TensorFlow's `{{function_node ...}}` text. Anything else, a plain
+ValueError from jax, orbax or our step included, is a bug and keeps its traceback (exit status 1).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import textwrap
 from typing import Callable, Optional, Sequence
 
 from xmtf_jax.data import jsonl_source
+from xmtf_jax.errors import UserError
 
 EXIT_USER_ERROR = 2
 
@@ -34,11 +36,30 @@ def user_message(error: BaseException) -> Optional[str]:
     if _is_tf_error(error) and type(error).__name__ == "NotFoundError":  # a missing data file
       return "file not found: " + " ".join(re.sub(r"\{\{function_node [^}]*\}\}", "",
                                                   getattr(error, "message", str(error))).split())
-  if not isinstance(error, (ValueError, FileNotFoundError, NotADirectoryError)):
+  user_error = isinstance(error, UserError)
+  if not (user_error or _raised_by_gin(error)):
     return None
   text = str(error.args[0]) if len(error.args) == 1 and isinstance(error.args[0], str) else str(error)
   text = re.sub(r"\{\{function_node [^}]*\}\}", "", text)
+  if user_error:  # the message names the gin setting already; gin's "In call to ..." only adds noise
+    text = _GIN_CALL_CONTEXT.sub("", text)
   return " ".join(text.split())
+
+
+# What gin appends to an exception raised inside a configurable it called.
+_GIN_CALL_CONTEXT = re.compile(r"\s*In call to configurable '[^']*' \(<[^>]*>\)(?: in scope '[^']*')?")
+
+
+def _raised_by_gin(error: BaseException) -> bool:
+  """True when gin itself raised `error` while calling a configurable (a required binding left
+  unset, arguments neither gin nor the caller supplied): the innermost frame is gin's code."""
+  traceback = error.__traceback__
+  if traceback is None:
+    return False
+  while traceback.tb_next is not None:
+    traceback = traceback.tb_next
+  module = traceback.tb_frame.f_globals.get("__name__", "")
+  return module == "gin" or module.startswith("gin.")
 
 
 def _is_tf_error(error: BaseException) -> bool:

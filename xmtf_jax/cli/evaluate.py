@@ -19,12 +19,13 @@ from typing import Sequence
 import gin
 import jax
 
+from xmtf_jax.errors import UserError
 import xmtf_jax.paths
 
 from xmtf_jax.cli import gin_flags, runtime
 from xmtf_jax.evaluation import rank_classification
 from xmtf_jax.evaluation import results as eval_results
-from xmtf_jax.evaluation import tasks as evaluation
+from xmtf_jax.evaluation import tasks as eval_tasks
 from xmtf_jax.evaluation.heldout_tasks import HeldoutSuite
 from xmtf_jax.train import pretrained
 
@@ -57,13 +58,13 @@ def evaluate(*, model_path: str = gin.REQUIRED, output_dir: str = gin.REQUIRED,
     vocabulary = pretrained.load_vocabulary(model_path, vocabulary_path)
     names += heldout.register(vocabulary)
   if not names:
-    raise ValueError("nothing to evaluate: set evaluate.tasks and/or evaluate.heldout "
-                     "(e.g. --gin_file=gin/eval/heldout_en.gin)")
+    raise UserError("nothing to evaluate: set evaluate.tasks and/or evaluate.heldout "
+                    "(e.g. --gin_file=gin/eval/heldout_en.gin)")
   runtime.register_tasks(*tasks)
   scorer = rank_classification.make_choice_scorer(model, params, mesh)
   # Every process scores the same batches (a collective computation); one reports and writes.
   main_process = jax.process_index() == 0
-  results = evaluation.evaluate_tasks(scorer, names, batch_size=batch_size, split=split,
+  results = eval_tasks.evaluate_tasks(scorer, names, batch_size=batch_size, split=split,
                                       max_input_length=max_input_length,
                                       max_choice_length=max_choice_length,
                                       max_examples_per_task=max_examples_per_task,

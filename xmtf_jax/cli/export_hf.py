@@ -16,9 +16,10 @@ import sys
 from typing import Optional, Sequence
 
 from xmtf_jax import paths
+from xmtf_jax.errors import MissingPathError, UserError
 from xmtf_jax.hf import sources as export_sources
 from xmtf_jax.train import checkpoint_source
-from xmtf_jax.cli import gin_flags as gin_utils
+from xmtf_jax.cli import gin_flags
 from xmtf_jax.cli import runtime
 from xmtf_jax.hf import export as hf_export
 from xmtf_jax.hf import model_card
@@ -59,11 +60,11 @@ def open_source(checkpoint_dir: str, step: Optional[int] = None) -> export_sourc
   """An HF folder (config.json inside) or a training run's checkpoint (MODEL_DIR or checkpoint_<step>)."""
   local = paths.abspath(checkpoint_dir)
   if not paths.isdir(local):
-    raise FileNotFoundError(f"--checkpoint_dir={checkpoint_dir}: no such directory (expected a training "
+    raise MissingPathError(f"--checkpoint_dir={checkpoint_dir}: no such directory (expected a training "
                             "run's MODEL_DIR or an HF mT5/mT0 folder)")
   if paths.exists(paths.join(local, "config.json")):
     if step is not None:
-      raise ValueError(f"--step={step}: {checkpoint_dir} is an HF folder, which holds one set of weights")
+      raise UserError(f"--step={step}: {checkpoint_dir} is an HF folder, which holds one set of weights")
     return export_sources.HFFolderParams(local)
   return checkpoint_source.CheckpointParams(local, step)
 
@@ -71,14 +72,14 @@ def open_source(checkpoint_dir: str, step: Optional[int] = None) -> export_sourc
 def main(argv: Optional[Sequence[str]] = None) -> int:
   runtime.configure_logging()  # our progress lines; orbax's per-tensor restore chatter at WARNING
   argv = list(sys.argv[1:] if argv is None else argv)
-  gin_files, gin_bindings, rest = gin_utils.split_gin_args(argv)
+  gin_files, gin_bindings, rest = gin_flags.split_gin_args(argv)
   if gin_files or gin_bindings:  # gin is optional here; parsing locks gin's config for the process
-    rest = gin_utils.parse_gin(argv)
+    rest = gin_flags.parse_gin(argv)
   args = _parser().parse_args(rest)
   source = open_source(args.checkpoint_dir, args.step)
   vocabulary_path = args.vocabulary_path or getattr(source, "vocabulary_path", None)
   if not vocabulary_path:
-    raise SystemExit(f"no SentencePiece model recorded with {args.checkpoint_dir}: pass "
+    raise UserError(f"no SentencePiece model recorded with {args.checkpoint_dir}: pass "
                      "--vocabulary_path=/path/to/sentencepiece.model")
   facts = source.card_facts()
   card = model_card.ModelCard(

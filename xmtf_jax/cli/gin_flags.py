@@ -7,12 +7,15 @@ from __future__ import annotations
 import difflib
 import importlib.util  # noqa: F401  gin 0.5.0 resolves `include` paths with it but never imports it
 import os
+import re
 import sys
+import tokenize
 from typing import Sequence
 
 import gin
 
 from xmtf_jax.cli import configurables  # noqa: F401  (registers every gin name before parsing)
+from xmtf_jax.errors import MissingPathError, UserError
 from xmtf_jax.paths import REPO_ROOT
 
 
@@ -30,7 +33,7 @@ def split_gin_args(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]
     for flag, target in (("--gin_file", files), ("--gin_bindings", bindings)):
       if arg == flag:
         if i + 1 >= len(args):
-          raise SystemExit(f"{flag} needs a value")
+          raise UserError(f"{flag} needs a value")
         target.append(args[i + 1])
         i += 2
         break
@@ -42,7 +45,7 @@ def split_gin_args(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]
       if arg.startswith("--gin."):
         name, sep, value = arg[len("--gin."):].partition("=")
         if not sep:
-          raise SystemExit(f"{arg}: write --gin.NAME=VALUE (a Python literal, e.g. --gin.MODEL_DIR=\"'/tmp/run'\")")
+          raise UserError(f"{arg}: write --gin.NAME=VALUE (a Python literal, e.g. --gin.MODEL_DIR=\"'/tmp/run'\")")
         bindings.append(f"{name}={value}")
       else:
         rest.append(arg)
@@ -57,7 +60,8 @@ def resolve_gin_file(path: str) -> str:
   candidate = os.path.join(REPO_ROOT, path)
   if os.path.exists(candidate):  # local-only: a file of the repository
     return candidate
-  raise SystemExit(f"gin file not found: {path} (looked in {os.getcwd()} and {REPO_ROOT})")
+  raise MissingPathError(f"gin file not found: {path} (looked in {os.getcwd()} and {REPO_ROOT}); "
+                         "check the --gin_file path")
 
 
 def parse_gin(argv: Sequence[str] | None = None, *, default_files: Sequence[str] = ()) -> list[str]:
@@ -70,13 +74,33 @@ def parse_gin(argv: Sequence[str] | None = None, *, default_files: Sequence[str]
   files, bindings, rest = split_gin_args(argv)
   files = [resolve_gin_file(f) for f in list(default_files) + files]
   gin.add_config_file_search_path(REPO_ROOT)
+  where = f"gin files {', '.join(files) or 'none'}" + (f"; bindings {bindings}" if bindings else "")
   try:
     gin.parse_config_files_and_bindings(files, [], finalize_config=False)
     check_macros(bindings, defined_macros(), files)
     gin.parse_config_files_and_bindings([], bindings, finalize_config=False)
-  except (ValueError, KeyError, NameError, TypeError) as e:
-    raise SystemExit(f"gin configuration failed ({' '.join(files)}; bindings {bindings}): {e}") from e
-  gin.finalize()
+    gin.finalize()
+  except UserError:
+    raise
+  except SyntaxError as e:  # gin's parser: the file (or binding), line and text of the mistake
+    text = (e.text or "").strip()
+    if e.filename:
+      raise UserError(f"gin syntax error in {e.filename}, line {e.lineno}: {e.msg}"
+                      + (f": {text}" if text else "")) from e
+    raise UserError(f"gin syntax error in the binding --gin.{text}: {e.msg} (a value is a Python "
+                    "literal, e.g. --gin.MODEL_DIR=\"'/tmp/run'\" --gin.TRAIN_STEPS=1000)") from e
+  except tokenize.TokenError as e:  # an unclosed bracket or string at the end of a file
+    raise UserError(f"gin syntax error ({where}): {e.args[0]} (line {e.args[1][0]}): a bracket or "
+                    "string is not closed") from e
+  except OSError as e:  # an `include` of a file that does not exist
+    raise MissingPathError(f"gin configuration failed ({where}): {e}") from e
+  except (ValueError, KeyError, NameError, TypeError, AttributeError, ImportError) as e:
+    message = str(e).split(" in config string:")[0]  # gin appends the whole configuration here
+    message = re.sub(r"No bindings specified for '(\w+)/gin\.macro'",
+                     r"the macro %\1 is used but no gin file or --gin.\1=... sets it", message)
+    message = re.sub(r"(\w+)/macro\.value set to `%gin\.REQUIRED` but not subsequently overridden",
+                     r"the macro \1 is required: set it with --gin.\1=...", message)
+    raise UserError(f"gin configuration failed ({where}): {message}") from e
   return rest
 
 
@@ -84,8 +108,8 @@ def parse_gin_only(argv: Sequence[str] | None = None, *, default_files: Sequence
   """`parse_gin` for commands that take no other flags: anything left over is an error."""
   rest = parse_gin(argv, default_files=default_files)
   if rest:
-    raise SystemExit(f"unknown arguments: {rest} (gin settings are --gin_file=F and --gin.NAME=VALUE; "
-                     "--help lists what the command takes)")
+    raise UserError(f"unknown arguments: {rest} (gin settings are --gin_file=F and --gin.NAME=VALUE; "
+                    "--help lists what the command takes)")
 
 
 def defined_macros() -> set[str]:
@@ -101,7 +125,8 @@ def check_macros(bindings: Sequence[str], known: set[str], files: Sequence[str])
     if not name or "." in name or "/" in name or name in known:
       continue  # Configurable.parameter bindings are checked by gin itself
     close = difflib.get_close_matches(name, sorted(known), n=3)
-    hint = f" Did you mean {' or '.join(close)}?" if close else ""
-    raise ValueError(
+    hint = (f" Did you mean {' or '.join(close)}?" if close  # else the whole list, to pick from
+            else f" Macros the files define: {', '.join(sorted(known)) or 'none'}.")
+    raise UserError(
         f"--gin.{name}: no gin file given defines the macro {name} ({', '.join(files) or 'no gin files'})."
-        f"{hint} Macros the files define: {', '.join(sorted(known)) or 'none'}.")
+        f"{hint}")

@@ -25,7 +25,8 @@ from xmtf_jax import paths
 from xmtf_jax.cli import gin_flags, runtime
 from xmtf_jax.data import records as records_lib
 from xmtf_jax.data import tasks as data_tasks
-from xmtf_jax.evaluation import tasks as evaluation
+from xmtf_jax.errors import UserError
+from xmtf_jax.evaluation import tasks as eval_tasks
 from xmtf_jax.inference import generation
 from xmtf_jax.train import pretrained
 
@@ -33,13 +34,11 @@ from xmtf_jax.train import pretrained
 def read_inputs(path: str) -> list[dict]:
   """Records with an `inputs` text from a .jsonl (or .tsv/.csv/.parquet) file; errors name the line."""
   records = []
-  try:
-    for line_number, record in records_lib.read_records(path):
-      if not isinstance(record.get("inputs"), str):
-        raise SystemExit(f"{path}:{line_number}: expected an object with an 'inputs' text field")
-      records.append(record)
-  except records_lib.RecordsError as e:
-    raise SystemExit(str(e)) from e
+  for line_number, record in records_lib.read_records(path):
+    if not isinstance(record.get("inputs"), str):
+      raise records_lib.RecordsError(f"{path}:{line_number}: expected an object with an 'inputs' text "
+                                     "field")
+    records.append(record)
   return records
 
 
@@ -47,10 +46,7 @@ def read_task(task_name: str, split: str, max_examples: int | None) -> list[dict
   """Records (`inputs`, `targets` texts) of a seqio task split, in order."""
   runtime.register_tasks(task_name)
   task = data_tasks.get_mixture_or_task(task_name)
-  try:
-    return evaluation.text_records(task, split, max_examples)
-  except ValueError as e:
-    raise SystemExit(str(e)) from e
+  return eval_tasks.text_records(task, split, max_examples)
 
 
 @gin.configurable
@@ -65,7 +61,8 @@ def infer(*, model_path: str = gin.REQUIRED, output_file: str = gin.REQUIRED,
   checkpoint records it; HF folders: no EOS, as mT0 was trained and evaluated).
   """
   if (input_file is None) == (task is None):
-    raise SystemExit("set exactly one of infer.input_file and infer.task")
+    raise UserError("set exactly one of infer.input_file and infer.task (gin: --gin.infer.input_file="
+                    "\"'in.jsonl'\" or --gin.infer.task=\"'name'\")")
   decoding = decoding or generation.DecodingConfig()
   records = read_inputs(input_file) if input_file else read_task(task, split, max_examples)
   partitioning = runtime.partitioning_config()

@@ -19,7 +19,8 @@ import jax
 import numpy as np
 
 from xmtf_jax.cli import configurables
-from xmtf_jax.cli import gin_flags as gin_utils
+from xmtf_jax.cli import gin_flags
+from xmtf_jax.errors import UserError
 from xmtf_jax.train import optim
 from xmtf_jax.parallel import partitioning
 from xmtf_jax.train import trainer
@@ -75,7 +76,7 @@ def count(config: T5Config, mesh: Any, rules: partitioning.LogicalRules, optimiz
   if optimizer == "adafactor":
     result["optimizer_bytes_per_device"] = optimizer_state_bytes(model, mesh, optimizer_config)
   elif optimizer is not None:
-    raise ValueError(f"--optimizer={optimizer!r}: only 'adafactor' is known")
+    raise UserError(f"--optimizer={optimizer!r}: only 'adafactor' is known")
   return result
 
 
@@ -84,7 +85,7 @@ def _parse_mesh(text: str) -> tuple[int, int]:
   for part in text.split(","):
     name, _, value = part.partition(":")
     if name not in partitioning.MESH_AXES or not value.isdigit():
-      raise SystemExit(f"--mesh={text}: write data:N,model:M")
+      raise UserError(f"--mesh={text}: write data:N,model:M")
     sizes[name] = int(value)
   return sizes.get("data", 1), sizes.get("model", 1)
 
@@ -94,7 +95,7 @@ def _gib(n: int) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-  rest = gin_utils.parse_gin(argv)
+  rest = gin_flags.parse_gin(argv)
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--mesh", help="data:N,model:M (default: PartitioningConfig from gin)")
   parser.add_argument("--num_devices", type=int, default=None,

@@ -11,6 +11,7 @@ import mixtures
 from xmtf_jax import paths
 from xmtf_jax.cli import configurables
 from xmtf_jax.data.config import DataConfig
+from xmtf_jax.errors import MissingPathError
 from xmtf_jax.parallel.partitioning import PartitioningConfig
 from xmtf_jax.train import pretrained
 
@@ -51,7 +52,7 @@ def load_model(path: str, mesh=None, partitioning: Optional[PartitioningConfig] 
   dropout off (evaluation and inference)."""
   path = paths.abspath(path)
   if not paths.exists(path):
-    raise FileNotFoundError(f"model path not found: {path} (an HF mT5/mT0 folder or a training "
-                            "run's checkpoint directory)")
+    raise MissingPathError(f"model path not found: {path} (an HF mT5/mT0 folder or a training "
+                           "run's checkpoint directory)")
   rules = (partitioning or partitioning_config()).rules()
   return pretrained.load_pretrained(path, mesh, logical_axis_rules=rules, dropout_rate=0.0)

@@ -9,6 +9,8 @@ import dataclasses
 import os
 from typing import Mapping, Optional, Sequence, Union
 
+from xmtf_jax.errors import UserError
+
 MT5_VOCABULARY_PATH = "gs://t5-data/vocabs/mc4.250000.100extra/sentencepiece.model"
 
 
@@ -47,7 +49,7 @@ class DataConfig:
     """The data root of `variant`: data_dirs[variant], else data_dir, else $XP3_DATA_DIR."""
     root = self.data_dirs.get(variant) or self.data_dir or os.environ.get("XP3_DATA_DIR")
     if not root:
-      raise ValueError(
+      raise UserError(
           f"no data root for the {variant!r} mixture: set the gin macro XP3_DATA_DIR (e.g. "
           f"--gin.XP3_DATA_DIR=\"'gs://my-bucket/xP3'\") or the environment variable XP3_DATA_DIR "
           "to the folder you downloaded it to")

@@ -14,11 +14,12 @@ import jax
 import numpy as np
 
 from xmtf_jax.data import pipeline as input_pipeline
+from xmtf_jax.errors import UserError
 
 
 def shards_of_process(num_data_shards: int, process_index: int, process_count: int) -> range:
   if num_data_shards % process_count:
-    raise ValueError(f"num_data_shards={num_data_shards} must be a multiple of the number of "
+    raise UserError(f"num_data_shards={num_data_shards} must be a multiple of the number of "
                      f"processes ({process_count})")
   per_process = num_data_shards // process_count
   return range(process_index * per_process, (process_index + 1) * per_process)
@@ -60,7 +61,7 @@ class HostBatches:
   def set_state(self, saved_by_process: Sequence[Sequence[Mapping[str, Any]]]) -> None:
     """Continues from the positions every process saved (`get_state` of each, in process order)."""
     if len(saved_by_process) != jax.process_count():
-      raise ValueError(
+      raise UserError(
           f"the input position was saved by {len(saved_by_process)} process(es) and this run has "
           f"{jax.process_count()}: the tf.data pipeline continues its stream only with as many "
           "processes. Restart with that many, switch to the indexed pipeline for new runs "
@@ -68,11 +69,11 @@ class HostBatches:
           "False to start the data stream from the beginning.")
     states = saved_by_process[jax.process_index()]
     if isinstance(states, Mapping):
-      raise ValueError("the saved input position was written by the indexed input pipeline; "
+      raise UserError("the saved input position was written by the indexed input pipeline; "
                        "resume with TrainConfig.input_pipeline = 'indexed' (or set "
                        "TrainConfig.restore_input_position = False)")
     if len(states) != len(self.iterators):
-      raise ValueError(f"the saved input position covers {len(states)} data shard(s) of this process, "
+      raise UserError(f"the saved input position covers {len(states)} data shard(s) of this process, "
                        f"this run reads {len(self.iterators)}; keep num_data_shards and the number of "
                        "processes, or set TrainConfig.restore_input_position=False")
     for it, state in zip(self.iterators, states):
@@ -85,7 +86,7 @@ def make_host_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[s
   """HostBatches of this process (jax.process_index() of jax.process_count())."""
   num_data_shards = num_data_shards or jax.process_count()
   if batch_size % num_data_shards:
-    raise ValueError(f"BATCH_SIZE={batch_size} must be a multiple of the number of data shards "
+    raise UserError(f"BATCH_SIZE={batch_size} must be a multiple of the number of data shards "
                      f"({num_data_shards}, by default the number of processes)")
   shards = shards_of_process(num_data_shards, jax.process_index(), jax.process_count())
   return HostBatches([

@@ -27,6 +27,7 @@ import tensorflow as tf
 from xmtf_jax import paths
 from xmtf_jax.data import global_order, jsonl_source, line_index, truncation
 from xmtf_jax.data.jsonl_source import BAD_LINES, HOW_TO_FIX, JsonlDataSource
+from xmtf_jax.errors import UserError
 
 
 @functools.lru_cache(maxsize=1)
@@ -41,14 +42,14 @@ class TaskLines:
                index_dir: Optional[str] = None):
     source = task.source
     if not isinstance(source, JsonlDataSource):
-      raise ValueError(
+      raise UserError(
           f"task {task.name!r} reads its data with a {type(source).__name__}; the indexed input "
           "pipeline reads JSON-lines tasks (`add_jsonl_task`). Use the tf.data pipeline for it "
           "(gin: TrainConfig.input_pipeline = 'tf_data').")
     files = source.existing_files(split)
     archives = [f for f in files if f.endswith(".zip")]
     if archives:
-      raise ValueError(
+      raise UserError(
           f"task {task.name!r}, split {split!r}: {archives[0]} is a zip archive, which cannot be "
           "read by line offset. Unzip it (the .jsonl members), or use the tf.data pipeline (gin: "
           "TrainConfig.input_pipeline = 'tf_data').")
@@ -60,7 +61,7 @@ class TaskLines:
     self.size = self.lines.num_lines
     self.remote = any(paths.is_remote(f) for f in files)
     if not self.size:
-      raise ValueError(f"task {task.name!r} has no examples in split {split!r}: its data files "
+      raise UserError(f"task {task.name!r} has no examples in split {split!r}: its data files "
                        f"are empty ({', '.join(files)}). Remove it from the mixture or fix its "
                        "files; `python -m xmtf_jax.data_report` lists every task's size.")
     self._seed, self._shuffle = int(seed), bool(shuffle)

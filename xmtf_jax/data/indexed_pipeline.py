@@ -32,6 +32,7 @@ import seqio
 from xmtf_jax.data import global_order, indexed_examples, jsonl_source, truncation
 from xmtf_jax.data import tasks as data_tasks
 from xmtf_jax.data.pipeline import batch_shapes
+from xmtf_jax.errors import UserError
 
 STATE_VERSION = 2
 PIPELINE = "indexed"
@@ -108,7 +109,7 @@ class IndexedBatches:
   def __init__(self, spec: IndexedSpec, process_index: int, process_count: int, *,
                index_dir: Optional[str] = None, prefetch: int = 2):
     if spec.global_batch_size % process_count:
-      raise ValueError(f"BATCH_SIZE={spec.global_batch_size} must be a multiple of the number of "
+      raise UserError(f"BATCH_SIZE={spec.global_batch_size} must be a multiple of the number of "
                        f"processes ({process_count})")
     self.spec = spec
     provider = data_tasks.get_mixture_or_task(spec.mixture_or_task_name)
@@ -119,7 +120,7 @@ class IndexedBatches:
     else:
       tasks, rates = [provider], [1.0]
     if not tasks:
-      raise ValueError(f"no task of {spec.mixture_or_task_name!r} has a {spec.split!r} split")
+      raise UserError(f"no task of {spec.mixture_or_task_name!r} has a {spec.split!r} split")
     self.task_names = [t.name for t in tasks]
     self.reader = indexed_examples.ExampleReader(tasks, spec.split, spec.task_feature_lengths,
                                                  seed=spec.seed, shuffle=spec.shuffle,
@@ -161,7 +162,7 @@ class IndexedBatches:
       if not isinstance(state, Mapping):  # the tf.data pipeline saves a list of shard states
         state = {"pipeline": "tf_data", "version": 1}
       if state.get("version") != STATE_VERSION or state.get("pipeline") != PIPELINE:
-        raise ValueError(
+        raise UserError(
             f"the saved input position was written by the {state.get('pipeline', 'tf_data')!r} "
             f"input pipeline (state version {state.get('version')}); this run uses the indexed "
             "one. Resume with the same TrainConfig.input_pipeline, or set "
@@ -169,7 +170,7 @@ class IndexedBatches:
       diffs = {k: (state["spec"].get(k), v) for k, v in mine.items() if state["spec"].get(k) != v}
       if diffs:
         detail = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in sorted(diffs.items()))
-        raise ValueError(
+        raise UserError(
             f"cannot continue the saved input stream with different pipeline arguments ({detail}). "
             "Restore with the same mixture, lengths, batch size, packing and seed (the number of "
             "hosts may change), or set TrainConfig.restore_input_position = False.")

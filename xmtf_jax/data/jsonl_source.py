@@ -30,6 +30,7 @@ import seqio
 import tensorflow as tf
 
 from xmtf_jax import paths
+from xmtf_jax.errors import UserError
 
 HOW_TO_FIX = ("Fix or delete that line, or read the data in lenient mode (gin: `DATA_STRICT = False`, "
               "i.e. `mixtures.DataConfig.strict = False`), which skips bad lines and counts them in "
@@ -55,7 +56,7 @@ def _json_type(value) -> str:
   return _JSON_TYPES.get(type(value), type(value).__name__)
 
 
-class BadDataError(ValueError):
+class BadDataError(UserError):
   """A record, file or folder of a dataset that cannot be used as is."""
 
 
@@ -347,7 +348,7 @@ class JsonlDataSource(seqio.DataSource):
                   use_cached=False, num_epochs=1) -> tf.data.Dataset:
     del sequence_length, use_cached, num_epochs
     if split not in self._files:
-      raise ValueError(f"{self._name}: no files for split {split!r} (has {list(self._files)})")
+      raise UserError(f"{self._name}: no files for split {split!r} (has {list(self._files)})")
     files = self.existing_files(split)
     num_shards, index = (shard_info.num_shards, shard_info.index) if shard_info else (1, 0)
     batch_size = self._parse_batch_size

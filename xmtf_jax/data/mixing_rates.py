@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Mapping, Optional, Union
 
+from xmtf_jax.errors import UserError
+
 EXAMPLES_PROPORTIONAL = "examples_proportional"
 TEMPERATURE = "temperature"
 EXPLICIT = "explicit"
@@ -32,7 +34,7 @@ WEIGHT_PRESETS = {"bloomz": BLOOMZ_LANGUAGE_WEIGHTS}
 def _normalise(rates: Mapping[str, float]) -> dict[str, float]:
   total = sum(rates.values())
   if total <= 0:
-    raise ValueError(f"mixing rates sum to {total}; every task is empty or weighted 0: {dict(rates)}")
+    raise UserError(f"mixing rates sum to {total}; every task is empty or weighted 0: {dict(rates)}")
   return {name: rate / total for name, rate in rates.items()}
 
 
@@ -45,7 +47,7 @@ def temperature_scaled(sizes: Mapping[str, int], temperature: float,
                        cap: Optional[int] = None) -> dict[str, float]:
   """rate ∝ min(size, cap)^(1/T): T=1 is examples-proportional, large T tends to uniform."""
   if temperature <= 0:
-    raise ValueError(f"temperature must be > 0, got {temperature}")
+    raise UserError(f"temperature must be > 0, got {temperature}")
   return _normalise({n: (min(s, cap) if cap else s) ** (1.0 / temperature) if s else 0.0
                      for n, s in sizes.items()})
 
@@ -55,11 +57,11 @@ def explicit_weights(task_languages: Mapping[str, str],
   """rate ∝ weights[language of the task]; `weights` is a dict or a preset name ("bloomz")."""
   if isinstance(weights, str):
     if weights not in WEIGHT_PRESETS:
-      raise ValueError(f"unknown weight preset {weights!r}; presets: {sorted(WEIGHT_PRESETS)}")
+      raise UserError(f"unknown weight preset {weights!r}; presets: {sorted(WEIGHT_PRESETS)}")
     weights = WEIGHT_PRESETS[weights]
   missing = sorted({lang for lang in task_languages.values() if lang not in weights})
   if missing:
-    raise ValueError(f"explicit mixing weights have no entry for languages {missing}; add them "
+    raise UserError(f"explicit mixing weights have no entry for languages {missing}; add them "
                      f"(e.g. --gin.MIXING_WEIGHTS=\"{{'{missing[0]}': 0.01, ...}}\") or drop those "
                      "tasks from the mixture")
   return _normalise({task: float(weights[lang]) for task, lang in task_languages.items()})
@@ -75,6 +77,6 @@ def mixing_rates(scheme: str, sizes: Mapping[str, int], task_languages: Mapping[
     return temperature_scaled(sizes, temperature, cap)
   if scheme == EXPLICIT:
     if weights is None:
-      raise ValueError("the 'explicit' mixing scheme needs weights (MIXING_WEIGHTS = 'bloomz' or a dict)")
+      raise UserError("the 'explicit' mixing scheme needs weights (MIXING_WEIGHTS = 'bloomz' or a dict)")
     return explicit_weights({t: task_languages[t] for t in sizes}, weights)
-  raise ValueError(f"unknown mixing scheme {scheme!r}; choose one of {SCHEMES}")
+  raise UserError(f"unknown mixing scheme {scheme!r}; choose one of {SCHEMES}")

@@ -33,6 +33,7 @@ from xmtf_jax import paths
 from xmtf_jax.data import jsonl_source
 from xmtf_jax.data import tasks as data_tasks
 from xmtf_jax.data import truncation
+from xmtf_jax.errors import UserError
 
 STATE_VERSION = 1
 
@@ -99,7 +100,7 @@ def make_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, i
                                        shard_info=shard_info, num_epochs=1)
              for task in provider.tasks if split in task.splits]
     if not parts:
-      raise ValueError(f"no task of {mixture_or_task_name!r} has a {split!r} split")
+      raise UserError(f"no task of {mixture_or_task_name!r} has a {split!r} split")
     ds = parts[0]
     for part in parts[1:]:
       ds = ds.concatenate(part)
@@ -160,7 +161,7 @@ class BatchIterator:
     s = self.spec
     empty = empty_tasks(s.mixture_or_task_name, s.split)
     if empty:  # seqio would mix the others silently, or stop with a bare StopIteration
-      raise ValueError(f"tasks with no examples in split {s.split!r}: {', '.join(empty)} (their data "
+      raise UserError(f"tasks with no examples in split {s.split!r}: {', '.join(empty)} (their data "
                        f"files are empty), in {s.mixture_or_task_name!r}. Remove them from the mixture "
                        "or fix their files; `python -m xmtf_jax.data_report` lists every task's size.")
     ds = make_dataset(s.mixture_or_task_name, s.task_feature_lengths, s.split, s.local_batch_size,
@@ -181,7 +182,7 @@ class BatchIterator:
     except StopIteration:
       if self._batches == 0:
         empty = empty_tasks(self.spec.mixture_or_task_name, self.spec.split)
-        raise ValueError(
+        raise UserError(
             (f"tasks with no examples in split {self.spec.split!r}: {', '.join(empty)}. " if empty else "")
             + f"{self.spec.mixture_or_task_name!r} split {self.spec.split!r} produced no examples for "
             f"data shard {self.spec.shard_index} of {self.spec.num_shards}: its files are empty, or "
@@ -208,14 +209,14 @@ class BatchIterator:
   def set_state(self, state: Mapping) -> None:
     """Continues from `state` (taken by `get_state` of an iterator with the same arguments)."""
     if state.get("version") != STATE_VERSION:
-      raise ValueError(f"input-pipeline state version {state.get('version')} is not "
+      raise UserError(f"input-pipeline state version {state.get('version')} is not "
                        f"{STATE_VERSION}; it was written by another version of xmtf_jax")
     saved = dict(state["spec"])
     mine = dataclasses.asdict(self.spec)
     diffs = {k: (saved.get(k), v) for k, v in mine.items() if saved.get(k) != v}
     if diffs:
       detail = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in sorted(diffs.items()))
-      raise ValueError(
+      raise UserError(
           "cannot continue the saved input stream with different pipeline arguments (" + detail +
           "). Restore with the same mixture, lengths, batch size, packing, seed and number of "
           "hosts, or start the data from the beginning.")
@@ -256,13 +257,13 @@ def make_batch_iterator(mixture_or_task_name: str, task_feature_lengths: Mapping
     shard_index = jax.process_index() if shard_index is None else shard_index
     num_shards = jax.process_count() if num_shards is None else num_shards
   if global_batch_size % num_shards:
-    raise ValueError(f"global_batch_size {global_batch_size} does not divide into {num_shards} "
+    raise UserError(f"global_batch_size {global_batch_size} does not divide into {num_shards} "
                      "hosts; choose a multiple of the number of processes")
   if not 0 <= shard_index < num_shards:
     raise ValueError(f"shard_index {shard_index} is not in [0, {num_shards})")
   missing = {"inputs", "targets"} - set(task_feature_lengths)
   if missing:
-    raise ValueError(f"task_feature_lengths needs 'inputs' and 'targets' (missing {missing})")
+    raise UserError(f"task_feature_lengths needs 'inputs' and 'targets' (missing {missing})")
   if seed is None:
     seed = int(np.random.SeedSequence().entropy % (2**31 - 1))
   spec = PipelineSpec(mixture_or_task_name, {k: int(v) for k, v in task_feature_lengths.items()},

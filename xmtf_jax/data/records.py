@@ -10,11 +10,12 @@ import os
 from typing import Iterator
 
 from xmtf_jax import paths
+from xmtf_jax.errors import UserError
 
 RAW_EXTENSIONS = (".jsonl", ".json", ".tsv", ".csv", ".parquet")
 
 
-class RecordsError(ValueError):
+class RecordsError(UserError):
   """A record file that cannot be read as records; the message names file and line."""
 
 

@@ -16,6 +16,7 @@ from xmtf_jax import paths
 from xmtf_jax.data import truncation
 from xmtf_jax.data.config import MT5_VOCABULARY_PATH
 from xmtf_jax.data.jsonl_source import JsonlDataSource, RecordSchema
+from xmtf_jax.errors import UserError
 
 
 class _SentencePieceVocabulary(seqio.SentencePieceVocabulary):
@@ -144,7 +145,7 @@ def get_mixture_or_task(name: str):
   known = set(seqio.MixtureRegistry.names()) | set(seqio.TaskRegistry.names())
   if name not in known:
     close = difflib.get_close_matches(name, sorted(known), n=5)
-    raise ValueError(
+    raise UserError(
         f"no seqio task or mixture named {name!r}" + (f"; did you mean {close}?" if close else ".")
         + " Tasks come from modules the command imports: the project's `mixtures` (demo, and the "
         "xP3 family once its data root is set: XP3_DATA_DIR), or yours (gin: `import my_module`).")

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 from xmtf_jax.data import tasks as data_tasks
 from xmtf_jax.evaluation import results as eval_results
-from xmtf_jax.evaluation import tasks as evaluation
+from xmtf_jax.evaluation import tasks as eval_tasks
 from xmtf_jax.inference import generation
 from xmtf_jax.evaluation import heldout_tasks
 from xmtf_jax.evaluation import metrics
@@ -50,16 +50,16 @@ class TrainingEvaluator:
     self.max_input_length, self.max_choice_length = max_input_length, max_choice_length
     self.decoding = decoding or generation.DecodingConfig()
     # Rank classification: all tasks pooled, tokenized once (the evaluate command's suite).
-    self._rank = evaluation.RankClassificationSuite(
+    self._rank = eval_tasks.RankClassificationSuite(
         rank_classification_tasks, split=split, max_examples_per_task=max_examples_per_task,
         max_input_length=max_input_length, max_choice_length=max_choice_length)
     self._scorer = BatchFunction(
         lambda p, e, c: scoring.choice_scores(model, p, e, c), mesh) if self._rank.examples else None
     # Generation: inputs and targets text, the task's metric functions.
     self._generation_tasks = []
-    for name in evaluation.expand_task_names(generation_tasks):
+    for name in eval_tasks.expand_task_names(generation_tasks):
       task = data_tasks.get_mixture_or_task(name)
-      records = evaluation.text_records(task, evaluation.choose_split(task, split), max_examples_per_task,
+      records = eval_tasks.text_records(task, eval_tasks.choose_split(task, split), max_examples_per_task,
                                         require_targets=True)
       fns = list(task.predict_metric_fns) or list(default_metric_fns)
       self._generation_tasks.append((name, task, records, fns))

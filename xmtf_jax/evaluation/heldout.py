@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 from xmtf_jax import paths
 from xmtf_jax.data import records as records_lib
 from xmtf_jax.data.records import RAW_EXTENSIONS, read_records  # noqa: F401  (heldout.read_records)
+from xmtf_jax.errors import UserError
 from xmtf_jax.evaluation import templates as templates_lib
 
 
@@ -175,7 +176,7 @@ def prompt_templates(templates_root: str, dataset: str, language: str, variant: 
   """
   spec = get_dataset(dataset)
   if variant not in ("en", "ht", "mt"):
-    raise ValueError(f"prompt variant must be 'en', 'ht' or 'mt', not {variant!r}")
+    raise UserError(f"HeldoutSuite.prompt_variant must be 'en', 'ht' or 'mt', not {variant!r}")
   if variant == "en" or language == "en":
     found = templates_lib.load_templates(
         templates_lib.templates_file(templates_root, spec.promptsource_name, "en"))

@@ -22,6 +22,7 @@ import seqio
 import tensorflow as tf
 
 from xmtf_jax import paths
+from xmtf_jax.errors import UserError
 from xmtf_jax.evaluation import heldout
 
 # The five prompts per dataset the paper evaluates (median over these). Translated prompts carry the
@@ -82,7 +83,7 @@ def _make_dataset_fn(info: PromptedTaskInfo, template):
   def dataset_fn(split: str, shuffle_files: bool, seed=None):
     del shuffle_files, seed  # one deterministic pass: evaluation order is the file order
     if split != info.split:
-      raise ValueError(f"task {info.task_name} has only the '{info.split}' split, not '{split}'")
+      raise UserError(f"task {info.task_name} has only the '{info.split}' split, not '{split}'")
     raw = _raw_examples(info.dataset, info.raw_files)
     records, skipped = heldout.render_examples(template, raw, dataset=info.dataset,
                                                language=info.language)
@@ -174,7 +175,7 @@ class HeldoutSuite:
     elif isinstance(self.prompts, Mapping):
       names = self.prompts
     else:
-      raise ValueError(f"HeldoutSuite.prompts must be 'paper', 'all' or a mapping, not {self.prompts!r}")
+      raise UserError(f"HeldoutSuite.prompts must be 'paper', 'all' or a mapping, not {self.prompts!r}")
     return register_heldout_tasks(
         data_dir=paths.abspath(self.data_dir),
         templates_root=paths.abspath(self.templates_root), vocabulary=vocabulary,

@@ -21,6 +21,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from xmtf_jax import progress as progress_lib
+from xmtf_jax.errors import UserError
 from xmtf_jax.model import scoring
 from xmtf_jax.parallel.batch_function import BatchFunction, bucket_length
 
@@ -57,8 +58,8 @@ def tokenize_examples(records: Iterable[Mapping], encode: Callable[[str], Sequen
     choices = list(record["answer_choices"])
     label = int(record["label"])
     if not choices or not 0 <= label < len(choices):
-      raise ValueError(f"example {record.get('source', '')}: label {label} is not an index into the "
-                       f"answer choices {choices}")
+      raise UserError(f"example {record.get('source', '')}: label {label} is not an index into the "
+                      f"answer choices {choices}")
     ids = list(encode(record["inputs"]))
     ids = ids[:max_input_length - 1] + [EOS_ID] if add_eos_to_inputs else ids[:max_input_length]
     input_ids = np.asarray(ids, np.int32)
@@ -84,7 +85,7 @@ def make_batches(examples: Sequence[TokenizedExample], batch_size: int, *, max_i
                  max_choice_length: int = 256) -> Iterator[ChoiceBatch]:
   """Groups examples into fixed-size batches of similar length (see the module docstring)."""
   if batch_size <= 0:
-    raise ValueError(f"batch_size must be positive, got {batch_size}")
+    raise UserError(f"batch_size must be positive, got {batch_size}")
   num_choices = max((len(e.choice_tokens) for e in examples), default=1)
   order = sorted(range(len(examples)), key=lambda i: (len(examples[i].input_tokens),
                                                       max(len(c) for c in examples[i].choice_tokens)))

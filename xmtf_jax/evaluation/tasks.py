@@ -19,6 +19,7 @@ import numpy as np
 import seqio
 
 from xmtf_jax.data import tasks as data_tasks
+from xmtf_jax.errors import UserError
 from xmtf_jax.progress import Progress
 from xmtf_jax.evaluation import results as eval_results
 from xmtf_jax.evaluation import heldout_tasks, rank_classification
@@ -55,14 +56,14 @@ def choose_split(task: seqio.Task, split: str | None) -> str:
   splits = list(task.splits)
   if split is not None:
     if split not in splits:
-      raise ValueError(f"task {task.name} has no split '{split}'; it has {splits}")
+      raise UserError(f"task {task.name} has no split '{split}'; it has {splits}")
     return split
   if len(splits) == 1:
     return splits[0]
   for preferred in ("validation", "test"):
     if preferred in splits:
       return preferred
-  raise ValueError(f"task {task.name} has splits {splits}; choose one (split=...)")
+  raise UserError(f"task {task.name} has splits {splits}; choose one (split=...)")
 
 
 def task_examples(task: seqio.Task, split: str, max_examples: int | None = None):
@@ -85,11 +86,12 @@ def text_records(task: seqio.Task, split: str, max_examples: int | None = None, 
       if isinstance(value, (bytes, str)):
         record[key] = _text(value)
       elif key == "inputs" or require_targets:
-        raise ValueError(f"task {task.name}: examples carry no {key} text ({key}_pretokenized); add "
-                         "seqio.preprocessors.tokenize with copy_pretokenized=True")
+        raise UserError(f"task {task.name}: examples carry no {key} text ({key}_pretokenized); add "
+                        "seqio.preprocessors.tokenize with copy_pretokenized=True")
     records.append(dict(record, example=example))
   if not records:
-    raise ValueError(f"task {task.name} split {split}: no examples")
+    raise UserError(f"task {task.name} split {split}: no examples; check the task's data files or "
+                    "choose another split")
   return records
 
 
@@ -103,20 +105,20 @@ def load_task_examples(task_name: str, split: str | None = None,
   records, meta = [], {}
   for index, example in enumerate(task_examples(task, split, max_examples)):
     if "answer_choices" not in example:
-      raise ValueError(f"task {task_name}: examples have no 'answer_choices' feature (features: "
-                       f"{sorted(example)}), so they cannot be scored by rank classification")
+      raise UserError(f"task {task_name}: examples have no 'answer_choices' feature (features: "
+                      f"{sorted(example)}), so they cannot be scored by rank classification")
     inputs = example.get("inputs_pretokenized", example.get("inputs"))
     if not isinstance(inputs, (bytes, str)):
-      raise ValueError(f"task {task_name}: needs the input text ('inputs_pretokenized' or a text "
-                       "'inputs'); add seqio.preprocessors.tokenize with copy_pretokenized=True")
+      raise UserError(f"task {task_name}: needs the input text ('inputs_pretokenized' or a text "
+                      "'inputs'); add seqio.preprocessors.tokenize with copy_pretokenized=True")
     choices = [_text(c) for c in example["answer_choices"]]
     if "label" in example:
       label = int(example["label"])
     else:
       target = _text(example.get("targets_pretokenized", example.get("targets", b"")))
       if target not in choices:
-        raise ValueError(f"task {task_name} example {index}: target {target!r} is not one of the "
-                         f"answer choices {choices}")
+        raise UserError(f"task {task_name} example {index}: target {target!r} is not one of the "
+                        f"answer choices {choices}")
       label = choices.index(target)
     source = _text(example["source"]) if "source" in example else f"{task_name}[{index}]"
     records.append(dict(inputs=_text(inputs), answer_choices=choices, label=label, source=source))
@@ -124,7 +126,8 @@ def load_task_examples(task_name: str, split: str | None = None,
       if key in example and key not in meta:
         meta[key] = _text(example[key])
   if not records:
-    raise ValueError(f"task {task_name} split {split}: no examples")
+    raise UserError(f"task {task_name} split {split}: no examples; check the task's data files or "
+                    "choose another split")
   vocabulary = task.output_features["targets"].vocabulary
   return TaskExamples(
       task=task_name,

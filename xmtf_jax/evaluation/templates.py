@@ -39,6 +39,7 @@ import jinja2
 import yaml
 
 from xmtf_jax import paths
+from xmtf_jax.errors import UserError
 
 # promptsource cuts every rendered variable to this many characters (its TEXT_VAR_LENGTH).
 TEXT_VAR_LENGTH = 2048
@@ -50,7 +51,7 @@ _PIPE_PLACEHOLDER = "\u0000xmtf-pipe\u0000"
 _TRANSLATION_SUFFIX = re.compile(r"_([a-z]{2,3})(ht|mt)$")
 
 
-class TemplateError(ValueError):
+class TemplateError(UserError):
   """A template file that cannot be read, or a template that cannot render an example."""
 
 

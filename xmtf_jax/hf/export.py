@@ -18,7 +18,7 @@ written last, so a folder without config.json is an unfinished export; a failure
   spiece.model, tokenizer_config.json, special_tokens_map.json (+ tokenizer.json; see hf_tokenizer)
   README.md                      model card (see model_card)
 
-Names and layouts come from `hf.parameter_mapping` (the same mapping that imports HF folders), so
+Names and layouts come from `mapping.parameter_mapping` (the same mapping that imports HF folders), so
 HF -> ours -> HF is bit-exact in float32.
 
 Memory: the shard plan is computed from abstract shapes (`jax.eval_shape`) before any data is read;
@@ -45,7 +45,8 @@ import jax
 import numpy as np
 
 from xmtf_jax import paths
-from xmtf_jax.hf import mapping as hf
+from xmtf_jax.errors import PathExistsError, UserError
+from xmtf_jax.hf import mapping
 from xmtf_jax.hf import safetensors_writer
 from xmtf_jax.hf import tokenizer as hf_tokenizer
 from xmtf_jax.hf.safetensors_writer import (DEFAULT_MAX_SHARD_SIZE, DTYPES, INDEX_FILE, ShardPlan,
@@ -59,13 +60,13 @@ log = logging.getLogger(__name__)
 
 def _convert(source: ParamSource, entry: TensorEntry, dtype: str) -> np.ndarray:
   # One expression, so our-layout array is freed as soon as the HF-layout copy exists.
-  array = hf.to_hf(entry.layout, np.asarray(source.read(entry.path), np.float32))
+  array = mapping.to_hf(entry.layout, np.asarray(source.read(entry.path), np.float32))
   array = array.astype(DTYPES[dtype][0], copy=False)
   if array.shape != entry.shape:
     raise ValueError(f"{entry.name}: got shape {list(array.shape)} from {source.describe()}, the config "
                      f"says {list(entry.shape)}")
   if not np.all(np.isfinite(array)):
-    raise ValueError(f"{entry.name} ({'/'.join(entry.path)}) holds NaN or Inf values; refusing to export "
+    raise UserError(f"{entry.name} ({'/'.join(entry.path)}) holds NaN or Inf values; refusing to export "
                      "a broken checkpoint")
   return array
 
@@ -73,11 +74,11 @@ def _convert(source: ParamSource, entry: TensorEntry, dtype: str) -> np.ndarray:
 def _check_output_dir(output_dir: str, overwrite: bool) -> None:
   if paths.exists(output_dir):
     if not paths.isdir(output_dir):
-      raise FileExistsError(f"output_dir={output_dir} exists and is not a directory")
+      raise PathExistsError(f"output_dir={output_dir} exists and is not a directory")
     entries = paths.listdir(output_dir)
     if entries and not overwrite:
       shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
-      raise FileExistsError(f"output_dir={output_dir} is not empty ({len(entries)} entries: {shown}); "
+      raise PathExistsError(f"output_dir={output_dir} is not empty ({len(entries)} entries: {shown}); "
                             "choose a new directory or pass overwrite=True (--overwrite) to replace it")
 
 
@@ -146,13 +147,13 @@ def decide_verify(verify: bool | str | None, num_parameters: int, remote: bool =
   and not for a bucket (transformers loads local folders only)."""
   if remote:
     if verify not in (None, "auto", False):
-      raise ValueError("verification loads the folder with transformers from local disk: export to a "
+      raise UserError("verification loads the folder with transformers from local disk: export to a "
                        "bucket with --noverify, or export to a local folder with --verify and copy it")
     return False, ("verification skipped: the output is a bucket (verify a local copy: python -m "
                    "xmtf_jax.export_hf --checkpoint_dir=COPY --output_dir=OTHER --verify)")
   if verify not in (None, "auto"):
     if verify and jax.process_count() > 1:
-      raise ValueError("verification runs on one host: export with --noverify, then run the export of "
+      raise UserError("verification runs on one host: export with --noverify, then run the export of "
                        "the folder on one machine (--checkpoint_dir=FOLDER --output_dir=... --verify)")
     return bool(verify), "" if verify else "verification disabled (--noverify)"
   if jax.process_count() > 1:
@@ -214,7 +215,7 @@ def export_source(source: ParamSource, vocabulary_path: str, output_dir: str, *,
   spm_bytes = paths.read_bytes(vocabulary_path)
   spm_info = hf_tokenizer.read_sentencepiece(spm_bytes, origin=vocabulary_path)
   if len(spm_info.pieces) > config.vocab_size:
-    raise ValueError(f"{vocabulary_path} has {len(spm_info.pieces)} pieces but the model's vocabulary is "
+    raise UserError(f"{vocabulary_path} has {len(spm_info.pieces)} pieces but the model's vocabulary is "
                      f"{config.vocab_size}: it is not the vocabulary this model was trained with")
   source.check()
 
@@ -275,9 +276,9 @@ def export_source(source: ParamSource, vocabulary_path: str, output_dir: str, *,
 
 
 def hf_config_dict(config: T5Config, dtype: str) -> dict:
-  """config.json content: `hf.t5config_to_hf` with the weights' dtype. The tokenizer class is left to
+  """config.json content: `mapping.t5config_to_hf` with the weights' dtype. The tokenizer class is left to
   tokenizer_config.json (it depends on the SentencePiece model; see hf_tokenizer)."""
-  values = {**hf.t5config_to_hf(config), "dtype": dtype}
+  values = {**mapping.t5config_to_hf(config), "dtype": dtype}
   values.pop("tokenizer_class", None)
   return values
 

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from xmtf_jax.errors import UserError
 from xmtf_jax.model import layer_stacking
 from xmtf_jax.model.config import T5Config
 from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
@@ -141,17 +142,17 @@ def t5config_from_hf(hf_config: Mapping[str, Any], origin: str = "config.json", 
   """HF config dict -> T5Config. `overrides` (e.g. dtype="bfloat16", dropout_rate=0.0) win."""
   model_type = hf_config.get("model_type", "mt5")
   if model_type not in ("mt5", "t5", "umt5"):
-    raise ValueError(f"{origin}: model_type {model_type!r} is not an mT5/T5 model")
+    raise UserError(f"{origin}: model_type {model_type!r} is not an mT5/T5 model")
   if model_type == "umt5":
-    raise ValueError(f"{origin}: umT5 has per-layer relative position biases; xmtf_jax implements mT5")
+    raise UserError(f"{origin}: umT5 has per-layer relative position biases; xmtf_jax implements mT5")
   proj = hf_config.get("feed_forward_proj", "gated-gelu")
   if proj != "gated-gelu":
-    raise ValueError(f"{origin}: feed_forward_proj={proj!r}; xmtf_jax implements mT5 / T5.1.1 "
-                     "(gated-gelu). T5 v1.0 (relu) checkpoints are not supported.")
+    raise UserError(f"{origin}: feed_forward_proj={proj!r}; xmtf_jax implements mT5 / T5.1.1 "
+                    "(gated-gelu). T5 v1.0 (relu) checkpoints are not supported.")
   missing = [k for k in ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_layers")
              if k not in hf_config]
   if missing:
-    raise ValueError(f"{origin}: missing fields {missing}")
+    raise UserError(f"{origin}: missing fields {missing}")
   values = {ours: hf_config[hf] for hf, ours in _HF_TO_OURS.items() if hf_config.get(hf) is not None}
   values.setdefault("num_decoder_layers", values["num_encoder_layers"])
   values.update(overrides)

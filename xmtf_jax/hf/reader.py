@@ -16,6 +16,7 @@ import ml_dtypes
 import numpy as np
 
 from xmtf_jax import paths
+from xmtf_jax.errors import MissingPathError, UserError
 from xmtf_jax.hf.mapping import (IGNORED_HF_TENSORS, LM_HEAD, SHARED, tree_get, _our_shapes, tree_set,
                                  parameter_mapping, t5config_from_hf, to_ours, hf_shape)
 from xmtf_jax.model import layer_stacking
@@ -52,14 +53,14 @@ class _SafetensorsSource:
     self.shapes, self.origin, self._where = {}, {}, {}
     for path in files:
       if not paths.exists(path):
-        raise FileNotFoundError(f"{path}: listed in the index but missing")
+        raise MissingPathError(f"{path}: listed in the index but missing")
       header_size = int.from_bytes(paths.read_range(path, 0, 8), "little")
       header = json.loads(paths.read_range(path, 8, 8 + header_size))
       for name, info in header.items():
         if name == "__metadata__":
           continue
         if info["dtype"] not in _SAFETENSORS_DTYPES:
-          raise ValueError(f"{path}: tensor {name} has dtype {info['dtype']}; expected a float type")
+          raise UserError(f"{path}: tensor {name} has dtype {info['dtype']}; expected a float type")
         self.shapes[name] = tuple(info["shape"])
         self.origin[name] = path
         begin, end = info["data_offsets"]
@@ -107,7 +108,7 @@ def open_weights(folder: str):
     return _TorchBinSource([paths.join(folder, "pytorch_model.bin")])
   if paths.exists(paths.join(folder, "pytorch_model.bin.index.json")):
     return _TorchBinSource(sharded("pytorch_model.bin.index.json"))
-  raise FileNotFoundError(
+  raise MissingPathError(
       f"{folder}: no weights found (looked for model.safetensors, model.safetensors.index.json, "
       "pytorch_model.bin, pytorch_model.bin.index.json)")
 
@@ -140,7 +141,7 @@ def read_plan(source, config: T5Config, origin: str) -> list[tuple[tuple[str, ..
                       f"expected {list(want)} from the config, got {list(got)}")
     plan.append((path, read_name, layout, our_shapes[path]))
   if problems:
-    raise ValueError(f"{origin} does not match the mT5 config "
+    raise UserError(f"{origin} does not match the mT5 config "
                      f"({config.num_encoder_layers}/{config.num_decoder_layers} layers, d_model "
                      f"{config.d_model}, vocab {config.vocab_size}):\n  " + "\n  ".join(problems))
   return plan
@@ -149,9 +150,9 @@ def read_plan(source, config: T5Config, origin: str) -> list[tuple[tuple[str, ..
 def read_hf_config(folder: str, **overrides) -> T5Config:
   path = paths.join(folder, "config.json")
   if not paths.isdir(folder):
-    raise FileNotFoundError(f"{folder}: not a directory (expected an HF mT5/mT0 folder)")
+    raise MissingPathError(f"{folder}: not a directory (expected an HF mT5/mT0 folder)")
   if not paths.exists(path):
-    raise FileNotFoundError(f"{folder}: no config.json; an HF mT5/mT0 folder holds config.json and "
+    raise MissingPathError(f"{folder}: no config.json; an HF mT5/mT0 folder holds config.json and "
                             "model.safetensors (or pytorch_model.bin)")
   return t5config_from_hf(json.loads(paths.read_text(path)), origin=path, **overrides)
 

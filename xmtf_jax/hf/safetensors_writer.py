@@ -15,7 +15,8 @@ import ml_dtypes
 import numpy as np
 
 from xmtf_jax import paths
-from xmtf_jax.hf import mapping as hf
+from xmtf_jax.errors import UserError
+from xmtf_jax.hf import mapping
 from xmtf_jax.model.config import T5Config
 from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
 
@@ -35,7 +36,7 @@ DEFAULT_MAX_SHARD_SIZE = "5GB"
 class TensorEntry:
   name: str                      # HF state-dict name
   path: tuple[str, ...]          # our parameter path
-  layout: str                    # hf.parameter_mapping layout
+  layout: str                    # mapping.parameter_mapping layout
   shape: tuple[int, ...]         # HF shape
   nbytes: int                    # in the output dtype
 
@@ -57,24 +58,24 @@ def parse_size(size: int | str) -> int:
   else:
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(I?B)?\s*", str(size).upper())
     if not match:
-      raise ValueError(f"max_shard_size={size!r}: write bytes or a size like '500MB', '5GB', '2GiB'")
+      raise UserError(f"max_shard_size={size!r}: write bytes or a size like '500MB', '5GB', '2GiB'")
     number, prefix, unit = match.groups()
     base = 1024 if unit == "IB" else 1000
     value = int(float(number) * base ** " KMGT".index(prefix or " "))
   if value <= 0:
-    raise ValueError(f"max_shard_size={size!r} must be positive")
+    raise UserError(f"max_shard_size={size!r} must be positive")
   return value
 
 
 def tensor_entries(config: T5Config, dtype: str = "float32") -> list[TensorEntry]:
   """Every HF tensor of `config`, in HF order, with its shape and size (no parameter is allocated)."""
   if dtype not in DTYPES:
-    raise ValueError(f"dtype={dtype!r}: choose one of {sorted(DTYPES)}")
+    raise UserError(f"dtype={dtype!r}: choose one of {sorted(DTYPES)}")
   itemsize = DTYPES[dtype][0].itemsize
   abstract = EncoderDecoderModel(config.replace(scan_layers=False)).abstract_params()  # per-layer paths
   entries = []
-  for path, name, layout in hf.parameter_mapping(config):
-    shape = hf.hf_shape(layout, tuple(hf.tree_get(abstract, path).shape))
+  for path, name, layout in mapping.parameter_mapping(config):
+    shape = mapping.hf_shape(layout, tuple(mapping.tree_get(abstract, path).shape))
     entries.append(TensorEntry(name, path, layout, shape, int(np.prod(shape)) * itemsize))
   return entries
 

@@ -20,7 +20,8 @@ import jax
 import numpy as np
 
 from xmtf_jax import paths
-from xmtf_jax.hf import mapping as hf
+from xmtf_jax.errors import UserError
+from xmtf_jax.hf import mapping
 from xmtf_jax.hf import reader as hf_reader
 from xmtf_jax.model import layer_stacking
 from xmtf_jax.model.config import T5Config
@@ -34,7 +35,7 @@ def expected_shapes(config: T5Config) -> dict[Path, tuple[int, ...]]:
   """Our per-layer shape of every exported parameter (abstract: nothing is allocated). Paths are per
   layer in either layout; sources of a scanned model read index i of the stacked leaf."""
   abstract = EncoderDecoderModel(config.replace(scan_layers=False)).abstract_params()
-  return {path: tuple(hf.tree_get(abstract, path).shape) for path, _, _ in hf.parameter_mapping(config)}
+  return {path: tuple(mapping.tree_get(abstract, path).shape) for path, _, _ in mapping.parameter_mapping(config)}
 
 
 class ParamSource:
@@ -72,7 +73,7 @@ def _check_shapes(found: Mapping[Path, Optional[tuple]], config: T5Config, origi
     elif tuple(got) != want:
       problems.append(f"{'/'.join(path)} has shape {list(got)}, the config says {list(want)}")
   if problems:
-    raise ValueError(f"{origin} does not match its mT5 config (d_model {config.d_model}, "
+    raise UserError(f"{origin} does not match its mT5 config (d_model {config.d_model}, "
                      f"{config.num_encoder_layers}/{config.num_decoder_layers} layers, vocab "
                      f"{config.vocab_size}):\n  " + "\n  ".join(problems[:20]))
 
@@ -119,7 +120,7 @@ class HFFolderParams(ParamSource):
 
   def read(self, path):
     name, layout, shape = self._plan[path]
-    return hf.to_ours(layout, self._weights.read(name), shape)
+    return mapping.to_ours(layout, self._weights.read(name), shape)
 
   def load_for_verify(self):
     config, params = hf_reader.load_hf_folder(self.folder, dropout_rate=0.0)

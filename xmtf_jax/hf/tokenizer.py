@@ -23,6 +23,8 @@ import dataclasses
 import json
 from typing import Any
 
+from xmtf_jax.errors import UserError
+
 SPACE = "\u2581"  # SentencePiece's visible space "▁"
 # Effectively unlimited, as HF writes for tokenizers without a model maximum (mT5 has no fixed one).
 MODEL_MAX_LENGTH = 1_000_000_000_000_000_019_884_624_838_656
@@ -56,11 +58,11 @@ def read_sentencepiece(model_bytes: bytes, origin: str = "spiece.model") -> Sent
   try:
     proto.ParseFromString(model_bytes)
   except Exception as e:  # protobuf's DecodeError; the type lives in a private module
-    raise ValueError(f"{origin}: not a SentencePiece model ({e})") from e
+    raise UserError(f"{origin}: not a SentencePiece model ({e})") from e
   trainer, normalizer = proto.trainer_spec, proto.normalizer_spec
   if trainer.model_type != trainer.UNIGRAM:
-    raise ValueError(f"{origin}: a {trainer.ModelType.Name(trainer.model_type)} SentencePiece model; "
-                     "mT5 exports need a UNIGRAM model (as mT5's own)")
+    raise UserError(f"{origin}: a {trainer.ModelType.Name(trainer.model_type)} SentencePiece model; "
+                    "mT5 exports need a UNIGRAM model (as mT5's own)")
   info = SentencePieceInfo(
       pieces=[(p.piece, p.score, p.type) for p in proto.pieces],
       normalizer_name=normalizer.name, precompiled_charsmap=bytes(normalizer.precompiled_charsmap),
@@ -70,8 +72,8 @@ def read_sentencepiece(model_bytes: bytes, origin: str = "spiece.model") -> Sent
       pad_id=trainer.pad_id, eos_id=trainer.eos_id, unk_id=trainer.unk_id)
   ids = (info.pad_id, info.eos_id, info.unk_id)
   if ids != (0, 1, 2):
-    raise ValueError(f"{origin}: special ids pad/eos/unk are {ids}; mT5 models use (0, 1, 2), and HF's "
-                     "MT5 config and generation settings assume them")
+    raise UserError(f"{origin}: special ids pad/eos/unk are {ids}; mT5 models use (0, 1, 2), and HF's "
+                    "MT5 config and generation settings assume them")
   return info
 
 
@@ -117,7 +119,7 @@ def tokenizer_json(info: SentencePieceInfo) -> dict:
   if info.remove_extra_whitespaces:
     normalizers += [_replace({"Regex": "^ +| +$"}, ""), _replace({"Regex": " {2,}"}, " ")]
   if info.treat_whitespace_as_suffix:
-    raise ValueError("SentencePiece models with treat_whitespace_as_suffix are not supported")
+    raise UserError("SentencePiece models with treat_whitespace_as_suffix are not supported")
   if info.add_dummy_prefix:
     normalizers.append({"type": "Prepend", "prepend": SPACE})
   normalizers.append(_replace({"String": " "}, SPACE))

@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from xmtf_jax.errors import UserError
+
 # Large negative but finite: -inf would turn into NaN when two of them are added or subtracted.
 NEG_INF = -1.0e9
 
@@ -153,7 +155,7 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Any, *, batch_size: int
   length penalty, the single beam would keep searching past the first EOS for a longer hypothesis).
   """
   if early_stopping not in (True, False, "never"):
-    raise ValueError(f"early_stopping must be True, False or 'never', not {early_stopping!r}")
+    raise UserError(f"DecodingConfig.early_stopping must be True, False or 'never', not {early_stopping!r}")
   if num_beams == 1:
     greedy = sample_decode(tokens_to_logits, cache, batch_size=batch_size,
                            max_decode_length=max_decode_length, eos_id=eos_id, start_id=start_id)

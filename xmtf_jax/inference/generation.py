@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from xmtf_jax.errors import UserError
 from xmtf_jax.inference import decoding
 from xmtf_jax.parallel.batch_function import BatchFunction, bucket_length
 from xmtf_jax.progress import Progress
@@ -42,11 +43,13 @@ class DecodingConfig:
 
   def __post_init__(self):
     if self.method not in ("greedy", "beam", "sample"):
-      raise ValueError(f"DecodingConfig.method must be 'greedy', 'beam' or 'sample', not {self.method!r}")
+      raise UserError(f"DecodingConfig.method must be 'greedy', 'beam' or 'sample', not {self.method!r}")
     if self.max_decode_length < 1 or self.num_beams < 1:
-      raise ValueError("max_decode_length and num_beams must be at least 1")
+      raise UserError(f"DecodingConfig.max_decode_length={self.max_decode_length} and "
+                      f"num_beams={self.num_beams} must be at least 1")
     if self.method == "sample" and not (self.temperature > 0 and 0 < self.top_p <= 1 and self.top_k >= 0):
-      raise ValueError("sampling needs temperature > 0, 0 < top_p <= 1 and top_k >= 0")
+      raise UserError(f"DecodingConfig: sampling needs temperature > 0, 0 < top_p <= 1 and top_k >= 0 "
+                      f"(got {self.temperature}, {self.top_p}, {self.top_k})")
 
 
 def predict_batch(model, params: Any, encoder_input_tokens: jax.Array, config: DecodingConfig,

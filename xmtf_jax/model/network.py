@@ -53,6 +53,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from xmtf_jax.errors import UserError
 from xmtf_jax.model.config import T5Config
 from xmtf_jax.model.dropout import Dropout
 from xmtf_jax.model.layers import (WEIGHT_MATMUL, Embed, GatedGeluMlp, LMHead, MultiHeadAttention, RMSNorm,
@@ -116,7 +117,7 @@ class DecoderLayer(nn.Module):
 
 def _maybe_remat(layer_cls: type, policy_name: str, scanned: bool) -> Callable:
   if policy_name not in REMAT_POLICIES:
-    raise ValueError(f"T5Config.remat_policy={policy_name!r}: choose one of {sorted(REMAT_POLICIES)}")
+    raise UserError(f"T5Config.remat_policy={policy_name!r}: choose one of {sorted(REMAT_POLICIES)}")
   if policy_name == "none":
     return layer_cls
   # Inside a scan, the loop boundary already keeps XLA from merging the recomputation with the forward.

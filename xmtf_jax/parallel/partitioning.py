@@ -26,6 +26,8 @@ from jax.experimental import mesh_utils, multihost_utils
 import numpy as np
 from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec
 
+from xmtf_jax.errors import UserError
+
 MESH_AXES = ("data", "model")
 LogicalRules = tuple[tuple[str, Optional[str]], ...]
 
@@ -64,12 +66,13 @@ def make_mesh(num_partitions: int = 1, num_data_partitions: int = -1,
   devices = list(jax.devices() if devices is None else devices)
   n = len(devices)
   if num_partitions < 1 or n % num_partitions:
-    raise ValueError(f"num_partitions={num_partitions} (the 'model' axis) must divide the {n} devices")
+    raise UserError(f"PartitioningConfig.num_partitions={num_partitions} (the 'model' axis) must divide "
+                    f"the {n} devices")
   if num_data_partitions == -1:
     num_data_partitions = n // num_partitions
   if num_data_partitions * num_partitions != n:
-    raise ValueError(f"mesh data={num_data_partitions} x model={num_partitions} needs "
-                     f"{num_data_partitions * num_partitions} devices, there are {n}")
+    raise UserError(f"mesh data={num_data_partitions} x model={num_partitions} needs "
+                    f"{num_data_partitions * num_partitions} devices, there are {n}")
   shape = (num_data_partitions, num_partitions)
   try:
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 2, devices=devices)

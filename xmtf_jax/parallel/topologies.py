@@ -19,6 +19,8 @@ from typing import Any
 import jax
 from jax.experimental import topologies as jax_topologies
 
+from xmtf_jax.errors import UserError
+
 GIB = 2**30
 
 # High-bandwidth memory per device (chip), bytes.
@@ -56,18 +58,18 @@ def parse_target(name: str) -> Target:
   if text.startswith("cpu:"):
     count = text[4:]
     if not count.isdigit() or int(count) < 1:
-      raise ValueError(f"--topology={name}: write cpu:N with N >= 1 simulated devices")
+      raise UserError(f"--topology={name}: write cpu:N with N >= 1 simulated devices")
     return Target(name, "cpu", "cpu", int(count), HBM_BYTES["v4"])
   generation, _, count = text.rpartition("-")
   if generation not in _GENERATIONS or not count.isdigit():
-    raise ValueError(f"--topology={name}: expected a slice name like v4-256, v5e-256, v5p-128, v6e-64 "
-                     "or cpu:8")
+    raise UserError(f"--topology={name}: expected a slice name like v4-256, v5e-256, v5p-128, v6e-64 "
+                    "or cpu:8")
   libtpu_name, cores_per_chip, dims = _GENERATIONS[generation]
   chips = int(count) // cores_per_chip
   grids = _GRID_3D if dims == 3 else _GRID_2D
   if int(count) % cores_per_chip or chips not in grids:
     sizes = sorted(n * cores_per_chip for n in grids)
-    raise ValueError(f"--topology={name}: {generation} slices come in sizes {sizes}")
+    raise UserError(f"--topology={name}: {generation} slices come in sizes {sizes}")
   return Target(name, "tpu", libtpu_name, chips, HBM_BYTES[libtpu_name])
 
 

@@ -11,7 +11,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from xmtf_jax import paths
-from xmtf_jax.hf import mapping as hf
+from xmtf_jax.errors import MissingPathError, UserError
+from xmtf_jax.hf import mapping
 from xmtf_jax.hf.sources import ParamSource, _check_shapes, expected_shapes
 from xmtf_jax.model import layer_stacking
 from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
@@ -39,20 +40,20 @@ class CheckpointParams(ParamSource):
   def __init__(self, checkpoint_dir: str, step: Optional[int] = None):
     if checkpoints.is_step_directory(checkpoint_dir):
       if step is not None and not paths.basename(checkpoint_dir.rstrip("/")).endswith(f"_{step}"):
-        raise ValueError(f"--step={step} given with the step directory {checkpoint_dir}; pass its "
-                         "MODEL_DIR instead")
+        raise UserError(f"--step={step} given with the step directory {checkpoint_dir}; pass its "
+                        "MODEL_DIR instead")
       step_dir = checkpoint_dir
     else:
       steps = checkpoints.list_steps(checkpoint_dir)
       if not steps:
-        raise FileNotFoundError(f"{checkpoint_dir}: no checkpoints (expected {checkpoints.STEP_PREFIX}_"
-                                "<step>/ directories with params/ and metadata/, or an HF folder with "
-                                "config.json)")
+        raise MissingPathError(f"{checkpoint_dir}: no checkpoints (expected {checkpoints.STEP_PREFIX}_"
+                               "<step>/ directories with params/ and metadata/, or an HF folder with "
+                               "config.json)")
       if step is None:
         step = steps[-1]
       elif step not in steps:
-        raise FileNotFoundError(f"--step={step}: {checkpoint_dir} has no checkpoint for step {step}; "
-                                f"available steps: {steps}")
+        raise MissingPathError(f"--step={step}: {checkpoint_dir} has no checkpoint for step {step}; "
+                               f"available steps: {steps}")
       step_dir = checkpoints.step_directory(checkpoint_dir, step)
     self.step_dir = step_dir
     self.metadata = checkpoints.read_metadata(step_dir)
@@ -83,11 +84,11 @@ class CheckpointParams(ParamSource):
     # A scanned checkpoint holds layer i inside the stacked leaf: restore that leaf, take index i.
     stored, index = (layer_stacking.stacked_location(path) if self.config.scan_layers else (path, None))
     item, restore_args = {}, {}
-    hf.tree_set(item, stored, 0)  # a placeholder leaf: only the structure matters
-    hf.tree_set(restore_args, stored, ocp.RestoreArgs(restore_type=np.ndarray, dtype=np.float32))
+    mapping.tree_set(item, stored, 0)  # a placeholder leaf: only the structure matters
+    mapping.tree_set(restore_args, stored, ocp.RestoreArgs(restore_type=np.ndarray, dtype=np.float32))
     restored = self._orbax().restore(self._params_dir, args=ocp.args.PyTreeRestore(
         item=item, restore_args=restore_args, partial_restore=True))
-    array = np.asarray(hf.tree_get(restored, stored), np.float32)
+    array = np.asarray(mapping.tree_get(restored, stored), np.float32)
     return array if index is None else array[index]
 
   def load_for_verify(self):

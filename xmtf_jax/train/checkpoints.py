@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from xmtf_jax import paths
+from xmtf_jax.errors import MissingPathError
 from xmtf_jax.model import layer_stacking
 from xmtf_jax.model.config import T5Config
 from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
@@ -67,7 +68,7 @@ class ProcessLocalJsonHandler(ocp.handlers.AsyncCheckpointHandler):
     names = [n for n in found if _PROCESS_FILE.fullmatch(n)]
     counts = {int(_PROCESS_FILE.fullmatch(n).group(2)) for n in names}
     if len(counts) != 1 or len(names) != next(iter(counts)):
-      raise FileNotFoundError(
+      raise MissingPathError(
           f"{directory}: the input position is incomplete (it holds {found}; a complete one has a "
           "file per process of the run that saved it). Set TrainConfig.restore_input_position="
           "False to start the data stream from the beginning.")
@@ -215,7 +216,7 @@ def resolve(path: str) -> str:
     return path
   steps = list_steps(path)
   if not steps:
-    raise FileNotFoundError(
+    raise MissingPathError(
         f"{path}: neither a checkpoint directory ({STEP_PREFIX}_<step>/ with params/ and metadata/) "
         "nor a MODEL_DIR holding one")
   return step_directory(path, steps[-1])

@@ -19,6 +19,7 @@ import numpy as np
 
 from xmtf_jax import paths
 from xmtf_jax.data import host_batches, indexed_pipeline, truncation
+from xmtf_jax.errors import UserError
 from xmtf_jax.hf import reader as hf_reader
 from xmtf_jax.model.config import T5Config
 from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
@@ -98,16 +99,16 @@ class TrainConfig:
                 "task_feature_lengths": "TASK_FEATURE_LENGTHS", "train_steps": "TRAIN_STEPS"}
     missing = [macro for field, macro in required.items() if getattr(self, field) is None]
     if missing:
-      raise ValueError(f"set the gin macro(s) {', '.join(missing)}, e.g. --gin.MODEL_DIR=\"'/tmp/run'\"")
+      raise UserError(f"set the gin macro(s) {', '.join(missing)}, e.g. --gin.MODEL_DIR=\"'/tmp/run'\"")
     if self.batch_size % self.num_microbatches:
-      raise ValueError(f"BATCH_SIZE={self.batch_size} is not a multiple of "
+      raise UserError(f"BATCH_SIZE={self.batch_size} is not a multiple of "
                        f"NUM_MICROBATCHES={self.num_microbatches}")
     if self.input_pipeline not in INPUT_PIPELINES:
-      raise ValueError(f"TrainConfig.input_pipeline={self.input_pipeline!r}: choose one of "
+      raise UserError(f"TrainConfig.input_pipeline={self.input_pipeline!r}: choose one of "
                        f"{', '.join(map(repr, INPUT_PIPELINES))}")
     for name in ("train_steps", "checkpoint_period", "eval_period", "log_period"):
       if getattr(self, name) < 1:
-        raise ValueError(f"TrainConfig.{name}={getattr(self, name)} must be >= 1")
+        raise UserError(f"TrainConfig.{name}={getattr(self, name)} must be >= 1")
 
 
 @dataclasses.dataclass

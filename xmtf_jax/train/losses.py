@@ -24,6 +24,8 @@ from typing import Any, Mapping, Optional
 import jax
 import jax.numpy as jnp
 
+from xmtf_jax.errors import UserError
+
 Array = Any
 
 
@@ -50,12 +52,12 @@ class LossConfig:
   def __post_init__(self):
     names = [m.value for m in LossNormalization]
     if self.normalization not in names:
-      raise ValueError(f"LossConfig.normalization={self.normalization!r}: choose one of {names}")
+      raise UserError(f"LossConfig.normalization={self.normalization!r}: choose one of {names}")
     if self.normalization == LossNormalization.FIXED and not self.normalizing_factor:
-      raise ValueError("LossConfig.normalization='fixed' needs LossConfig.normalizing_factor "
-                       "(t5x's finetuning default is 233472)")
+      raise UserError("LossConfig.normalization='fixed' needs LossConfig.normalizing_factor "
+                      "(t5x's finetuning default is 233472)")
     if not 0.0 <= self.label_smoothing < 1.0:
-      raise ValueError(f"LossConfig.label_smoothing={self.label_smoothing} must be in [0, 1)")
+      raise UserError(f"LossConfig.label_smoothing={self.label_smoothing} must be in [0, 1)")
 
 
 @jax.custom_vjp

@@ -30,6 +30,7 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec
 
+from xmtf_jax.errors import UserError
 from xmtf_jax.model import layer_stacking
 
 SCHEDULES = ("constant", "linear_warmup", "rsqrt", "cosine")
@@ -71,16 +72,16 @@ class OptimizerConfig:
 
   def __post_init__(self):
     if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-      raise ValueError(f"OptimizerConfig.learning_rate={self.learning_rate} must be finite and > 0")
+      raise UserError(f"OptimizerConfig.learning_rate={self.learning_rate} must be finite and > 0")
     if self.schedule not in SCHEDULES:
-      raise ValueError(f"OptimizerConfig.schedule={self.schedule!r}: choose one of {SCHEDULES}")
+      raise UserError(f"OptimizerConfig.schedule={self.schedule!r}: choose one of {SCHEDULES}")
     if self.schedule in ("linear_warmup", "rsqrt") and self.warmup_steps < 1:
-      raise ValueError(f"OptimizerConfig.schedule={self.schedule!r} needs warmup_steps >= 1")
+      raise UserError(f"OptimizerConfig.schedule={self.schedule!r} needs warmup_steps >= 1")
     if self.decay_offset < 0:
-      raise ValueError(f"OptimizerConfig.decay_offset={self.decay_offset} must be >= 0 (the steps "
-                       "the initial checkpoint was trained for, e.g. 1000000 for mT5)")
+      raise UserError(f"OptimizerConfig.decay_offset={self.decay_offset} must be >= 0 (the steps "
+                      "the initial checkpoint was trained for, e.g. 1000000 for mT5)")
     if self.schedule == "cosine" and not self.decay_steps:
-      raise ValueError("OptimizerConfig.schedule='cosine' needs decay_steps (e.g. %TRAIN_STEPS)")
+      raise UserError("OptimizerConfig.schedule='cosine' needs decay_steps (e.g. %TRAIN_STEPS)")
 
 
 def learning_rate_schedule(config: OptimizerConfig) -> Callable[[jnp.ndarray], jnp.ndarray]:
@@ -178,7 +179,7 @@ def _check_stacked_factoring(params: Any, config: OptimizerConfig) -> None:
     want = None if per_layer is None else tuple(sorted(d + 1 for d in per_layer))
     got = _factored_dims(tuple(x.shape), config)
     if (None if got is None else tuple(sorted(got))) != want:
-      raise ValueError(
+      raise UserError(
           f"{jax.tree_util.keystr(path)}: with scan_layers its shape {tuple(x.shape)} would be factored "
           f"over dimensions {got} but one layer over {per_layer}, so Adafactor would differ from the "
           "per-layer model. Use T5Config.scan_layers=False, or change "

@@ -13,6 +13,7 @@ import seqio
 
 from xmtf_jax import paths
 from xmtf_jax.data import tasks
+from xmtf_jax.errors import MissingPathError
 from xmtf_jax.hf import reader as hf_reader
 from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
 from xmtf_jax.parallel import partitioning
@@ -41,7 +42,7 @@ def load_pretrained(path: str, mesh: Optional[Any] = None, *, logical_axis_rules
   elif checkpoints.is_checkpoint(path):
     config, params = checkpoints.load_model_params(path, mesh, rules, **config_overrides)
   else:
-    raise FileNotFoundError(
+    raise MissingPathError(
         f"{path}: not a model folder (no config.json: expected an HF mT5/mT0 folder) and no "
         "xmtf_jax checkpoint (checkpoint_<step>/ with params/ and metadata/)")
   return EncoderDecoderModel(config, mesh, rules), params
@@ -60,7 +61,7 @@ def load_vocabulary(model_path: Optional[str], vocabulary_path: Optional[str] = 
   for candidate in candidates:
     if candidate and paths.exists(candidate):
       return tasks.vocabulary(paths.abspath(candidate))
-  raise FileNotFoundError(f"no SentencePiece model: looked for {[c for c in candidates if c]}; set "
+  raise MissingPathError(f"no SentencePiece model: looked for {[c for c in candidates if c]}; set "
                           "vocabulary_path (e.g. --gin.evaluate.vocabulary_path=\"'/path/spiece.model'\")")
 
 

@@ -9,6 +9,7 @@ from typing import Optional
 import seqio
 
 from xmtf_jax import paths
+from xmtf_jax.errors import UserError
 from xmtf_jax.model.config import T5Config
 
 # A fresh embedding this much larger than the vocabulary is almost certainly a gin mix-up (mT5's
@@ -30,10 +31,10 @@ def task_features(mixture_or_task_name: str, model_config: T5Config, fresh_model
   provider = seqio.get_mixture_or_task(mixture_or_task_name)
   vocabulary = provider.output_features["targets"].vocabulary
   if vocabulary.vocab_size > model_config.vocab_size:
-    raise ValueError(f"the vocabulary of {mixture_or_task_name!r} has {vocabulary.vocab_size} ids but "
-                     f"the model's embedding only {model_config.vocab_size} (VOCAB_SIZE); set "
-                     f"--gin.VOCAB_SIZE={-(-vocabulary.vocab_size // 128) * 128} or use the matching "
-                     "model/mixture gin files")
+    raise UserError(f"the vocabulary of {mixture_or_task_name!r} has {vocabulary.vocab_size} ids but "
+                    f"the model's embedding only {model_config.vocab_size} (VOCAB_SIZE); set "
+                    f"--gin.VOCAB_SIZE={-(-vocabulary.vocab_size // 128) * 128} or use the matching "
+                    "model/mixture gin files")
   if fresh_model and model_config.vocab_size > OVERSIZED_EMBEDDING_FACTOR * max(vocabulary.vocab_size, 128):
     logging.warning(
         "VOCAB_SIZE=%d is %.0fx the vocabulary of %r (%d pieces): the randomly initialised embedding "
@@ -54,4 +55,4 @@ def check_same_shapes(theirs: T5Config, ours: T5Config, origin: str) -> None:
   diffs = [f"{f}: {getattr(theirs, f)} there vs {getattr(ours, f)} in gin" for f in SHAPE_FIELDS
            if getattr(theirs, f) != getattr(ours, f)]
   if diffs:
-    raise ValueError(f"{origin} does not match the gin model (gin/models/*.gin): " + "; ".join(diffs))
+    raise UserError(f"{origin} does not match the gin model (gin/models/*.gin): " + "; ".join(diffs))
