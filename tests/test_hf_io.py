@@ -135,6 +135,14 @@ def test_missing_and_unexpected_tensors_are_named(hf_mt5_dir, tmp_path):
   message = str(error.value)
   assert "missing tensors: decoder.block.2.layer.1.EncDecAttention.k.weight" in message
   assert "unexpected tensors: encoder.block.7.layer.0.SelfAttention.q.weight" in message
+  # A config with fewer layers than the weights: the first names and a count, in one paragraph.
+  shallow = copy_folder_with(folder, tmp_path / "shallow", config_changes={"num_decoder_layers": 2})
+  with pytest.raises(ValueError) as error:
+    xmtf_jax.load_pretrained(shallow)
+  message = str(error.value)
+  assert ("unexpected tensors: decoder.block.2.layer.0.SelfAttention.k.weight, "
+          "decoder.block.2.layer.0.SelfAttention.o.weight, decoder.block.2.layer.0.SelfAttention.q.weight "
+          "and 11 more. Either config.json belongs to another model") in message and "\n" not in message
 
 
 def test_shape_mismatch_names_tensor_expected_and_got(hf_mt5_dir, tmp_path):
@@ -142,8 +150,14 @@ def test_shape_mismatch_names_tensor_expected_and_got(hf_mt5_dir, tmp_path):
   bad = copy_folder_with(folder, tmp_path / "bad", config_changes={"d_ff": 64})
   with pytest.raises(ValueError) as error:
     xmtf_jax.load_pretrained(bad)
-  assert ("shape mismatch for encoder.block.0.layer.1.DenseReluDense.wi_0.weight" in str(error.value)
-          and "expected [64, 32] from the config, got [48, 32]" in str(error.value))
+  # One paragraph naming the file and the first mismatch (of 5 MLP matrices x 5 layers), not all 15.
+  message = str(error.value)
+  assert message == (
+      f"{bad}: the weights do not match config.json (2/3 layers, d_model 32, d_ff 64, 4 heads of 12, "
+      "vocab 128): shape mismatch for encoder.block.0.layer.1.DenseReluDense.wi_0.weight (in "
+      f"{os.path.join(bad, 'model.safetensors')}): expected [64, 32] from the config, got [48, 32] "
+      "(14 more tensors differ too). The config.json and the weights come from different models; keep "
+      "the config.json that was saved with these weights.")
 
 
 def test_folder_without_lm_head_ties_it_like_transformers(hf_mt5_dir, tmp_path, caplog):
@@ -283,7 +297,7 @@ def test_unknown_tensor_is_an_error_and_transformers_ignored_one_is_skipped(hf_m
   state = read_safetensors(folder)
   extra = copy_folder_with(folder, tmp_path / "extra",
                            state={**state, "encoder.adapter.weight": np.zeros((4, 4), np.float32)})
-  with pytest.raises(ValueError, match="unexpected tensors: encoder.adapter.weight. Keep the config.json"):
+  with pytest.raises(ValueError, match="unexpected tensors: encoder.adapter.weight. Either config.json belongs"):
     xmtf_jax.load_pretrained(extra)
   # transformers' MT5 drops this one without a word (_keys_to_ignore_on_load_unexpected); so do we.
   ignored_name = "decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight"
@@ -292,3 +306,27 @@ def test_unknown_tensor_is_an_error_and_transformers_ignored_one_is_skipped(hf_m
   want, got, _ = transformers_and_our_logits(ignored)
   np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
   assert tensor_uses(ignored)[ignored_name] == "ignored"
+
+
+def test_truncated_weights_name_the_file(hf_mt5_dir, tmp_path, caplog):
+  folder, hf_model = hf_mt5_dir
+  weights = os.path.join(folder, "model.safetensors")
+  data = open(weights, "rb").read()
+  for cut, what in ((len(data) - 100, "is truncated: its header describes"), (200, "is truncated: it ends inside its header")):
+    bad = copy_folder_with(folder, tmp_path / f"cut{cut}")
+    with open(os.path.join(bad, "model.safetensors"), "wb") as f:
+      f.write(data[:cut])
+    with pytest.raises(ValueError) as error:
+      xmtf_jax.load_pretrained(bad)
+    message = str(error.value)
+    assert message.startswith(f"{os.path.join(bad, 'model.safetensors')} {what}") and "\n" not in message
+    assert "download the folder again" in message
+  bin_folder = tmp_path / "bin"
+  bin_folder.mkdir()
+  shutil.copy(os.path.join(folder, "config.json"), bin_folder)
+  torch.save(hf_model.state_dict(), bin_folder / "pytorch_model.bin")
+  data = (bin_folder / "pytorch_model.bin").read_bytes()
+  (bin_folder / "pytorch_model.bin").write_bytes(data[:len(data) // 2])
+  with pytest.raises(ValueError, match=r"pytorch_model.bin cannot be read as a PyTorch state dict \(.+\)\. "
+                                       "An interrupted download"):
+    xmtf_jax.load_pretrained(str(bin_folder))

@@ -65,7 +65,7 @@ class _SafetensorsSource:
       size = paths.getsize(path)
       header_size = int.from_bytes(paths.read_range(path, 0, 8), "little") if size >= 8 else 0
       if not 0 < header_size <= size - 8:
-        raise ValueError(f"{path} is truncated ({size} bytes, cut off inside its header). " + _REDO)
+        raise ValueError(f"{path} is truncated: it ends inside its header ({size} bytes). " + _REDO)
       try:
         header = json.loads(paths.read_range(path, 8, 8 + header_size))
       except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
@@ -203,7 +203,8 @@ def account_tensors(source, config: T5Config, origin: str) -> tuple[list, dict[s
         f"{origin}: the weights do not hold the tensors that config.json ({summary}) implies: "
         + "; ".join(f"{what} tensors: {_first_names(names)}"
                     for what, names in (("missing", missing), ("unexpected", unexpected)) if names)
-        + ". Keep the config.json that was saved with these weights.")
+        + ". Either config.json belongs to another model (keep the one saved with these weights) or the "
+        "weights are incomplete (download or export the folder again).")
   # Shapes: the mapped tensors and every tensor of the tied group (all [vocab, d_model]).
   want = {name: hf_shape(layout, our_shapes[path]) for path, name, layout in reads}
   want.update({name: (config.vocab_size, config.d_model) for name in ties.TIE_GROUP if name in available})
