@@ -135,6 +135,14 @@ def test_missing_and_unexpected_tensors_are_named(hf_mt5_dir, tmp_path):
   message = str(error.value)
   assert "missing tensors: decoder.block.2.layer.1.EncDecAttention.k.weight" in message
   assert "unexpected tensors: encoder.block.7.layer.0.SelfAttention.q.weight" in message
+  # A config with fewer layers than the weights: the first names and a count, in one paragraph.
+  shallow = copy_folder_with(folder, tmp_path / "shallow", config_changes={"num_decoder_layers": 2})
+  with pytest.raises(ValueError) as error:
+    xmtf_jax.load_pretrained(shallow)
+  message = str(error.value)
+  assert ("unexpected tensors: decoder.block.2.layer.0.SelfAttention.k.weight, "
+          "decoder.block.2.layer.0.SelfAttention.o.weight, decoder.block.2.layer.0.SelfAttention.q.weight "
+          "and 11 more. Either config.json belongs to another model") in message and "\n" not in message
 
 
 def test_shape_mismatch_names_tensor_expected_and_got(hf_mt5_dir, tmp_path):
@@ -142,8 +150,14 @@ def test_shape_mismatch_names_tensor_expected_and_got(hf_mt5_dir, tmp_path):
   bad = copy_folder_with(folder, tmp_path / "bad", config_changes={"d_ff": 64})
   with pytest.raises(ValueError) as error:
     xmtf_jax.load_pretrained(bad)
-  assert ("shape mismatch for encoder.block.0.layer.1.DenseReluDense.wi_0.weight" in str(error.value)
-          and "expected [64, 32] from the config, got [48, 32]" in str(error.value))
+  # One paragraph naming the file and the first mismatch (of 5 MLP matrices x 5 layers), not all 15.
+  message = str(error.value)
+  assert message == (
+      f"{bad}: the weights do not match config.json (2/3 layers, d_model 32, d_ff 64, 4 heads of 12, "
+      "vocab 128): shape mismatch for encoder.block.0.layer.1.DenseReluDense.wi_0.weight (in "
+      f"{os.path.join(bad, 'model.safetensors')}): expected [64, 32] from the config, got [48, 32] "
+      "(14 more tensors differ too). The config.json and the weights come from different models; keep "
+      "the config.json that was saved with these weights.")
 
 
 def test_folder_without_lm_head_ties_it_like_transformers(hf_mt5_dir, tmp_path, caplog):
@@ -163,3 +177,156 @@ def test_folder_without_lm_head_ties_it_like_transformers(hf_mt5_dir, tmp_path, 
     want = hf_tied(input_ids=torch.tensor(enc).long(), attention_mask=torch.tensor(enc > 0).long(),
                    decoder_input_ids=torch.tensor(dec).long()).logits.numpy()
   np.testing.assert_allclose(np.asarray(model.logits(params, enc, dec)), want, atol=1e-4, rtol=0)
+
+
+# ---- tied embeddings: load what transformers loads, or refuse naming the tensors --------------------
+ENC, DEC = "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"
+
+
+def transformers_and_our_logits(folder):
+  """(transformers' logits, ours) for one padded example, both loaded from `folder`."""
+  from transformers import MT5ForConditionalGeneration
+  hf_model = MT5ForConditionalGeneration.from_pretrained(folder).eval()
+  enc = np.array([[5, 9, 17, 3, 0], [4, 100, 2, 0, 0]], np.int32)
+  dec = np.array([[0, 7, 8], [0, 120, 1]], np.int32)
+  with torch.no_grad():
+    want = hf_model(input_ids=torch.tensor(enc).long(), attention_mask=torch.tensor(enc > 0).long(),
+                    decoder_input_ids=torch.tensor(dec).long()).logits.numpy()
+  model, params = xmtf_jax.load_pretrained(folder)
+  return want, np.asarray(model.logits(params, enc, dec)), hf_model
+
+
+def our_log(caplog):
+  """Our own log lines (transformers warns about differing tied tensors itself)."""
+  return "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("xmtf_jax"))
+
+
+def tensor_uses(folder):
+  from xmtf_jax.hf import reader
+  source = reader.open_weights(folder)
+  _, uses = reader.account_tensors(source, hf.read_hf_config(folder), folder)
+  assert set(uses) == set(source.shapes)  # every tensor in the folder is accounted for
+  return uses
+
+
+def test_folder_with_untied_embeddings_is_refused_naming_them(tmp_path):
+  """The issue's folder: transformers 5.x saves three different embedding tables and its encoder and
+  decoder each use their own; our one token embedding cannot represent that."""
+  from transformers import MT5Config, MT5ForConditionalGeneration
+  torch.manual_seed(0)
+  config = MT5Config(vocab_size=4096, d_model=64, d_kv=16, d_ff=128, num_heads=4, num_layers=2,
+                     num_decoder_layers=2)
+  config.tie_word_embeddings = False
+  MT5ForConditionalGeneration(config).save_pretrained(tmp_path / "untied")
+  folder = str(tmp_path / "untied")
+  saved = read_safetensors(folder)
+  assert not np.array_equal(saved[ENC], saved[DEC])
+  hf_model = MT5ForConditionalGeneration.from_pretrained(folder)
+  np.testing.assert_array_equal(hf_model.encoder.embed_tokens.weight.detach().numpy(), saved[ENC])
+  np.testing.assert_array_equal(hf_model.decoder.embed_tokens.weight.detach().numpy(), saved[DEC])
+  with pytest.raises(ValueError) as error:
+    xmtf_jax.load_pretrained(folder)
+  message = str(error.value)
+  assert message.startswith(f"{folder}: the encoder and the decoder embed tokens with different tables")
+  assert f"the encoder {ENC} and the decoder {DEC}, whose values differ" in message
+  assert "one token embedding for both" in message and "model.save_pretrained" in message
+  assert "\n" not in message
+
+
+def test_tied_names_resolve_like_transformers(hf_mt5_dir, tmp_path, caplog):
+  """Folders holding the embedding under other names than shared.weight alone: each loads the tables
+  transformers' encoder and decoder use (logits equal to transformers'), or is refused."""
+  folder, _ = hf_mt5_dir
+  state = read_safetensors(folder)
+  other = np.random.default_rng(0).normal(size=state["shared.weight"].shape).astype(np.float32)
+
+  # The encoder and decoder share a table that is not shared.weight: that table is read, shared.weight
+  # (which transformers' forward pass never uses) is reported.
+  copies = copy_folder_with(folder, tmp_path / "copies", state={**state, ENC: other, DEC: other})
+  with caplog.at_level(logging.WARNING, logger="xmtf_jax.hf"):
+    want, got, hf_model = transformers_and_our_logits(copies)
+  np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+  np.testing.assert_array_equal(hf_model.decoder.embed_tokens.weight.detach().numpy(), other)
+  assert "shared.weight differs from encoder.embed_tokens.weight" in our_log(caplog)
+  assert tensor_uses(copies)["shared.weight"] == "unused"
+
+  # No shared.weight and no decoder table: transformers ties both to the encoder's.
+  caplog.clear()
+  encoder_only = {k: v for k, v in state.items() if k != "shared.weight"}
+  encoder_only[ENC] = other
+  only = copy_folder_with(folder, tmp_path / "encoder_only", state=encoder_only)
+  with caplog.at_level(logging.WARNING, logger="xmtf_jax.hf"):
+    want, got, _ = transformers_and_our_logits(only)
+  np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+  assert our_log(caplog) == ""
+  assert tensor_uses(only)[ENC] == "read"
+
+  # An explicit copy equal to shared.weight: verified and accepted silently.
+  caplog.clear()
+  equal = copy_folder_with(folder, tmp_path / "equal", state={**state, DEC: state["shared.weight"].copy()})
+  with caplog.at_level(logging.WARNING, logger="xmtf_jax.hf"):
+    want, got, _ = transformers_and_our_logits(equal)
+  np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+  assert our_log(caplog) == ""
+  assert tensor_uses(equal)[DEC] == "tied copy of shared.weight"
+
+  # A differing encoder table and no decoder table: transformers gives the decoder shared.weight.
+  differ = copy_folder_with(folder, tmp_path / "differ", state={**state, ENC: other})
+  with pytest.raises(ValueError, match=f"the encoder {ENC} and the decoder shared.weight "
+                                       rf"\(as {DEC} is absent\), whose values differ"):
+    xmtf_jax.load_pretrained(differ)
+
+
+def test_normal_folders_load_silently_with_every_tensor_used(hf_mt5_dir, tmp_path, caplog):
+  folder, hf_model = hf_mt5_dir
+  with caplog.at_level(logging.DEBUG, logger="xmtf_jax.hf"):
+    xmtf_jax.load_pretrained(folder)
+  assert our_log(caplog) == ""
+  assert set(tensor_uses(folder).values()) == {"read"}
+  # torch .bin files carry the aliases as views of shared.weight's storage: tied copies, no warning.
+  bin_folder = tmp_path / "bin"
+  bin_folder.mkdir()
+  shutil.copy(os.path.join(folder, "config.json"), bin_folder)
+  torch.save(hf_model.state_dict(), bin_folder / "pytorch_model.bin")
+  assert tensor_uses(str(bin_folder)) == {**{name: "read" for name in read_safetensors(folder)},
+                                          ENC: "tied copy of shared.weight", DEC: "tied copy of shared.weight"}
+
+
+def test_unknown_tensor_is_an_error_and_transformers_ignored_one_is_skipped(hf_mt5_dir, tmp_path):
+  folder, _ = hf_mt5_dir
+  state = read_safetensors(folder)
+  extra = copy_folder_with(folder, tmp_path / "extra",
+                           state={**state, "encoder.adapter.weight": np.zeros((4, 4), np.float32)})
+  with pytest.raises(ValueError, match="unexpected tensors: encoder.adapter.weight. Either config.json belongs"):
+    xmtf_jax.load_pretrained(extra)
+  # transformers' MT5 drops this one without a word (_keys_to_ignore_on_load_unexpected); so do we.
+  ignored_name = "decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight"
+  ignored = copy_folder_with(folder, tmp_path / "ignored",
+                             state={**state, ignored_name: np.ones((8, 4), np.float32)})
+  want, got, _ = transformers_and_our_logits(ignored)
+  np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+  assert tensor_uses(ignored)[ignored_name] == "ignored"
+
+
+def test_truncated_weights_name_the_file(hf_mt5_dir, tmp_path, caplog):
+  folder, hf_model = hf_mt5_dir
+  weights = os.path.join(folder, "model.safetensors")
+  data = open(weights, "rb").read()
+  for cut, what in ((len(data) - 100, "is truncated: its header describes"), (200, "is truncated: it ends inside its header")):
+    bad = copy_folder_with(folder, tmp_path / f"cut{cut}")
+    with open(os.path.join(bad, "model.safetensors"), "wb") as f:
+      f.write(data[:cut])
+    with pytest.raises(ValueError) as error:
+      xmtf_jax.load_pretrained(bad)
+    message = str(error.value)
+    assert message.startswith(f"{os.path.join(bad, 'model.safetensors')} {what}") and "\n" not in message
+    assert "download the folder again" in message
+  bin_folder = tmp_path / "bin"
+  bin_folder.mkdir()
+  shutil.copy(os.path.join(folder, "config.json"), bin_folder)
+  torch.save(hf_model.state_dict(), bin_folder / "pytorch_model.bin")
+  data = (bin_folder / "pytorch_model.bin").read_bytes()
+  (bin_folder / "pytorch_model.bin").write_bytes(data[:len(data) // 2])
+  with pytest.raises(ValueError, match=r"pytorch_model.bin cannot be read as a PyTorch state dict \(.+\)\. "
+                                       "An interrupted download"):
+    xmtf_jax.load_pretrained(str(bin_folder))

@@ -17,20 +17,18 @@ from typing import Any, Mapping
 import numpy as np
 
 from xmtf_jax.errors import UserError
+from xmtf_jax.hf.ties import LM_HEAD, SHARED
 from xmtf_jax.model import layer_stacking
 from xmtf_jax.model.config import T5Config
 from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
 
 log = logging.getLogger(__name__)
 
-# Tensors some HF folders carry that are aliases or unused by the model: accepted and skipped.
+# Tensors transformers drops on load without a word (MT5's `_keys_to_ignore_on_load_unexpected`): skipped
+# too. The embedding aliases (`encoder/decoder.embed_tokens.weight`) are resolved in `xmtf_jax.hf.ties`.
 IGNORED_HF_TENSORS = (
-    "encoder.embed_tokens.weight",  # alias of shared.weight (older .bin files)
-    "decoder.embed_tokens.weight",
     "decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",  # unused (old T5 ports)
 )
-LM_HEAD = "lm_head.weight"
-SHARED = "shared.weight"
 
 
 # ----------------------------------------------------------------------------------------------------
