@@ -1,7 +1,9 @@
 """The training run behind `python -m xmtf_jax.train`: `TrainConfig` and `train(...)`.
 
-`train` reads like the data flow: mesh + model + optimizer -> this process's batches -> resume or
-initialise the state -> loop {global batch -> jit train step -> metrics -> checkpoint / eval hooks}.
+`train` reads like the data flow: the step assembly (mesh, model, optimizer, shardings, jitted step:
+step_assembly.py) -> this process's batches -> resume or initialise the state -> a `Run` ->
+`train_loop(run)` {global batch -> train step -> metrics -> the `Periodic` actions: progress line,
+checkpoint, evaluation; the stop check has the same shape}.
 
 A restart with the same MODEL_DIR resumes from its latest checkpoint (state, data position, step) and
 continues exactly as if never stopped. SIGTERM / Ctrl-C: finish the step, save, exit 0. A non-finite
@@ -23,8 +25,7 @@ from xmtf_jax.hf import reader as hf_reader
 from xmtf_jax.model.config import T5Config
 from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
 from xmtf_jax.parallel import partitioning
-from xmtf_jax.train import checkpoints, losses, optim, preemption, reporting, trainer
-from xmtf_jax.train import hooks as eval_hooks
+from xmtf_jax.train import checkpoints, hooks, losses, optim, preemption, reporting, step_assembly, trainer
 from xmtf_jax.train.run_checks import TaskFeatures, check_same_shapes, task_features
 
 EXIT_NON_FINITE = 3
@@ -193,11 +194,9 @@ def train(config: TrainConfig, model_config: T5Config,
   loss_config = loss_config or losses.LossConfig()
   setup_runtime(config)
 
-  # Mesh, model, optimizer and the shardings of the train state.
-  mesh = partitioning_config.make_mesh()
-  model = EncoderDecoderModel(model_config, mesh, partitioning_config.rules())
-  optimizer = trainer.make_optimizer(model, optimizer_config)
-  state_shardings = trainer.train_state_shardings(model, optimizer, mesh)
+  # Mesh, model, optimizer, the shardings of the train state and the jitted step.
+  assembly = step_assembly.assemble_step(model_config, partitioning_config, optimizer_config,
+                                         loss_config, step_assembly.StepSettings.of(config))
   fresh_model = not config.initial_checkpoint_path
   features = task_features(config.mixture_or_task_name, model_config, fresh_model)
   vocabulary_path = features.vocabulary_path
@@ -219,15 +218,10 @@ def train(config: TrainConfig, model_config: T5Config,
   truncation.reset_all()
   data = make_train_batches(config, num_data_shards)
   metrics_log = reporting.MetricsLog(config.model_dir)
-  state = restore_or_initialize(config, model, optimizer, state_shardings, checkpointer, data,
-                                metrics_log)
+  state = restore_or_initialize(config, assembly, checkpointer, data, metrics_log)
   start_step = int(jax.device_get(state.step))
 
-  train_step = trainer.make_train_step(
-      model, optimizer, loss_config, optim.learning_rate_schedule(optimizer_config),
-      dropout_seed=config.dropout_seed, num_microbatches=config.num_microbatches,
-      state_shardings=state_shardings, rng_impl=config.rng_impl)
-  hooks = build_eval_hooks(config, model, vocabulary_path, num_data_shards, loss_config)
+  evaluations = build_eval_hooks(config, assembly.model, vocabulary_path, num_data_shards, loss_config)
   metadata = checkpoint_metadata(config, model_config, features, optimizer_config)
   lengths = config.task_feature_lengths
   meter = make_meter(config, model_config)
@@ -235,11 +229,14 @@ def train(config: TrainConfig, model_config: T5Config,
   logging.info("training %s from step %d to %d: batch %d x (%d, %d), %s, mesh %s on %d %s device(s)",
                config.mixture_or_task_name, start_step, config.train_steps, config.batch_size,
                lengths["inputs"], lengths["targets"], optim.describe(optimizer_config),
-               dict(mesh.shape), jax.device_count(), jax.devices()[0].device_kind)
+               dict(assembly.mesh.shape), jax.device_count(), jax.devices()[0].device_kind)
   try:
-    with preemption.StopRequest(config.stop_check_period) as stop:
-      return train_loop(config, model, state, start_step, data, train_step, checkpointer, metadata,
-                        hooks, meter, metrics_log, tensorboard, stop, describe_run)
+    with preemption.StopRequest() as stop:
+      run = Run(config=config, assembly=assembly, state=state, start_step=start_step, data=data,
+                checkpointer=checkpointer, metrics_log=metrics_log, tensorboard=tensorboard,
+                meter=meter, stop=stop, stop_check=stop_check(config),
+                actions=periodic_actions(config, evaluations, metadata, describe_run))
+      return train_loop(run)
   except NonFiniteLossError as e:
     checkpointer.wait_until_finished()  # earlier (good) saves may still be in flight
     kept = checkpoints.list_steps(config.model_dir)
@@ -278,105 +275,170 @@ def make_meter(config: TrainConfig, model_config: T5Config) -> reporting.Progres
   return reporting.ProgressMeter(config.train_steps, flops, jax.device_count(), peak)
 
 
-def restore_or_initialize(config, model, optimizer, state_shardings, checkpointer, data, metrics_log):
+def restore_or_initialize(config, assembly: step_assembly.StepAssembly, checkpointer, data,
+                          metrics_log) -> trainer.TrainState:
   latest = checkpointer.latest_step()
   if latest is None:
-    params = initial_params(config, model)
-    return trainer.init_train_state(params, optimizer, state_shardings)
-  abstract = trainer.abstract_train_state(model, optimizer, model.mesh)
+    return assembly.init_state(initial_params(config, assembly.model))
+  abstract = assembly.abstract_state
   restored = checkpointer.restore(latest, abstract.params, abstract.opt_state,
                                   input_position=config.restore_input_position)
-  check_same_shapes(checkpoints.t5_config_from_metadata(restored.metadata), model.config,
+  check_same_shapes(checkpoints.t5_config_from_metadata(restored.metadata), assembly.model.config,
                     checkpoints.step_directory(config.model_dir, latest))
   if restored.input_position is not None:
     data.set_state(restored.input_position)
   metrics_log.truncate_after(latest)
   logging.info("resumed from %s", checkpoints.step_directory(config.model_dir, latest))
-  return trainer.TrainState(step=replicated_step(latest, state_shardings.step),
+  return trainer.TrainState(step=replicated_step(latest, assembly.state_shardings.step),
                             params=restored.params, opt_state=restored.opt_state)
 
 
 def build_eval_hooks(config, model, vocabulary_path, num_data_shards, loss_config):
-  context = eval_hooks.EvalContext(
+  """[(name, eval hook)] of the run: validation loss (unless EVAL_BATCHES=0), then the gin factories'."""
+  context = hooks.EvalContext(
       model=model, model_dir=config.model_dir, vocabulary_path=vocabulary_path,
       mixture_or_task_name=config.mixture_or_task_name,
       task_feature_lengths=dict(config.task_feature_lengths), batch_size=config.batch_size,
       use_packing=config.use_packing, num_data_shards=num_data_shards)
   factories = list(config.eval_hook_factories)
   if config.eval_batches != 0:
-    factories.insert(0, eval_hooks.validation_loss_factory(config.eval_split, config.eval_batches,
-                                                           loss_config))
-  hooks = []
+    factories.insert(0, hooks.validation_loss_factory(config.eval_split, config.eval_batches,
+                                                      loss_config))
+  built = []
   for factory in factories:
     hook = factory(context)
     if hook is not None:
-      hooks.append((eval_hooks.hook_name(hook, factory), hook))
-  return hooks
+      built.append((hooks.hook_name(hook, factory), hook))
+  return built
 
 
-def train_loop(config, model, state, start_step, data, train_step, checkpointer, metadata, hooks,
-               meter, metrics_log, tensorboard, stop, describe_run) -> TrainResult:
+# ---- the loop ---------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Periodic:
+  """Something the loop does after a step: `fn(run, step)`, due after every step that is a multiple of
+  one of `every`, after the last step, and at the step a stop request ends the run if `at_stop`.
+  training_time=False: its seconds are left out of the progress meter (saves, evaluations)."""
+  name: str
+  every: tuple[int, ...]
+  fn: Callable[["Run", int], Any]
+  at_stop: bool = False
+  training_time: bool = True
+
+  def due(self, step: int, *, last: bool = False, stopping: bool = False) -> bool:
+    return last or (stopping and self.at_stop) or any(step % period == 0 for period in self.every)
+
+  def __call__(self, run: "Run", step: int) -> Any:
+    started = time.time()
+    result = self.fn(run, step)
+    if not self.training_time:
+      run.meter.exclude(time.time() - started)
+    return result
+
+
+@dataclasses.dataclass
+class Run:
+  """One training run as the loop sees it; `state` and the progress fields change as it steps."""
+  config: TrainConfig
+  assembly: step_assembly.StepAssembly
+  state: trainer.TrainState
+  start_step: int
+  data: Any  # this process's batches: next(), get_state()
+  checkpointer: checkpoints.Checkpointer
+  metrics_log: reporting.MetricsLog
+  tensorboard: reporting.TensorBoard
+  meter: reporting.ProgressMeter
+  stop: preemption.StopRequest
+  stop_check: Periodic  # fn -> whether every process agrees to stop (never run after the last step)
+  actions: Sequence[Periodic]  # in order: progress line, checkpoint, evaluation
+  last_metrics: Optional[dict] = None
+  truncation_reported: bool = False
+
+
+def stop_check(config: TrainConfig) -> Periodic:
+  """Every step with one process (a local flag); with several, an all-gather every
+  STOP_CHECK_PERIOD steps and at every checkpoint step, so that a requested stop can reuse that save."""
+  if jax.process_count() == 1:
+    every = (1,)
+  else:
+    every = (max(1, config.stop_check_period), config.checkpoint_period)
+  return Periodic("stop check", every, lambda run, step: run.stop.agreed())
+
+
+def periodic_actions(config: TrainConfig, evaluations, metadata: Mapping[str, Any],
+                     describe_run: Callable[[], str]) -> list[Periodic]:
+  """Progress line, checkpoint and (when the run has eval hooks) evaluation, in the order they run."""
+  def save(run: Run, step: int) -> None:
+    run.metrics_log.flush()  # a killed run's metrics.jsonl holds every step up to its last checkpoint
+    run.checkpointer.save(step, run.state.params, run.state.opt_state,
+                          {**metadata, "gin_config": describe_run()}, run.data.get_state(), force=True)
+
+  def evaluate(run: Run, step: int) -> None:
+    run_eval_hooks(evaluations, step, run.state.params, run.metrics_log, run.tensorboard)
+
+  actions = [Periodic("progress", (config.log_period,), log_progress, at_stop=True),
+             Periodic("checkpoint", (config.checkpoint_period,), save, at_stop=True,
+                      training_time=False)]
+  if evaluations:
+    actions.append(Periodic("evaluation", (config.eval_period,), evaluate, training_time=False))
+  return actions
+
+
+def log_progress(run: Run, step: int) -> None:
+  """The progress line (log, TensorBoard) and the truncation figures; none for the first step (its
+  time is compilation)."""
+  if step <= run.start_step + 1:
+    return
+  summary = run.meter.summary(step)
+  logging.info("%s", run.meter.line(step, summary))
+  run.tensorboard.scalars("train", step, {**summary, **run.last_metrics})
+  report_truncation(step, run.config.task_feature_lengths, run.metrics_log,
+                    first=not run.truncation_reported)
+  run.truncation_reported = True
+
+
+def train_loop(run: Run) -> TrainResult:
   """Steps until train_steps or a stop request. Metrics are fetched one step late, so the host queues
-  step s+1 before waiting for step s; they are always fetched (and checked) before a save."""
+  step s+1 before waiting for step s; they are always fetched (and checked) before any action."""
+  config = run.config
   pending = None  # (step, device metrics) not yet fetched
-  last_metrics = None
-  truncation_reported = False
-  step = start_step
+  step = run.start_step
   started = time.time()
 
   def record(step_and_metrics):
-    nonlocal last_metrics
     done_step, device_metrics = step_and_metrics
     metrics = trainer.host_metrics(device_metrics)
     check_finite(done_step, metrics)
-    metrics_log.write({"kind": "train", "step": done_step, **metrics})
-    if done_step == start_step + 1:
+    run.metrics_log.write({"kind": "train", "step": done_step, **metrics})
+    if done_step == run.start_step + 1:
       logging.info("first step done in %.1fs (compilation included)", time.time() - started)
-      meter.restart_clock()
+      run.meter.restart_clock()
     else:
-      meter.add(metrics)
-    last_metrics = metrics
+      run.meter.add(metrics)
+    run.last_metrics = metrics
 
   while step < config.train_steps:
-    batch = model.shard_batch(next(data))
-    state, device_metrics = train_step(state, batch)
+    batch = run.assembly.model.shard_batch(next(run.data))
+    run.state, device_metrics = run.assembly.train_step(run.state, batch)
     step += 1
     if pending is not None:
       record(pending)
     pending = (step, device_metrics)
     last = step == config.train_steps
-    stopping = not last and stop.should_stop(step, force_check=checkpointer.should_save(step))
-    save = last or stopping or checkpointer.should_save(step)
-    evaluate = bool(hooks) and (last or step % config.eval_period == 0)
-    log = last or stopping or step % config.log_period == 0
-    if save or evaluate or log or step == start_step + 1:
+    stopping = not last and run.stop_check.due(step) and run.stop_check(run, step)
+    due = [action for action in run.actions if action.due(step, last=last, stopping=stopping)]
+    if due or step == run.start_step + 1:
       record(pending)
       pending = None
-    if log and step > start_step + 1:
-      summary = meter.summary(step)
-      logging.info("%s", meter.line(step, summary))
-      tensorboard.scalars("train", step, {**summary, **last_metrics})
-      report_truncation(step, config.task_feature_lengths, metrics_log,
-                        first=not truncation_reported)
-      truncation_reported = True
-    if save:
-      started_saving = time.time()
-      metrics_log.flush()  # a killed run's metrics.jsonl holds every step up to its last checkpoint
-      checkpointer.save(step, state.params, state.opt_state,
-                        {**metadata, "gin_config": describe_run()},
-                        data.get_state(), force=True)
-      meter.exclude(time.time() - started_saving)
-    if evaluate:
-      started_evaluating = time.time()
-      run_eval_hooks(hooks, step, state.params, metrics_log, tensorboard)
-      meter.exclude(time.time() - started_evaluating)
+    for action in due:
+      action(run, step)
     if stopping:
       logging.info("stopped at step %d on %s; checkpoint saved: restart with the same MODEL_DIR "
-                   "to continue", step, stop.signal_name or "another process's request")
-      return TrainResult("stopped", step, config.model_dir, last_metrics)
-  logging.info("finished: step %d, loss %.4f; checkpoint %s", step, last_metrics["loss"],
+                   "to continue", step, run.stop.signal_name or "another process's request")
+      return TrainResult("stopped", step, config.model_dir, run.last_metrics)
+  logging.info("finished: step %d, loss %.4f; checkpoint %s", step, run.last_metrics["loss"],
                checkpoints.step_directory(config.model_dir, step))
-  return TrainResult("finished", step, config.model_dir, last_metrics)
+  return TrainResult("finished", step, config.model_dir, run.last_metrics)
 
 
 def report_truncation(step: int, lengths: Mapping[str, int], metrics_log, first: bool) -> None:
