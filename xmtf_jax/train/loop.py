@@ -2,8 +2,8 @@
 
 `train` reads like the data flow: the step assembly (mesh, model, optimizer, shardings, jitted step:
 step_assembly.py) -> this process's batches -> resume or initialise the state -> a `Run` ->
-`train_loop(run)` {global batch -> train step -> metrics -> the `Periodic` actions: progress line,
-checkpoint, evaluation; the stop check has the same shape}.
+`run_loop.train_loop(run)` {global batch -> train step -> metrics -> the `Periodic` actions built
+here: progress line, checkpoint, evaluation; the stop check has the same shape}.
 
 A restart with the same MODEL_DIR resumes from its latest checkpoint (state, data position, step) and
 continues exactly as if never stopped. SIGTERM / Ctrl-C: finish the step, save, exit 0. A non-finite
@@ -27,6 +27,7 @@ from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
 from xmtf_jax.parallel import partitioning
 from xmtf_jax.train import checkpoints, hooks, losses, optim, preemption, reporting, step_assembly, trainer
 from xmtf_jax.train.run_checks import TaskFeatures, check_same_shapes, task_features
+from xmtf_jax.train.run_loop import NonFiniteLossError, Periodic, Run, TrainResult, train_loop
 
 EXIT_NON_FINITE = 3
 INPUT_PIPELINES = ("indexed", "tf_data")
@@ -111,19 +112,6 @@ class TrainConfig:
         raise ValueError(f"TrainConfig.{name}={getattr(self, name)} must be >= 1")
 
 
-@dataclasses.dataclass
-class TrainResult:
-  """status: 'finished' (reached train_steps), 'stopped' (signal; checkpoint saved) or 'already_done'."""
-  status: str
-  step: int
-  model_dir: str
-  last_metrics: Optional[dict] = None
-
-
-class NonFiniteLossError(RuntimeError):
-  pass
-
-
 # ---- small pieces -----------------------------------------------------------------------------------
 
 def setup_runtime(config: TrainConfig) -> None:
@@ -166,14 +154,6 @@ def checkpoint_metadata(config: TrainConfig, model_config: T5Config, features: T
           "mixture_or_task_name": config.mixture_or_task_name,
           "task_feature_lengths": dict(config.task_feature_lengths),
           "optimizer": optim.describe(optimizer_config)}
-
-
-def check_finite(step: int, metrics: Mapping[str, float]) -> None:
-  bad = [k for k in ("loss", "grad_norm", "param_norm") if not np.isfinite(metrics[k])]
-  if bad:
-    raise NonFiniteLossError(
-        f"step {step}: non-finite {', '.join(f'{k}={metrics[k]}' for k in bad)}. Stopped without "
-        "saving these parameters")
 
 
 # ---- the run ----------------------------------------------------------------------------------------
@@ -314,47 +294,6 @@ def build_eval_hooks(config, model, vocabulary_path, num_data_shards, loss_confi
 
 # ---- the loop ---------------------------------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
-class Periodic:
-  """Something the loop does after a step: `fn(run, step)`, due after every step that is a multiple of
-  one of `every`, after the last step, and at the step a stop request ends the run if `at_stop`.
-  training_time=False: its seconds are left out of the progress meter (saves, evaluations)."""
-  name: str
-  every: tuple[int, ...]
-  fn: Callable[["Run", int], Any]
-  at_stop: bool = False
-  training_time: bool = True
-
-  def due(self, step: int, *, last: bool = False, stopping: bool = False) -> bool:
-    return last or (stopping and self.at_stop) or any(step % period == 0 for period in self.every)
-
-  def __call__(self, run: "Run", step: int) -> Any:
-    started = time.time()
-    result = self.fn(run, step)
-    if not self.training_time:
-      run.meter.exclude(time.time() - started)
-    return result
-
-
-@dataclasses.dataclass
-class Run:
-  """One training run as the loop sees it; `state` and the progress fields change as it steps."""
-  config: TrainConfig
-  assembly: step_assembly.StepAssembly
-  state: trainer.TrainState
-  start_step: int
-  data: Any  # this process's batches: next(), get_state()
-  checkpointer: checkpoints.Checkpointer
-  metrics_log: reporting.MetricsLog
-  tensorboard: reporting.TensorBoard
-  meter: reporting.ProgressMeter
-  stop: preemption.StopRequest
-  stop_check: Periodic  # fn -> whether every process agrees to stop (never run after the last step)
-  actions: Sequence[Periodic]  # in order: progress line, checkpoint, evaluation
-  last_metrics: Optional[dict] = None
-  truncation_reported: bool = False
-
-
 def stop_check(config: TrainConfig) -> Periodic:
   """Every step with one process (a local flag); with several, an all-gather every
   STOP_CHECK_PERIOD steps and at every checkpoint step, so that a requested stop can reuse that save."""
@@ -397,50 +336,6 @@ def log_progress(run: Run, step: int) -> None:
   run.truncation_reported = True
 
 
-def train_loop(run: Run) -> TrainResult:
-  """Steps until train_steps or a stop request. Metrics are fetched one step late, so the host queues
-  step s+1 before waiting for step s; they are always fetched (and checked) before any action."""
-  config = run.config
-  pending = None  # (step, device metrics) not yet fetched
-  step = run.start_step
-  started = time.time()
-
-  def record(step_and_metrics):
-    done_step, device_metrics = step_and_metrics
-    metrics = trainer.host_metrics(device_metrics)
-    check_finite(done_step, metrics)
-    run.metrics_log.write({"kind": "train", "step": done_step, **metrics})
-    if done_step == run.start_step + 1:
-      logging.info("first step done in %.1fs (compilation included)", time.time() - started)
-      run.meter.restart_clock()
-    else:
-      run.meter.add(metrics)
-    run.last_metrics = metrics
-
-  while step < config.train_steps:
-    batch = run.assembly.model.shard_batch(next(run.data))
-    run.state, device_metrics = run.assembly.train_step(run.state, batch)
-    step += 1
-    if pending is not None:
-      record(pending)
-    pending = (step, device_metrics)
-    last = step == config.train_steps
-    stopping = not last and run.stop_check.due(step) and run.stop_check(run, step)
-    due = [action for action in run.actions if action.due(step, last=last, stopping=stopping)]
-    if due or step == run.start_step + 1:
-      record(pending)
-      pending = None
-    for action in due:
-      action(run, step)
-    if stopping:
-      logging.info("stopped at step %d on %s; checkpoint saved: restart with the same MODEL_DIR "
-                   "to continue", step, run.stop.signal_name or "another process's request")
-      return TrainResult("stopped", step, config.model_dir, run.last_metrics)
-  logging.info("finished: step %d, loss %.4f; checkpoint %s", step, run.last_metrics["loss"],
-               checkpoints.step_directory(config.model_dir, step))
-  return TrainResult("finished", step, config.model_dir, run.last_metrics)
-
-
 def report_truncation(step: int, lengths: Mapping[str, int], metrics_log, first: bool) -> None:
   """Per-task truncation so far: a `{"kind": "data"}` line in metrics.jsonl at every progress line,
   and in the log with the first one (a task whose inputs are all cut is a config mistake)."""
@@ -454,8 +349,8 @@ def report_truncation(step: int, lengths: Mapping[str, int], metrics_log, first:
       logging.warning("%s", line)
 
 
-def run_eval_hooks(hooks, step, params, metrics_log, tensorboard) -> None:
-  for name, hook in hooks:
+def run_eval_hooks(evaluations, step, params, metrics_log, tensorboard) -> None:
+  for name, hook in evaluations:
     start = time.time()
     metrics = {k: float(v) for k, v in dict(hook(step, params)).items()}
     metrics_log.write({"kind": "eval", "name": name, "step": step, **metrics})
