@@ -292,7 +292,7 @@ def build_eval_hooks(config, model, vocabulary_path, num_data_shards, loss_confi
   return built
 
 
-# ---- the loop ---------------------------------------------------------------------------------------
+# ---- the loop's actions (run_loop.py runs them) -----------------------------------------------------
 
 def stop_check(config: TrainConfig) -> Periodic:
   """Every step with one process (a local flag); with several, an all-gather every
