@@ -49,12 +49,8 @@ if __name__ == "__main__" and parse_args().malloc == "tuned":
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from xmtf_jax.train import losses
-from xmtf_jax.train import optim
-from xmtf_jax.parallel import partitioning
-from xmtf_jax.train import trainer  # noqa: E402
 from xmtf_jax.model.config import T5Config  # noqa: E402
-from xmtf_jax.model.encoder_decoder import EncoderDecoderModel  # noqa: E402
+from xmtf_jax.train import losses, optim, step_assembly  # noqa: E402
 
 WORKLOADS = {
     # name: (T5Config, batch, inputs length, targets length)
@@ -76,18 +72,13 @@ def make_batch(config: T5Config, batch: int, inputs: int, targets: int, seed: in
 
 class Ours:
   def __init__(self, config: T5Config, batch: dict):
-    mesh = partitioning.make_mesh(1, devices=jax.devices()[:1])
-    self.model = EncoderDecoderModel(config, mesh)
-    optimizer_config = optim.OptimizerConfig(learning_rate=1e-3)
-    optimizer = trainer.make_optimizer(self.model, optimizer_config)
-    shardings = trainer.train_state_shardings(self.model, optimizer, mesh)
-    params = self.model.init_params(jax.random.key(0, impl="rbg"))
-    self.state = trainer.init_train_state(params, optimizer, shardings)
     # HF's loss is the mean token cross-entropy without z-loss: the same here.
-    loss_config = losses.LossConfig("per_target_token", z_loss=0.0)
-    self.step_fn = trainer.make_train_step(self.model, optimizer, loss_config,
-                                           optim.learning_rate_schedule(optimizer_config),
-                                           state_shardings=shardings)
+    assembly = step_assembly.assemble_step(
+        config, optimizer_config=optim.OptimizerConfig(learning_rate=1e-3),
+        loss_config=losses.LossConfig("per_target_token", z_loss=0.0), devices=jax.devices()[:1])
+    self.model = assembly.model
+    self.state = assembly.init_state(self.model.init_params(jax.random.key(0, impl="rbg")))
+    self.step_fn = assembly.train_step
     self.batch = self.model.shard_batch(batch)
 
   def step(self) -> float:

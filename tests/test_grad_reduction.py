@@ -13,9 +13,8 @@ import jax.numpy as jnp
 import pytest
 
 from xmtf_jax.model.config import T5Config
-from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
 from xmtf_jax.parallel import partitioning
-from xmtf_jax.train import losses, optim, trainer
+from xmtf_jax.train import step_assembly
 
 # Sizes chosen so that no activation shape ([tokens, features], tokens 160 and 96) looks like a weight.
 CONFIG = T5Config(vocab_size=128, d_model=32, d_kv=12, d_ff=80, num_heads=4, num_encoder_layers=1,
@@ -27,17 +26,11 @@ _DOT = re.compile(r"dot_general .*: \(tensor<([\dx]+)x(\w+)>, tensor<([\dx]+)x(\
 
 
 def lowered_train_step(config, mesh):
-  model = EncoderDecoderModel(config, mesh)
-  optimizer_config = optim.OptimizerConfig()
-  optimizer = trainer.make_optimizer(model, optimizer_config)
-  shardings = trainer.train_state_shardings(model, optimizer, mesh)
-  step = trainer.make_train_step(model, optimizer, losses.LossConfig(),
-                                 optim.learning_rate_schedule(optimizer_config), state_shardings=shardings)
-  rows = partitioning.data_sharding(mesh)
-  batch = {name: jax.ShapeDtypeStruct((16, length), jnp.int32, sharding=rows) for name, length in
-           (("encoder_input_tokens", 10), ("decoder_input_tokens", 6), ("decoder_target_tokens", 6),
-            ("decoder_loss_weights", 6))}
-  return step.lower(trainer.abstract_train_state(model, optimizer, mesh), batch)
+  assembly = step_assembly.assemble_step(config, mesh=mesh)
+  batch = {name: jax.ShapeDtypeStruct((16, length), jnp.int32, sharding=assembly.batch_sharding)
+           for name, length in (("encoder_input_tokens", 10), ("decoder_input_tokens", 6),
+                                ("decoder_target_tokens", 6), ("decoder_loss_weights", 6))}
+  return assembly.train_step.lower(assembly.abstract_state, batch)
 
 
 @pytest.mark.parametrize("scan_layers", [False, True])

@@ -34,7 +34,7 @@ def test_gin_sizes_match_hf_parameter_counts(size, clean_gin):
   # transformers 5.x ties lm_head to shared on construction; mT5 checkpoints hold a separate head.
   assert hf_model.lm_head.weight is hf_model.shared.weight
   hf_total = sum(p.numel() for p in hf_model.parameters()) + config.vocab_size * config.d_model
-  result = param_count.count(config, partitioning.abstract_mesh(1, 1), partitioning.logical_axis_rules())
+  result = param_count.count(config, partitioning.abstract_mesh(1, 1), partitioning.PartitioningConfig())
   assert result["total"][0] == hf_total
   assert result["total"][1] == 4 * hf_total  # one device holds everything, float32
   # And tensor by tensor through the HF name mapping.
@@ -56,13 +56,13 @@ def test_bytes_per_device_on_a_mesh(clean_gin, capsys):
   out = capsys.readouterr().out
   assert "mesh: data=2 x model=4 (8 devices)" in out and "total" in out and "Adafactor state" in out
   config = T5Config()
-  result = param_count.count(config, partitioning.abstract_mesh(2, 4), partitioning.logical_axis_rules())
+  result = param_count.count(config, partitioning.abstract_mesh(2, 4), partitioning.PartitioningConfig())
   params, per_device = result["groups"]["encoder/mlp"]
   assert params == 8 * 3 * 512 * 1024 and per_device == 4 * params // 4  # d_ff split over model=4
   params, per_device = result["groups"]["encoder/attention"]
   assert per_device == 4 * params  # 6 heads do not split over 4: replicated
   two_d = param_count.count(config, partitioning.abstract_mesh(2, 4),
-                            partitioning.logical_axis_rules(parameter_sharding_2d=True))
+                            partitioning.PartitioningConfig(parameter_sharding_2d=True))
   assert two_d["groups"]["encoder/mlp"][1] == result["groups"]["encoder/mlp"][1] // 2  # embed over data=2
   assert two_d["groups"]["token_embedder"][1] == 4 * 250112 * 512 // 8
 
@@ -72,7 +72,7 @@ def test_optimizer_state_bytes_follow_the_factored_adafactor():
   matrix (attention kernels joined as [d_model, heads*d_kv]) and a full second moment of vectors and of
   the [32, 6] relative-position tables; optax adds (1,)-shaped placeholders and a step count."""
   result = param_count.count(T5Config(), partitioning.abstract_mesh(1, 1),
-                             partitioning.logical_axis_rules(), "adafactor")
+                             partitioning.PartitioningConfig(), "adafactor")
   embedding, attention, mlp, norm = 250112 + 512, 512 + 6 * 64, 512 + 1024, 512
   floats = (2 * embedding + 8 * (4 * attention + 3 * mlp + 2 * norm) + 8 * (8 * attention + 3 * mlp + 3 * norm)
             + 2 * 32 * 6 + 2 * norm)

@@ -12,7 +12,7 @@ from xmtf_jax.model import layer_stacking
 from xmtf_jax.model.config import T5Config
 from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
 from xmtf_jax.parallel import partitioning
-from xmtf_jax.train import checkpoint_source, checkpoints, losses, optim, trainer
+from xmtf_jax.train import checkpoint_source, checkpoints, losses, optim, step_assembly, trainer
 
 from test_hf_export import train_spm
 from test_trainer import packed_batch
@@ -72,14 +72,14 @@ def test_logits_equal_padded_and_packed(config):
     assert np.abs(want).max() > 0.1
 
 
+def assemble(config, mesh):
+  return step_assembly.assemble_step(config, optimizer_config=OPTIMIZER, loss_config=LOSS, mesh=mesh)
+
+
 def _one_step(model, params, batch, remat="none"):
-  model = EncoderDecoderModel(model.config.replace(remat_policy=remat), model.mesh)
-  optimizer = trainer.make_optimizer(model, OPTIMIZER)
-  shardings = trainer.train_state_shardings(model, optimizer, model.mesh)
-  state = trainer.init_train_state(jax.device_put(params, shardings.params), optimizer, shardings)
-  step = trainer.make_train_step(model, optimizer, LOSS, optim.learning_rate_schedule(OPTIMIZER),
-                                 state_shardings=shardings)
-  new_state, metrics = step(state, partitioning.host_local_to_global(batch, model.mesh))
+  assembly = assemble(model.config.replace(remat_policy=remat), model.mesh)
+  state = assembly.init_state(jax.device_put(params, assembly.state_shardings.params))
+  new_state, metrics = assembly.train_step(state, partitioning.host_local_to_global(batch, model.mesh))
   return jax.device_get(new_state), trainer.host_metrics(metrics)
 
 
@@ -143,8 +143,8 @@ def test_checkpoint_restores_into_the_other_layout(written_scanned, tmp_path):
   checkpointer = checkpoints.Checkpointer(str(tmp_path), save_period=1, async_save=False)
   checkpointer.save(1, state.params, state.opt_state, {"t5_config": writer.config.to_dict()}, [{}],
                     force=True)
-  optimizer = trainer.make_optimizer(reader, OPTIMIZER)
-  abstract = trainer.abstract_train_state(reader, optimizer, mesh)
+  reader_step, writer_step = assemble(reader.config, mesh), assemble(writer.config, mesh)
+  abstract = reader_step.abstract_state
   restored = checkpointer.restore(1, abstract.params, abstract.opt_state)
   checkpointer.close()
   convert = layer_stacking.unstack_layers if written_scanned else layer_stacking.stack_layers
@@ -155,18 +155,10 @@ def test_checkpoint_restores_into_the_other_layout(written_scanned, tmp_path):
   next_batch = packed_batch(rows=16, seed=6)
   reader_state = trainer.TrainState(step=jnp.asarray(1, jnp.int32), params=restored.params,
                                     opt_state=restored.opt_state)
-  shardings = trainer.train_state_shardings(reader, optimizer, mesh)
-  step = trainer.make_train_step(reader, optimizer, LOSS, optim.learning_rate_schedule(OPTIMIZER),
-                                 state_shardings=shardings)
-  writer_optimizer = trainer.make_optimizer(writer, OPTIMIZER)
-  writer_shardings = trainer.train_state_shardings(writer, writer_optimizer, mesh)
-  writer_step = trainer.make_train_step(writer, writer_optimizer, LOSS,
-                                        optim.learning_rate_schedule(OPTIMIZER),
-                                        state_shardings=writer_shardings)
-  _, got = step(jax.device_put(reader_state, shardings),
-                partitioning.host_local_to_global(next_batch, mesh))
-  _, want = writer_step(jax.device_put(state, writer_shardings),
-                        partitioning.host_local_to_global(next_batch, mesh))
+  _, got = reader_step.train_step(jax.device_put(reader_state, reader_step.state_shardings),
+                                  partitioning.host_local_to_global(next_batch, mesh))
+  _, want = writer_step.train_step(jax.device_put(state, writer_step.state_shardings),
+                                   partitioning.host_local_to_global(next_batch, mesh))
   got, want = trainer.host_metrics(got), trainer.host_metrics(want)
   for key in ("loss", "grad_norm", "param_norm"):
     assert got[key] == pytest.approx(want[key], rel=1e-5), key

@@ -5,13 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from xmtf_jax.train import checkpoints
-from xmtf_jax.train import losses
-from xmtf_jax.train import optim
-from xmtf_jax.parallel import partitioning
-from xmtf_jax.train import trainer
 from xmtf_jax.model.config import T5Config
-from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
+from xmtf_jax.parallel import partitioning
+from xmtf_jax.train import checkpoints, losses, optim, step_assembly, trainer
 
 # One layer each side keeps compilation short; d_kv * heads != d_model as in mT5.
 CONFIG = T5Config(vocab_size=64, d_model=32, d_kv=12, d_ff=48, num_heads=4, num_encoder_layers=1,
@@ -48,43 +44,34 @@ def packed_batch(rows=16, seed=0):
   return batch
 
 
-def setup(num_partitions, devices=None):
-  mesh = partitioning.make_mesh(num_partitions, devices=devices)
-  model = EncoderDecoderModel(CONFIG, mesh)
-  optimizer = trainer.make_optimizer(model, OPTIMIZER)
-  shardings = trainer.train_state_shardings(model, optimizer, mesh)
-  return model, optimizer, shardings
+_ASSEMBLIES = {}
 
 
-_STEPS = {}
-
-
-def make_step(model, optimizer, shardings, num_microbatches=1):
-  """One jit-compiled step per (mesh shape, micro-batches), shared by the tests of this module."""
-  key = (tuple(model.mesh.shape.items()), num_microbatches)
-  if key not in _STEPS:
-    _STEPS[key] = trainer.make_train_step(model, optimizer, LOSS,
-                                          optim.learning_rate_schedule(OPTIMIZER),
-                                          num_microbatches=num_microbatches,
-                                          state_shardings=shardings)
-  return _STEPS[key]
+def setup(num_partitions, devices=None, num_microbatches=1):
+  """The step assembly on a (data, model) mesh, one per (mesh, micro-batches), shared by the tests of
+  this module."""
+  key = (num_partitions, devices and tuple(d.id for d in devices), num_microbatches)
+  if key not in _ASSEMBLIES:
+    _ASSEMBLIES[key] = step_assembly.assemble_step(
+        CONFIG, partitioning.PartitioningConfig(num_partitions=num_partitions), OPTIMIZER, LOSS,
+        step_assembly.StepSettings(num_microbatches=num_microbatches), devices=devices)
+  return _ASSEMBLIES[key]
 
 
 @pytest.fixture(scope="module")
 def mesh_4x2():
-  model, optimizer, shardings = setup(2)
-  params = model.init_params(jax.random.key(0, impl="rbg"))
-  host_params = jax.device_get(params)
-  return model, optimizer, shardings, host_params
+  assembly = setup(2)
+  host_params = jax.device_get(assembly.model.init_params(jax.random.key(0, impl="rbg")))
+  return assembly, host_params
 
 
-def fresh_state(model, optimizer, shardings, host_params):
-  params = jax.tree.map(lambda x, s: jax.device_put(x, s), host_params, shardings.params)
-  return trainer.init_train_state(params, optimizer, shardings)
+def fresh_state(assembly, host_params):
+  params = jax.tree.map(lambda x, s: jax.device_put(x, s), host_params, assembly.state_shardings.params)
+  return assembly.init_state(params)
 
 
 def test_optimizer_state_shardings_follow_the_parameters(mesh_4x2):
-  model, optimizer, shardings, _ = mesh_4x2
+  shardings = mesh_4x2[0].state_shardings
   spec = lambda s: tuple(s.spec)
   # token embedding [vocab, embed]: vocab over 'model'; its factored statistics keep that axis.
   assert spec(shardings.params["token_embedder"]["embedding"]) == ("model", None)
@@ -100,12 +87,13 @@ def test_optimizer_state_shardings_follow_the_parameters(mesh_4x2):
 
 
 def test_four_microbatches_give_the_full_batch_update(mesh_4x2):
-  model, optimizer, shardings, host_params = mesh_4x2
-  batch = partitioning.host_local_to_global(packed_batch(), model.mesh)
+  _, host_params = mesh_4x2
   results = {}
   for m in (1, 4):
-    state = fresh_state(model, optimizer, shardings, host_params)
-    new_state, metrics = make_step(model, optimizer, shardings, m)(state, batch)
+    assembly = setup(2, num_microbatches=m)
+    batch = partitioning.host_local_to_global(packed_batch(), assembly.mesh)
+    state = fresh_state(assembly, host_params)
+    new_state, metrics = assembly.train_step(state, batch)
     results[m] = (jax.device_get(new_state.params), trainer.host_metrics(metrics))
   (full_params, full_metrics), (micro_params, micro_metrics) = results[1], results[4]
   for key in ("loss", "cross_entropy", "z_loss", "accuracy", "grad_norm", "num_target_tokens",
@@ -119,22 +107,22 @@ def test_four_microbatches_give_the_full_batch_update(mesh_4x2):
 
 
 def test_checkpoint_restores_onto_other_meshes_with_the_same_next_step(mesh_4x2, tmp_path):
-  model, optimizer, shardings, host_params = mesh_4x2
-  state = fresh_state(model, optimizer, shardings, host_params)
-  step_4x2 = make_step(model, optimizer, shardings)
-  state, _ = step_4x2(state, partitioning.host_local_to_global(packed_batch(seed=1), model.mesh))
+  assembly, host_params = mesh_4x2
+  state = fresh_state(assembly, host_params)
+  step_4x2 = assembly.train_step
+  state, _ = step_4x2(state, partitioning.host_local_to_global(packed_batch(seed=1), assembly.mesh))
   saved_params, saved_opt = jax.device_get(state.params), jax.device_get(state.opt_state)
   checkpointer = checkpoints.Checkpointer(str(tmp_path), save_period=1)
   checkpointer.save(1, state.params, state.opt_state, {"t5_config": CONFIG.to_dict()},
                     [{"batches_consumed": 1}])
   checkpointer.wait_until_finished()
   next_batch = packed_batch(seed=2)
-  _, reference = step_4x2(state, partitioning.host_local_to_global(next_batch, model.mesh))
+  _, reference = step_4x2(state, partitioning.host_local_to_global(next_batch, assembly.mesh))
   reference = trainer.host_metrics(reference)
 
   for num_partitions, devices in ((4, None), (1, jax.devices()[:1])):  # 2x4, then one device
-    other_model, other_optimizer, other_shardings = setup(num_partitions, devices)
-    abstract = trainer.abstract_train_state(other_model, other_optimizer, other_model.mesh)
+    other = setup(num_partitions, devices)
+    other_shardings, abstract = other.state_shardings, other.abstract_state
     restored = checkpointer.restore(1, abstract.params, abstract.opt_state)
     assert restored.metadata["step"] == 1  # input position: one entry per saving process
     assert restored.input_position == [[{"batches_consumed": 1}]]
@@ -147,8 +135,8 @@ def test_checkpoint_restores_onto_other_meshes_with_the_same_next_step(mesh_4x2,
     other_state = trainer.TrainState(step=jnp.asarray(1, jnp.int32), params=restored.params,
                                      opt_state=restored.opt_state)
     other_state = jax.device_put(other_state, other_shardings)
-    _, metrics = make_step(other_model, other_optimizer, other_shardings)(
-        other_state, partitioning.host_local_to_global(next_batch, other_model.mesh))
+    _, metrics = other.train_step(other_state,
+                                  partitioning.host_local_to_global(next_batch, other.mesh))
     metrics = trainer.host_metrics(metrics)
     for key in ("loss", "grad_norm", "param_norm", "accuracy"):
       assert metrics[key] == pytest.approx(reference[key], rel=1e-5), (num_partitions, key)

@@ -21,11 +21,9 @@ import numpy as np
 from xmtf_jax.cli import configurables
 from xmtf_jax.cli import gin_flags
 from xmtf_jax.errors import UserError
-from xmtf_jax.train import optim
-from xmtf_jax.parallel import partitioning
-from xmtf_jax.train import trainer
 from xmtf_jax.model.config import T5Config
-from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
+from xmtf_jax.parallel import partitioning
+from xmtf_jax.train import optim, step_assembly
 
 
 def parameter_group(path: tuple[str, ...]) -> str:
@@ -44,39 +42,35 @@ def _keys(path) -> tuple[str, ...]:
   return tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
 
 
-def _shard_bytes(shape, sharding, itemsize=4) -> int:
-  return int(np.prod(sharding.shard_shape(tuple(shape)), dtype=np.int64)) * itemsize
+def _shard_bytes(leaf: jax.ShapeDtypeStruct) -> int:
+  """Bytes of the largest shard of an abstract array with a sharding."""
+  return int(np.prod(leaf.sharding.shard_shape(tuple(leaf.shape)), dtype=np.int64)) * leaf.dtype.itemsize
 
 
-def optimizer_state_bytes(model: EncoderDecoderModel, mesh: Any,
-                          optimizer_config: Optional[optim.OptimizerConfig] = None) -> int:
-  """Bytes per device of the training optimizer's state (as `train` builds it: attention kernels
-  factored as [embed, heads*kv]), sharded as the trainer shards it."""
-  optimizer = trainer.make_optimizer(model, optimizer_config or optim.OptimizerConfig())
-  state_shardings = trainer.train_state_shardings(model, optimizer, mesh)
-  abstract_state = jax.eval_shape(optimizer.init, model.abstract_params())
-  return sum(_shard_bytes(leaf.shape, sharding, leaf.dtype.itemsize) for leaf, sharding in zip(
-      jax.tree.leaves(abstract_state), jax.tree.leaves(state_shardings.opt_state)))
-
-
-def count(config: T5Config, mesh: Any, rules: partitioning.LogicalRules, optimizer: Optional[str] = None,
+def count(config: T5Config, mesh: Any,
+          partitioning_config: Optional[partitioning.PartitioningConfig] = None,
+          optimizer: Optional[str] = None,
           optimizer_config: Optional[optim.OptimizerConfig] = None) -> dict[str, Any]:
-  """{'groups': {group: (parameters, bytes_per_device)}, 'total': ..., 'optimizer_bytes_per_device': ...}."""
-  model = EncoderDecoderModel(config, logical_axis_rules=rules)
-  abstract = model.abstract_params()
-  shardings = model.param_shardings(mesh)
+  """{'groups': {group: (parameters, bytes_per_device)}, 'total': ..., 'optimizer_bytes_per_device': ...}.
+
+  The train state as training builds it (`step_assembly.assemble_step` on `mesh`, an AbstractMesh
+  will do): parameters sharded by `partitioning_config`'s rules and, with optimizer='adafactor', the
+  optimizer's state (attention kernels factored as [embed, heads*kv]) sharded as the trainer shards it.
+  """
+  if optimizer not in (None, "adafactor"):
+    raise UserError(f"--optimizer={optimizer!r}: only 'adafactor' is known")
+  state = step_assembly.assemble_step(config, partitioning_config, optimizer_config,
+                                      mesh=mesh).abstract_state
   groups: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-  for (path, leaf), sharding in zip(jax.tree_util.tree_flatten_with_path(abstract)[0],
-                                    jax.tree.leaves(shardings)):
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state.params)[0]:
     group = groups[parameter_group(_keys(path))]
     group[0] += int(np.prod(leaf.shape, dtype=np.int64))
-    group[1] += _shard_bytes(leaf.shape, sharding)
+    group[1] += _shard_bytes(leaf)
   result = {"groups": {k: tuple(v) for k, v in groups.items()},
             "total": (sum(v[0] for v in groups.values()), sum(v[1] for v in groups.values()))}
   if optimizer == "adafactor":
-    result["optimizer_bytes_per_device"] = optimizer_state_bytes(model, mesh, optimizer_config)
-  elif optimizer is not None:
-    raise UserError(f"--optimizer={optimizer!r}: only 'adafactor' is known")
+    result["optimizer_bytes_per_device"] = sum(_shard_bytes(leaf)
+                                               for leaf in jax.tree.leaves(state.opt_state))
   return result
 
 
@@ -113,8 +107,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     model = part.num_partitions
     data = part.num_data_partitions if part.num_data_partitions != -1 else devices // model
   mesh = partitioning.abstract_mesh(data, model)
-  rules = part.rules()
-  result = count(config, mesh, rules, args.optimizer, configurables.OptimizerConfig())
+  result = count(config, mesh, part, args.optimizer, configurables.OptimizerConfig())
 
   print(f"T5Config: d_model={config.d_model} d_kv={config.d_kv} d_ff={config.d_ff} heads={config.num_heads} "
         f"layers={config.num_encoder_layers}/{config.num_decoder_layers} vocab={config.vocab_size}")

@@ -83,10 +83,7 @@ def run(argv: list[str]) -> train_plan.Plan:
     train_config = configurables.TrainConfig()
   except ValueError as e:
     raise SystemExit(f"error: {e} (pass the run's gin file, e.g. --gin_file=gin/runs/mt0_recipe.gin)")
-  shape = train_plan.StepShape(
-      batch_size=train_config.batch_size, task_feature_lengths=dict(train_config.task_feature_lengths),
-      use_packing=train_config.use_packing, num_microbatches=train_config.num_microbatches,
-      dropout_seed=train_config.dropout_seed, rng_impl=train_config.rng_impl)
+  shape = train_plan.StepShape.of(train_config)
   try:
     devices = topologies.devices(target)
   except RuntimeError as e:

@@ -1,7 +1,9 @@
 """The training run behind `python -m xmtf_jax.train`: `TrainConfig` and `train(...)`.
 
-`train` reads like the data flow: mesh + model + optimizer -> this process's batches -> resume or
-initialise the state -> loop {global batch -> jit train step -> metrics -> checkpoint / eval hooks}.
+`train` reads like the data flow: the step assembly (mesh, model, optimizer, shardings, jitted step:
+step_assembly.py) -> this process's batches -> resume or initialise the state -> a `Run` ->
+`run_loop.train_loop(run)` {global batch -> train step -> metrics -> the `Periodic` actions built
+here: progress line, checkpoint, evaluation; the stop check has the same shape}.
 
 A restart with the same MODEL_DIR resumes from its latest checkpoint (state, data position, step) and
 continues exactly as if never stopped. SIGTERM / Ctrl-C: finish the step, save, exit 0. A non-finite
@@ -24,9 +26,9 @@ from xmtf_jax.hf import reader as hf_reader
 from xmtf_jax.model.config import T5Config
 from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
 from xmtf_jax.parallel import partitioning
-from xmtf_jax.train import checkpoints, losses, optim, preemption, reporting, trainer
-from xmtf_jax.train import hooks as eval_hooks
+from xmtf_jax.train import checkpoints, hooks, losses, optim, preemption, reporting, step_assembly, trainer
 from xmtf_jax.train.run_checks import TaskFeatures, check_same_shapes, task_features
+from xmtf_jax.train.run_loop import NonFiniteLossError, Periodic, Run, TrainResult, train_loop
 
 EXIT_NON_FINITE = 3
 INPUT_PIPELINES = ("indexed", "tf_data")
@@ -111,19 +113,6 @@ class TrainConfig:
         raise UserError(f"TrainConfig.{name}={getattr(self, name)} must be >= 1")
 
 
-@dataclasses.dataclass
-class TrainResult:
-  """status: 'finished' (reached train_steps), 'stopped' (signal; checkpoint saved) or 'already_done'."""
-  status: str
-  step: int
-  model_dir: str
-  last_metrics: Optional[dict] = None
-
-
-class NonFiniteLossError(RuntimeError):
-  pass
-
-
 # ---- small pieces -----------------------------------------------------------------------------------
 
 def setup_runtime(config: TrainConfig) -> None:
@@ -168,14 +157,6 @@ def checkpoint_metadata(config: TrainConfig, model_config: T5Config, features: T
           "optimizer": optim.describe(optimizer_config)}
 
 
-def check_finite(step: int, metrics: Mapping[str, float]) -> None:
-  bad = [k for k in ("loss", "grad_norm", "param_norm") if not np.isfinite(metrics[k])]
-  if bad:
-    raise NonFiniteLossError(
-        f"step {step}: non-finite {', '.join(f'{k}={metrics[k]}' for k in bad)}. Stopped without "
-        "saving these parameters")
-
-
 # ---- the run ----------------------------------------------------------------------------------------
 
 def train(config: TrainConfig, model_config: T5Config,
@@ -194,11 +175,9 @@ def train(config: TrainConfig, model_config: T5Config,
   loss_config = loss_config or losses.LossConfig()
   setup_runtime(config)
 
-  # Mesh, model, optimizer and the shardings of the train state.
-  mesh = partitioning_config.make_mesh()
-  model = EncoderDecoderModel(model_config, mesh, partitioning_config.rules())
-  optimizer = trainer.make_optimizer(model, optimizer_config)
-  state_shardings = trainer.train_state_shardings(model, optimizer, mesh)
+  # Mesh, model, optimizer, the shardings of the train state and the jitted step.
+  assembly = step_assembly.assemble_step(model_config, partitioning_config, optimizer_config,
+                                         loss_config, step_assembly.StepSettings.of(config))
   fresh_model = not config.initial_checkpoint_path
   features = task_features(config.mixture_or_task_name, model_config, fresh_model)
   vocabulary_path = features.vocabulary_path
@@ -220,15 +199,10 @@ def train(config: TrainConfig, model_config: T5Config,
   truncation.reset_all()
   data = make_train_batches(config, num_data_shards)
   metrics_log = reporting.MetricsLog(config.model_dir)
-  state = restore_or_initialize(config, model, optimizer, state_shardings, checkpointer, data,
-                                metrics_log)
+  state = restore_or_initialize(config, assembly, checkpointer, data, metrics_log)
   start_step = int(jax.device_get(state.step))
 
-  train_step = trainer.make_train_step(
-      model, optimizer, loss_config, optim.learning_rate_schedule(optimizer_config),
-      dropout_seed=config.dropout_seed, num_microbatches=config.num_microbatches,
-      state_shardings=state_shardings, rng_impl=config.rng_impl)
-  hooks = build_eval_hooks(config, model, vocabulary_path, num_data_shards, loss_config)
+  evaluations = build_eval_hooks(config, assembly.model, vocabulary_path, num_data_shards, loss_config)
   metadata = checkpoint_metadata(config, model_config, features, optimizer_config)
   lengths = config.task_feature_lengths
   meter = make_meter(config, model_config)
@@ -236,11 +210,14 @@ def train(config: TrainConfig, model_config: T5Config,
   logging.info("training %s from step %d to %d: batch %d x (%d, %d), %s, mesh %s on %d %s device(s)",
                config.mixture_or_task_name, start_step, config.train_steps, config.batch_size,
                lengths["inputs"], lengths["targets"], optim.describe(optimizer_config),
-               dict(mesh.shape), jax.device_count(), jax.devices()[0].device_kind)
+               dict(assembly.mesh.shape), jax.device_count(), jax.devices()[0].device_kind)
   try:
-    with preemption.StopRequest(config.stop_check_period) as stop:
-      return train_loop(config, model, state, start_step, data, train_step, checkpointer, metadata,
-                        hooks, meter, metrics_log, tensorboard, stop, describe_run)
+    with preemption.StopRequest() as stop:
+      run = Run(config=config, assembly=assembly, state=state, start_step=start_step, data=data,
+                checkpointer=checkpointer, metrics_log=metrics_log, tensorboard=tensorboard,
+                meter=meter, stop=stop, stop_check=stop_check(config),
+                actions=periodic_actions(config, evaluations, metadata, describe_run))
+      return train_loop(run)
   except NonFiniteLossError as e:
     checkpointer.wait_until_finished()  # earlier (good) saves may still be in flight
     kept = checkpoints.list_steps(config.model_dir)
@@ -279,106 +256,86 @@ def make_meter(config: TrainConfig, model_config: T5Config) -> reporting.Progres
   return reporting.ProgressMeter(config.train_steps, flops, jax.device_count(), peak)
 
 
-def restore_or_initialize(config, model, optimizer, state_shardings, checkpointer, data, metrics_log):
+def restore_or_initialize(config, assembly: step_assembly.StepAssembly, checkpointer, data,
+                          metrics_log) -> trainer.TrainState:
   latest = checkpointer.latest_step()
   if latest is None:
     metrics_log.truncate_after(0)  # a run killed before its first checkpoint starts over
-    params = initial_params(config, model)
-    return trainer.init_train_state(params, optimizer, state_shardings)
-  abstract = trainer.abstract_train_state(model, optimizer, model.mesh)
+    return assembly.init_state(initial_params(config, assembly.model))
+  abstract = assembly.abstract_state
   restored = checkpointer.restore(latest, abstract.params, abstract.opt_state,
                                   input_position=config.restore_input_position)
-  check_same_shapes(checkpoints.t5_config_from_metadata(restored.metadata), model.config,
+  check_same_shapes(checkpoints.t5_config_from_metadata(restored.metadata), assembly.model.config,
                     checkpoints.step_directory(config.model_dir, latest))
   if restored.input_position is not None:
     data.set_state(restored.input_position)
   metrics_log.truncate_after(latest)
   logging.info("resumed from %s", checkpoints.step_directory(config.model_dir, latest))
-  return trainer.TrainState(step=replicated_step(latest, state_shardings.step),
+  return trainer.TrainState(step=replicated_step(latest, assembly.state_shardings.step),
                             params=restored.params, opt_state=restored.opt_state)
 
 
 def build_eval_hooks(config, model, vocabulary_path, num_data_shards, loss_config):
-  context = eval_hooks.EvalContext(
+  """[(name, eval hook)] of the run: validation loss (unless EVAL_BATCHES=0), then the gin factories'."""
+  context = hooks.EvalContext(
       model=model, model_dir=config.model_dir, vocabulary_path=vocabulary_path,
       mixture_or_task_name=config.mixture_or_task_name,
       task_feature_lengths=dict(config.task_feature_lengths), batch_size=config.batch_size,
       use_packing=config.use_packing, num_data_shards=num_data_shards)
   factories = list(config.eval_hook_factories)
   if config.eval_batches != 0:
-    factories.insert(0, eval_hooks.validation_loss_factory(config.eval_split, config.eval_batches,
-                                                           loss_config))
-  hooks = []
+    factories.insert(0, hooks.validation_loss_factory(config.eval_split, config.eval_batches,
+                                                      loss_config))
+  built = []
   for factory in factories:
     hook = factory(context)
     if hook is not None:
-      hooks.append((eval_hooks.hook_name(hook, factory), hook))
-  return hooks
+      built.append((hooks.hook_name(hook, factory), hook))
+  return built
 
 
-def train_loop(config, model, state, start_step, data, train_step, checkpointer, metadata, hooks,
-               meter, metrics_log, tensorboard, stop, describe_run) -> TrainResult:
-  """Steps until train_steps or a stop request. Metrics are fetched one step late, so the host queues
-  step s+1 before waiting for step s; they are always fetched (and checked) before a save."""
-  pending = None  # (step, device metrics) not yet fetched
-  last_metrics = None
-  truncation_reported = False
-  step = start_step
-  started = time.time()
+# ---- the loop's actions (run_loop.py runs them) -----------------------------------------------------
 
-  def record(step_and_metrics):
-    nonlocal last_metrics
-    done_step, device_metrics = step_and_metrics
-    metrics = trainer.host_metrics(device_metrics)
-    check_finite(done_step, metrics)
-    metrics_log.write({"kind": "train", "step": done_step, **metrics})
-    if done_step == start_step + 1:
-      logging.info("first step done in %.1fs (compilation included)", time.time() - started)
-      meter.restart_clock()
-    else:
-      meter.add(metrics)
-    last_metrics = metrics
+def stop_check(config: TrainConfig) -> Periodic:
+  """Every step with one process (a local flag); with several, an all-gather every
+  STOP_CHECK_PERIOD steps and at every checkpoint step, so that a requested stop can reuse that save."""
+  if jax.process_count() == 1:
+    every = (1,)
+  else:
+    every = (max(1, config.stop_check_period), config.checkpoint_period)
+  return Periodic("stop check", every, lambda run, step: run.stop.agreed())
 
-  while step < config.train_steps:
-    batch = model.shard_batch(next(data))
-    state, device_metrics = train_step(state, batch)
-    step += 1
-    if pending is not None:
-      record(pending)
-    pending = (step, device_metrics)
-    last = step == config.train_steps
-    stopping = not last and stop.should_stop(step, force_check=checkpointer.should_save(step))
-    save = last or stopping or checkpointer.should_save(step)
-    evaluate = bool(hooks) and (last or step % config.eval_period == 0)
-    log = last or stopping or step % config.log_period == 0
-    if save or evaluate or log or step == start_step + 1:
-      record(pending)
-      pending = None
-    if log and step > start_step + 1:
-      summary = meter.summary(step)
-      logging.info("%s", meter.line(step, summary))
-      tensorboard.scalars("train", step, {**summary, **last_metrics})
-      report_truncation(step, config.task_feature_lengths, metrics_log,
-                        first=not truncation_reported)
-      truncation_reported = True
-    if save:
-      started_saving = time.time()
-      metrics_log.flush()  # a killed run's metrics.jsonl holds every step up to its last checkpoint
-      checkpointer.save(step, state.params, state.opt_state,
-                        {**metadata, "gin_config": describe_run()},
-                        data.get_state(), force=True)
-      meter.exclude(time.time() - started_saving)
-    if evaluate:
-      started_evaluating = time.time()
-      run_eval_hooks(hooks, step, state.params, metrics_log, tensorboard)
-      meter.exclude(time.time() - started_evaluating)
-    if stopping:
-      logging.info("stopped at step %d on %s; checkpoint saved: restart with the same MODEL_DIR "
-                   "to continue", step, stop.signal_name or "another process's request")
-      return TrainResult("stopped", step, config.model_dir, last_metrics)
-  logging.info("finished: step %d, loss %.4f; checkpoint %s", step, last_metrics["loss"],
-               checkpoints.step_directory(config.model_dir, step))
-  return TrainResult("finished", step, config.model_dir, last_metrics)
+
+def periodic_actions(config: TrainConfig, evaluations, metadata: Mapping[str, Any],
+                     describe_run: Callable[[], str]) -> list[Periodic]:
+  """Progress line, checkpoint and (when the run has eval hooks) evaluation, in the order they run."""
+  def save(run: Run, step: int) -> None:
+    run.metrics_log.flush()  # a killed run's metrics.jsonl holds every step up to its last checkpoint
+    run.checkpointer.save(step, run.state.params, run.state.opt_state,
+                          {**metadata, "gin_config": describe_run()}, run.data.get_state(), force=True)
+
+  def evaluate(run: Run, step: int) -> None:
+    run_eval_hooks(evaluations, step, run.state.params, run.metrics_log, run.tensorboard)
+
+  actions = [Periodic("progress", (config.log_period,), log_progress, at_stop=True),
+             Periodic("checkpoint", (config.checkpoint_period,), save, at_stop=True,
+                      training_time=False)]
+  if evaluations:
+    actions.append(Periodic("evaluation", (config.eval_period,), evaluate, training_time=False))
+  return actions
+
+
+def log_progress(run: Run, step: int) -> None:
+  """The progress line (log, TensorBoard) and the truncation figures; none for the first step (its
+  time is compilation)."""
+  if step <= run.start_step + 1:
+    return
+  summary = run.meter.summary(step)
+  logging.info("%s", run.meter.line(step, summary))
+  run.tensorboard.scalars("train", step, {**summary, **run.last_metrics})
+  report_truncation(step, run.config.task_feature_lengths, run.metrics_log,
+                    first=not run.truncation_reported)
+  run.truncation_reported = True
 
 
 def report_truncation(step: int, lengths: Mapping[str, int], metrics_log, first: bool) -> None:
@@ -394,8 +351,8 @@ def report_truncation(step: int, lengths: Mapping[str, int], metrics_log, first:
       logging.warning("%s", line)
 
 
-def run_eval_hooks(hooks, step, params, metrics_log, tensorboard) -> None:
-  for name, hook in hooks:
+def run_eval_hooks(evaluations, step, params, metrics_log, tensorboard) -> None:
+  for name, hook in evaluations:
     start = time.time()
     metrics = {k: float(v) for k, v in dict(hook(step, params)).items()}
     metrics_log.write({"kind": "eval", "name": name, "step": step, **metrics})

@@ -1,9 +1,10 @@
 """Will this run fit? The real train step, compiled ahead of time for a device set nobody has to own.
 
-`plan_train_step` builds exactly what `train.loop.train` builds (mesh, model, Adafactor, state
-shardings, `trainer.make_train_step`) but feeds it ShapeDtypeStructs with shardings: nothing is
-allocated. It lowers and compiles the step for the given devices (a TPU topology from libtpu, or
-simulated CPUs) and reads back from XLA, per device: the bytes of parameters, optimizer state, the
+`plan_train_step` gets the step from `step_assembly.assemble_step`, the function `train.loop.train`
+builds its step with (mesh, model, optimizer, state shardings, abstract state, jitted step), over the
+given devices (a TPU topology from libtpu, or simulated CPUs), and feeds it the assembly's abstract
+state and an abstract batch, ShapeDtypeStructs with shardings: nothing is allocated. It lowers and
+compiles the step and reads back from XLA, per device: the bytes of parameters, optimizer state, the
 input batch and temporaries, the peak; FLOPs per step; the collectives in the program. `Plan.render()`
 prints them with a verdict against the chip's HBM and, when it does not fit, a suggestion.
 
@@ -24,9 +25,8 @@ import numpy as np
 
 from xmtf_jax.data import pipeline
 from xmtf_jax.model.config import T5Config
-from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
 from xmtf_jax.parallel import hlo_collectives, partitioning
-from xmtf_jax.train import losses, optim, trainer
+from xmtf_jax.train import losses, optim, step_assembly, trainer
 
 GIB = 2**30
 # Leave this much of HBM for XLA's runtime reservations and fragmentation.
@@ -35,13 +35,23 @@ HBM_HEADROOM = 0.95
 
 @dataclasses.dataclass(frozen=True)
 class StepShape:
-  """The batch the step is compiled for (TrainConfig's fields of the same names)."""
+  """The batch the step is compiled for and the step's settings (TrainConfig's fields of the same
+  names)."""
   batch_size: int
   task_feature_lengths: Mapping[str, int]
   use_packing: bool = False
-  num_microbatches: int = 1
-  dropout_seed: int = 0
-  rng_impl: str = "rbg"
+  settings: step_assembly.StepSettings = step_assembly.StepSettings()
+
+  @classmethod
+  def of(cls, train_config: Any) -> "StepShape":
+    return cls(batch_size=train_config.batch_size,
+               task_feature_lengths=dict(train_config.task_feature_lengths),
+               use_packing=train_config.use_packing,
+               settings=step_assembly.StepSettings.of(train_config))
+
+  @property
+  def num_microbatches(self) -> int:
+    return self.settings.num_microbatches
 
 
 @dataclasses.dataclass
@@ -187,18 +197,12 @@ def plan_train_step(model_config: T5Config, optimizer_config: optim.OptimizerCon
                     shape: StepShape, devices: Sequence[Any], *, hbm_bytes: int,
                     target: str = "") -> Plan:
   """Lowers and compiles the real train step for `devices` from abstract inputs; see the module doc."""
-  mesh = partitioning_config.make_mesh(devices)
-  model = EncoderDecoderModel(model_config, mesh, partitioning_config.rules())
-  optimizer = trainer.make_optimizer(model, optimizer_config)
-  state_shardings = trainer.train_state_shardings(model, optimizer, mesh)
-  state = trainer.abstract_train_state(model, optimizer, mesh)
+  assembly = step_assembly.assemble_step(model_config, partitioning_config, optimizer_config,
+                                         loss_config, shape.settings, devices=devices)
+  mesh, state = assembly.mesh, assembly.abstract_state
   batch = abstract_batch(mesh, shape)
-  step = trainer.make_train_step(model, optimizer, loss_config,
-                                 optim.learning_rate_schedule(optimizer_config),
-                                 dropout_seed=shape.dropout_seed, num_microbatches=shape.num_microbatches,
-                                 rng_impl=shape.rng_impl, state_shardings=state_shardings)
   started = time.perf_counter()
-  lowered = step.lower(state, batch)
+  lowered = assembly.train_step.lower(state, batch)
   lowered_at = time.perf_counter()
   compiled, compile_error = None, ""
   try:

@@ -1,10 +1,11 @@
 """Stopping cleanly: SIGTERM / SIGINT ask the training loop to finish its step, save and exit.
 
 Cloud TPU / GPU schedulers send SIGTERM before preempting a VM; Ctrl-C sends SIGINT. Either sets a
-flag; the loop polls `should_stop()` between steps. A second SIGINT raises KeyboardInterrupt at once
-(for when a person really wants out). With several processes every host must stop at the same step
-(a checkpoint save is collective), so `should_stop` combines the hosts' flags with a small all-gather,
-run every `check_period` steps.
+flag; the loop asks `agreed()` between steps. A second SIGINT raises KeyboardInterrupt at once (for
+when a person really wants out). With several processes every host must stop at the same step (a
+checkpoint save is collective), so `agreed` combines the hosts' flags with a small all-gather, which
+the loop runs only every `TrainConfig.stop_check_period` steps and at checkpoint steps
+(`loop.stop_check`).
 """
 from __future__ import annotations
 
@@ -21,8 +22,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 class StopRequest:
   """Context manager installing the handlers (main thread only; elsewhere it only has the flag)."""
 
-  def __init__(self, check_period: int = 1):
-    self.check_period = max(1, int(check_period))
+  def __init__(self):
     self.signal_name = None
     self._previous = {}
 
@@ -49,12 +49,11 @@ class StopRequest:
       signal.signal(sig, handler)
     self._previous.clear()
 
-  def should_stop(self, step: int, *, force_check: bool = False) -> bool:
-    """Whether the run should stop after `step` (the same answer on every process)."""
+  def agreed(self) -> bool:
+    """Whether any process was asked to stop: the same answer on every process, which must all call
+    it at the same step when there are several."""
     if jax.process_count() == 1:
       return self.requested_here
-    if not force_check and step % self.check_period:
-      return False
     from jax.experimental import multihost_utils
     flags = multihost_utils.process_allgather(np.int32(self.requested_here))
     return bool(np.any(flags))
