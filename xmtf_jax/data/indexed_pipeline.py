@@ -200,8 +200,9 @@ class IndexedBatches:
                        f"{self.rows.stop - 1} of the global batch (states of {len(states)} "
                        "process(es) given); pass the states of every process that saved it")
     self._reset(positions[self.rows.start:self.rows.stop])
-    logging.info("input pipeline (indexed): resumed at %d examples per row",
-                 int(self._positions.min()))
+    if self._positions.any():
+      logging.info("input pipeline (indexed): resumed at %d examples per row",
+                   int(self._positions.min()))
 
   def stats(self) -> dict:
     """What this source counted (`stats.DataStats.as_dict`): truncation of the examples handed out

@@ -200,8 +200,9 @@ class BatchIterator:
     start = time.time()
     self._batches = n
     self._build(n)
-    logging.info("input pipeline: restored position %d batches (fast-forward set up in %.1fs)",
-                 n, time.time() - start)
+    if n:
+      logging.info("input pipeline: restored position %d batches (fast-forward set up in %.1fs)",
+                   n, time.time() - start)
 
   def close(self) -> None:
     """Drops the tf.data iterator (a later `next` rebuilds it at the same position)."""
