@@ -20,8 +20,8 @@ from xmtf_jax.data.tasks import (add_jsonl_task, add_mixture, output_features, r
 
 def register_for(name: str, config: Optional[DataConfig] = None) -> None:
   """Makes `name` findable by seqio: registers the xP3-family variant it belongs to (from `config`'s
-  data root), then hands `config` to what `name` registered: its mixing settings to a family
-  mixture without its own (the demo), its strictness to tasks without their own (the demo's, your
+  data root), then hands `config` to the mixture or task `name` and its tasks: its mixing settings to
+  a family mixture without its own (the demo), its strictness to tasks that set none (your
   `add_jsonl_task` tasks), its vocabulary to tasks that use `run_vocabulary()`. The settings stay
   with those tasks and mixtures: nothing else in the process changes."""
   config = config or DataConfig()
