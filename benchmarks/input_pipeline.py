@@ -27,7 +27,6 @@ import mixtures  # noqa: E402
 import seqio  # noqa: E402
 from xmtf_jax.data import indexed_pipeline  # noqa: E402
 from xmtf_jax.data import pipeline as input_pipeline  # noqa: E402
-from xmtf_jax.data import jsonl_source  # noqa: E402
 
 WORDS = {
     "en": "the cat sleeps on a warm mat while children read stories about distant mountains".split(),
@@ -93,6 +92,7 @@ def time_pipeline(kind: str, name: str, lengths: dict, batch_size: int, batches:
     tokens += int((b["encoder_input_tokens"] > 0).sum() + b["decoder_loss_weights"].sum())
   seconds = time.perf_counter() - start
   cpu_seconds = time.process_time() - cpu_start
+  bad_lines = sum(sum(reasons.values()) for reasons in it.stats()["bad_lines"].values())
   if hasattr(it, "close"):
     it.close()
   slots = batches * batch_size * (lengths["inputs"] + lengths["targets"])
@@ -100,7 +100,7 @@ def time_pipeline(kind: str, name: str, lengths: dict, batch_size: int, batches:
           "examples_per_second": examples / seconds,
           "cpu_microseconds_per_example": 1e6 * cpu_seconds / examples,
           "tokens_per_second": tokens / seconds, "non_pad_share": tokens / slots,
-          "first_batch_seconds": first}
+          "first_batch_seconds": first, "bad_lines": bad_lines}
 
 
 def time_resume(kind: str, name: str, lengths: dict, batch_size: int, position: int,
@@ -196,7 +196,7 @@ def main(argv=None) -> None:
           f"{new['examples_per_second'] / old['examples_per_second']:.2f}x examples/s")
   load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
   print(f"\n(batch {args.batch_size}, {args.batches} batches after warm-up, {os.cpu_count()} CPUs, "
-        f"load average {load:.1f}; bad lines: {jsonl_source.BAD_LINES.counts()})")
+        f"load average {load:.1f}; bad lines: {sum(r['bad_lines'] for r in rows)})")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from typing import Optional
 
 from mixtures import demo  # noqa: F401  (registers the demo tasks)
 from mixtures.xp3 import VARIANTS, ensure_registered, register_variant, variant_of
-from xmtf_jax.data import jsonl_source, tasks, xp3_family
+from xmtf_jax.data import tasks, xp3_family
 from xmtf_jax.data.xp3_family import language_rates, mixture_info
 from xmtf_jax.data.config import MT5_VOCABULARY_PATH, DataConfig
 from xmtf_jax.data.tasks import (add_jsonl_task, add_mixture, output_features, run_vocabulary,
@@ -20,13 +20,14 @@ from xmtf_jax.data.tasks import (add_jsonl_task, add_mixture, output_features, r
 
 def register_for(name: str, config: Optional[DataConfig] = None) -> None:
   """Makes `name` findable by seqio: registers the xP3-family variant it belongs to (from `config`'s
-  data root) and applies `config`'s mixing settings and strictness to tasks without their own (the
-  demo, your `add_jsonl_task` tasks), and its vocabulary to tasks that use `run_vocabulary()`."""
+  data root), then hands `config` to the mixture or task `name` and its tasks: its mixing settings to
+  a family mixture without its own (the demo), its strictness to tasks that set none (your
+  `add_jsonl_task` tasks), its vocabulary to tasks that use `run_vocabulary()`. The settings stay
+  with those tasks and mixtures: nothing else in the process changes."""
   config = config or DataConfig()
-  xp3_family.configure_rates(config)
-  jsonl_source.set_default_strict(config.strict)
-  tasks.set_run_vocabulary_path(config.vocabulary_path)
   ensure_registered(name, config)
+  if name in tasks.registered_names():
+    xp3_family.configure(name, config)
 
 
 __all__ = ["DataConfig", "MT5_VOCABULARY_PATH", "VARIANTS", "add_jsonl_task", "add_mixture",

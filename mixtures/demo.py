@@ -38,7 +38,7 @@ def register(overwrite: bool = False) -> None:
   vocab = tasks.vocabulary(DEMO_VOCABULARY_PATH)
   config = DataConfig(data_dir=DEMO_DIR, vocabulary_path=DEMO_VOCABULARY_PATH,
                       shuffle_buffer_size=1_000)
-  # rate_config=None: the demo mixes by the settings the entry point passes to configure_rates.
+  # rate_config=None: the demo mixes by the settings the entry point passes to register_for.
   xp3_family.register_layout("demo", DEMO_DIR, kind="xp3", vocab=vocab, config=config, overwrite=overwrite)
   with open(os.path.join(DEMO_HELDOUT_DIR, HELDOUT_MANIFEST)) as f:  # local-only: in the repository
     manifest = json.load(f)

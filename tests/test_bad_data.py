@@ -8,7 +8,7 @@ import tensorflow as tf
 import mixtures
 from tests import data_fixtures
 from xmtf_jax.data import pipeline as input_pipeline
-from xmtf_jax.data import jsonl_source
+from xmtf_jax.data import jsonl_source, stats
 from xmtf_jax.data import xp3_layouts
 from xmtf_jax.data.jsonl_source import BadDataError, JsonlDataSource
 
@@ -40,9 +40,12 @@ def write_with_bad_line(path, bad_line):
   return good
 
 
-def read_all(source, split="train"):
+def read_all(source, split="train", sink=None):
+  """Every record of `source`'s split; lenient skips are counted in `sink` (a DataStats)."""
   try:
-    return list(source.get_dataset(split, shuffle=False).as_numpy_iterator())
+    with stats.collecting(sink):
+      ds = source.get_dataset(split, shuffle=False)
+    return list(ds.as_numpy_iterator())
   except tf.errors.OpError as e:
     raise jsonl_source.unwrap_tf_error(e) from None
 
@@ -67,12 +70,13 @@ def test_lenient_mode_skips_and_counts(tmp_path, kind):
   good = write_with_bad_line(path, line)
   name = f"lenient_{kind}"
   source = JsonlDataSource(name, {"train": [path]}, strict=False)
-  examples = read_all(source)
+  sink = stats.DataStats("train")
+  examples = read_all(source, sink=sink)
   assert [e["inputs"].decode() for e in examples] == [r["inputs"] for r in good]
-  assert jsonl_source.BAD_LINES.counts(name) == {reason: 1}
-  assert jsonl_source.BAD_LINES.examples(name) == [f"{path}:4 ({reason})"]
-  read_all(source)  # a second epoch does not count the same line twice
-  assert jsonl_source.BAD_LINES.counts(name) == {reason: 1}
+  assert sink.bad_lines.counts(name) == {reason: 1}
+  assert sink.bad_lines.examples(name) == [f"{path}:4 ({reason})"]
+  read_all(source, sink=sink)  # a second epoch does not count the same line twice
+  assert sink.bad_lines.counts(name) == {reason: 1}
 
 
 def test_answer_choices_are_checked(tmp_path):
@@ -87,11 +91,12 @@ def test_answer_choices_are_checked(tmp_path):
   ])
   with pytest.raises(BadDataError, match=r"line 2: targets 'c' is not one of answer_choices"):
     read_all(JsonlDataSource("choices_strict", {"train": [path]}, schema=schema))
+  sink = stats.DataStats("train")
   examples = read_all(JsonlDataSource("choices_lenient", {"train": [path]}, schema=schema,
-                                      strict=False))
+                                      strict=False), sink=sink)
   assert [e["inputs"] for e in examples] == [b"q1"]
   assert list(examples[0]["answer_choices"]) == [b"a", b"b"]
-  assert jsonl_source.BAD_LINES.counts("choices_lenient") == {"bad_answer_choices": 3}
+  assert sink.bad_lines.counts("choices_lenient") == {"bad_answer_choices": 3}
 
 
 def test_strict_error_surfaces_unwrapped_from_the_batch_iterator(tmp_path, data_spm_path):
@@ -110,7 +115,7 @@ def test_strict_error_surfaces_unwrapped_from_the_batch_iterator(tmp_path, data_
     else:
       batches = list(it)
       assert sum(int((b["decoder_loss_weights"].sum(1) > 0).sum()) for b in batches) == 4
-      assert it.data_stats()["bad_lines"][f"{name}_en"] == {"missing_field": 1}
+      assert it.stats()["bad_lines"][f"{name}_en"] == {"missing_field": 1}
 
 
 def test_empty_and_missing_language_folders(tmp_path, data_spm_path):
@@ -124,7 +129,7 @@ def test_empty_and_missing_language_folders(tmp_path, data_spm_path):
   layout = xp3_layouts.scan(str(root), "xp3", languages=["en", "fr", "sw"], strict=False,
                             source="fx_folders")
   assert [l.language for l in layout.languages] == ["en"]
-  assert jsonl_source.BAD_LINES.counts("fx_folders") == {"missing_folder": 1, "empty_folder": 1}
+  assert layout.problems.counts("fx_folders") == {"missing_folder": 1, "empty_folder": 1}
   (root / "en" / "merged_en.jsonl").unlink()
   with pytest.raises(BadDataError, match="no usable language folders"):
     xp3_layouts.scan(str(root), "xp3", strict=False, source="fx_folders2")
@@ -137,11 +142,11 @@ def _tiny_task(name, files, vocab_path, **kw):
                               overwrite=True, **kw)
 
 
-def _first_batch(name):
+def _first_batch(name, with_source=False):
   from xmtf_jax.data import pipeline
   it = pipeline.make_batch_iterator(name, {"inputs": 16, "targets": 8}, "train", 2, shuffle=False,
                                     seed=0, shard_index=0, num_shards=1, repeat=True)
-  return next(it)
+  return (next(it), it) if with_source else next(it)
 
 
 def test_missing_files_and_empty_globs_name_the_task_and_split(tmp_path, data_spm_path):
@@ -159,23 +164,21 @@ def test_globs_expand_and_lenient_tasks_skip_missing_files(tmp_path, data_spm_pa
     (tmp_path / f"part{i}.jsonl").write_text(json.dumps({"inputs": f"q{i}", "targets": f"a{i}"}) + "\n")
   _tiny_task("t_glob_ok", [str(tmp_path / "part*.jsonl"), str(tmp_path / "gone.jsonl")],
              data_spm_path, strict=False)
-  jsonl_source.BAD_LINES.reset()
-  batch = _first_batch("t_glob_ok")
+  batch, it = _first_batch("t_glob_ok", with_source=True)
   assert (batch["encoder_input_tokens"][:, 0] > 0).all()  # both rows come from the two parts
-  assert jsonl_source.BAD_LINES.counts("t_glob_ok") == {jsonl_source.MISSING_FILE: 1}
+  assert it.stats()["bad_lines"] == {"t_glob_ok": {jsonl_source.MISSING_FILE: 1}}
 
 
 def test_strict_none_follows_the_run_setting(tmp_path, data_spm_path):
   _tiny_task("t_follows", [str(tmp_path / "nope.jsonl"), str(tmp_path / "ok.jsonl")], data_spm_path)
   (tmp_path / "ok.jsonl").write_text(json.dumps({"inputs": "q", "targets": "a"}) + "\n")
-  try:
-    jsonl_source.set_default_strict(False)  # what DATA_STRICT = False does through register_for
-    assert _first_batch("t_follows")["encoder_input_tokens"].shape == (2, 16)
-    jsonl_source.set_default_strict(True)
-    with pytest.raises(jsonl_source.BadDataError, match="does not exist"):
-      _first_batch("t_follows")
-  finally:
-    jsonl_source.set_default_strict(True)
+  with pytest.raises(jsonl_source.BadDataError, match="does not exist"):
+    _first_batch("t_follows")  # strict until a run says otherwise
+  mixtures.register_for("t_follows", mixtures.DataConfig(strict=False))  # DATA_STRICT = False
+  assert _first_batch("t_follows")["encoder_input_tokens"].shape == (2, 16)
+  mixtures.register_for("t_follows", mixtures.DataConfig(strict=True))
+  with pytest.raises(jsonl_source.BadDataError, match="does not exist"):
+    _first_batch("t_follows")
 
 
 def test_an_empty_task_or_mixture_member_is_named(tmp_path, data_spm_path):

@@ -9,7 +9,7 @@ import sentencepiece as spm
 import mixtures
 import seqio
 from xmtf_jax.data import pipeline as input_pipeline
-from xmtf_jax.data import truncation
+from xmtf_jax.data import batch_source
 from xmtf_jax.data.report import packing_efficiency
 
 LENGTHS = {"inputs": 64, "targets": 16}
@@ -94,7 +94,7 @@ def test_packing_keeps_every_token_once_with_correct_segments(xp3_fixture):
     recount = batches(f"fx_xp3_{lang}", use_packing=True, global_batch_size=1, lengths=lengths)
     tokens = sum(int((b["encoder_segment_ids"] > 0).sum() + (b["decoder_segment_ids"] > 0).sum())
                  for b in recount)
-    reported = packing_efficiency(task, "train", lengths, None, pack=True)
+    reported = packing_efficiency(task, "train", lengths, None, pack=True, pipeline="tf_data")
     assert reported["rows"] == len(recount)
     assert reported["efficiency"] == pytest.approx(tokens / (len(recount) * (128 + 32)))
 
@@ -105,11 +105,13 @@ def test_truncation_is_counted(xp3_fixture, data_spm_path):
   records = xp3_fixture["expected"]["hi"]["train"]
   untrimmed_in = [len(sp.encode(r["inputs"])) for r in records]
   untrimmed_out = [len(sp.encode(r["targets"])) + 1 for r in records]  # + EOS
-  truncation.counter("fx_xp3_hi").reset()
-  rows = unpacked_examples(batches("fx_xp3_hi", lengths=lengths, global_batch_size=1))
+  it = input_pipeline.make_batch_iterator("fx_xp3_hi", lengths, "train", 1, shuffle=False,
+                                          repeat=False, shard_index=0, num_shards=1)
+  rows = unpacked_examples(list(it))
   assert len(rows) == len(records)
   assert all(len(i) <= 12 and len(t) <= 5 and t[-1] == 1 for i, t in rows)  # targets keep EOS
-  totals = truncation.counter("fx_xp3_hi").totals()
+  assert set(it.stats()["truncation"]) == {"fx_xp3_hi"} and it.stats()["split"] == "train"
+  totals = it.stats()["truncation"]["fx_xp3_hi"]
   assert totals == {
       "examples": 8,
       "inputs_tokens": sum(untrimmed_in),
@@ -150,8 +152,8 @@ def test_same_seed_same_stream_and_restore_continues_exactly(xp3_fixture, tmp_pa
 
 
 def test_validation_split_and_has_split(xp3_fixture):
-  assert input_pipeline.has_split("fx_xp3", "validation")
-  assert not input_pipeline.has_split("fx_xp3_zh", "validation")
+  assert batch_source.has_split("fx_xp3", "validation")
+  assert not batch_source.has_split("fx_xp3_zh", "validation")
   rows = unpacked_examples(batches("fx_xp3", split="validation", global_batch_size=4))
   assert len(rows) == 5  # en 3 + hi 2, every task read to its end; last batch padded
   last = batches("fx_xp3", split="validation", global_batch_size=4)[-1]

@@ -136,8 +136,6 @@ def test_a_task_defined_at_import_follows_the_runs_vocabulary_path(tmp_path, mon
   data_fixtures.write_jsonl(str(tmp_path / "dev.jsonl"), [{"inputs": text, "targets": "I love you."}])
   (tmp_path / "trap_user_tasks.py").write_text(USER_TASKS % str(tmp_path / "dev.jsonl"))
   monkeypatch.syspath_prepend(str(tmp_path))
-  # Leave the run's vocabulary as found (mT5's) for the tests after this one.
-  monkeypatch.setattr(tasks, "_RUN_VOCABULARY_PATH", [mixtures.MT5_VOCABULARY_PATH], raising=False)
   importlib.import_module("trap_user_tasks")  # what `import trap_user_tasks` in a gin file does
 
   demo_vocab, tiny_vocab = tasks.vocabulary(mixtures.demo.DEMO_VOCABULARY_PATH), tasks.vocabulary(data_spm_path)

@@ -7,7 +7,9 @@ statistics are then over a sample.
 
 gin macros that matter: MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS, XP3_DATA_DIR, DATA_STRICT,
 DATA_REPORT_MAX_EXAMPLES; data_report.make_report.output_dir (gin/runs/data_report.gin);
-data_report.make_report.line_index_dir (also build the indexed pipeline's line offsets there).
+data_report.make_report.line_index_dir (also build the indexed pipeline's line offsets there);
+data_report.make_report.input_pipeline (whose packing is measured: 'indexed', the default, or
+'tf_data').
 """
 from __future__ import annotations
 
@@ -29,18 +31,20 @@ def make_report(mixture_or_task_name: str = gin.REQUIRED,
                 task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
                 output_dir: str = "runs/data_report", split: str = "train",
                 max_examples_per_task: Optional[int] = 10_000,
-                line_index_dir: Optional[str] = None) -> dict:
+                line_index_dir: Optional[str] = None, input_pipeline: str = "indexed") -> dict:
   """Builds the report and writes report.json, report.md and language_shares.png to output_dir.
 
   line_index_dir: also build the line offsets the indexed training pipeline reads, for every file of
   the split, into this folder (e.g. gs://bucket/line_index, then TrainConfig.line_index_dir).
+  input_pipeline: the training pipeline whose packing the report measures ('indexed' | 'tf_data').
   """
   runtime.register_tasks(mixture_or_task_name)
   if line_index_dir:
     files = data_files(mixture_or_task_name, split)
     lines = line_index.index_files(files, line_index_dir)
     to_stderr(f"line index: {len(files)} files, {lines} lines in {line_index_dir}")
-  report = build_report(mixture_or_task_name, task_feature_lengths, split, max_examples_per_task)
+  report = build_report(mixture_or_task_name, task_feature_lengths, split, max_examples_per_task,
+                        input_pipeline)
   paths.makedirs(output_dir)
   paths.write_text(paths.join(output_dir, "report.json"),
                    json.dumps(report, indent=1, ensure_ascii=False))

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Sequence
 
-import jax
 import numpy as np
 
+from xmtf_jax.data import batch_source, stats
 from xmtf_jax.data import pipeline as input_pipeline
 from xmtf_jax.errors import UserError
 
@@ -26,10 +26,18 @@ def shards_of_process(num_data_shards: int, process_index: int, process_count: i
 
 
 class HostBatches:
-  """Iterator of host-local numpy batches (batch_size / process_count rows) with a restorable position."""
+  """The tf.data batch source (`batch_source.BatchSource`): host-local numpy batches
+  (batch_size / process_count rows) with a restorable position."""
 
-  def __init__(self, iterators: Sequence[input_pipeline.BatchIterator]):
+  def __init__(self, iterators: Sequence[input_pipeline.BatchIterator],
+               process_index: Optional[int] = None, process_count: Optional[int] = None):
     self.iterators = list(iterators)
+    self.process_index, self.process_count = batch_source.process_index_and_count(
+        process_index, process_count)
+
+  def shapes(self) -> dict[str, tuple[int, int]]:
+    parts = [it.shapes() for it in self.iterators]
+    return {k: (sum(p[k][0] for p in parts), length) for k, (_, length) in parts[0].items()}
 
   def __iter__(self):
     return self
@@ -43,16 +51,11 @@ class HostBatches:
         parts.append(next(it))
       except StopIteration:
         exhausted += 1
-        parts.append({k: np.zeros(shape, np.int32) for k, shape in it.shapes().items()})
+        parts.append(batch_source.zero_batch(it.shapes()))
     if exhausted == len(parts):
       raise StopIteration
     if len(parts) == 1:
       return parts[0]
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-  def zeros(self) -> dict[str, np.ndarray]:
-    """An all-padding batch of the right shapes (for a process whose data ran out before the others')."""
-    parts = [{k: np.zeros(shape, np.int32) for k, shape in it.shapes().items()} for it in self.iterators]
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
   def get_state(self) -> list[dict]:
@@ -60,14 +63,14 @@ class HostBatches:
 
   def set_state(self, saved_by_process: Sequence[Sequence[Mapping[str, Any]]]) -> None:
     """Continues from the positions every process saved (`get_state` of each, in process order)."""
-    if len(saved_by_process) != jax.process_count():
+    if len(saved_by_process) != self.process_count:
       raise UserError(
           f"the input position was saved by {len(saved_by_process)} process(es) and this run has "
-          f"{jax.process_count()}: the tf.data pipeline continues its stream only with as many "
+          f"{self.process_count}: the tf.data pipeline continues its stream only with as many "
           "processes. Restart with that many, switch to the indexed pipeline for new runs "
           "(TrainConfig.input_pipeline = 'indexed'), or set TrainConfig.restore_input_position = "
           "False to start the data stream from the beginning.")
-    states = saved_by_process[jax.process_index()]
+    states = saved_by_process[self.process_index]
     if isinstance(states, Mapping):
       raise UserError("the saved input position was written by the indexed input pipeline; "
                        "resume with TrainConfig.input_pipeline = 'indexed' (or set "
@@ -79,18 +82,28 @@ class HostBatches:
     for it, state in zip(self.iterators, states):
       it.set_state(state)
 
+  def stats(self) -> dict:
+    """What this process's shards counted (truncation, bad lines), summed."""
+    return stats.merged([it.stats() for it in self.iterators])
+
+  def close(self) -> None:
+    for it in self.iterators:
+      it.close()
+
 
 def make_host_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], split: str,
                       batch_size: int, *, use_packing: bool, shuffle: bool, seed: int, repeat: bool,
-                      num_data_shards: Optional[int] = None) -> HostBatches:
-  """HostBatches of this process (jax.process_index() of jax.process_count())."""
-  num_data_shards = num_data_shards or jax.process_count()
+                      num_data_shards: Optional[int] = None, process_index: Optional[int] = None,
+                      process_count: Optional[int] = None) -> HostBatches:
+  """HostBatches of this process (default jax.process_index() of jax.process_count())."""
+  index, count = batch_source.process_index_and_count(process_index, process_count)
+  num_data_shards = num_data_shards or count
   if batch_size % num_data_shards:
     raise UserError(f"BATCH_SIZE={batch_size} must be a multiple of the number of data shards "
                      f"({num_data_shards}, by default the number of processes)")
-  shards = shards_of_process(num_data_shards, jax.process_index(), jax.process_count())
+  shards = shards_of_process(num_data_shards, index, count)
   return HostBatches([
       input_pipeline.make_batch_iterator(
           mixture_or_task_name, task_feature_lengths, split, batch_size, use_packing=use_packing,
           shuffle=shuffle, seed=seed, shard_index=shard, num_shards=num_data_shards, repeat=repeat)
-      for shard in shards])
+      for shard in shards], index, count)

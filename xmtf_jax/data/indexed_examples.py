@@ -3,8 +3,8 @@
 `TaskLines` maps a task's example number k to a line: epoch k // n, then a seeded Permutation of
 the n lines of the split's files (data/global_order.py), and reads and checks that line with the
 same rules as the tf.data source (`jsonl_source.check_record`). A bad line is an error naming file
-and line (strict), or is counted in `jsonl_source.BAD_LINES` and replaced by the task's next
-example (lenient), so the stream keeps its length and stays a pure function of the seed.
+and line (strict), or is counted in the reader's `stats` and replaced by the task's next example
+(lenient), so the stream keeps its length and stays a pure function of the seed.
 
 `TaskTokenizer` runs the task's preprocessors (tokenize, truncation counts, EOS, trimming: whatever
 the seqio Task lists) in one long-lived tf.data pipeline per task, fed record by record from a
@@ -25,9 +25,30 @@ import seqio
 import tensorflow as tf
 
 from xmtf_jax import paths
-from xmtf_jax.data import global_order, jsonl_source, line_index, truncation
-from xmtf_jax.data.jsonl_source import BAD_LINES, HOW_TO_FIX, JsonlDataSource
+from xmtf_jax.data import global_order, jsonl_source, line_index, stats, truncation
+from xmtf_jax.data.jsonl_source import HOW_TO_FIX, JsonlDataSource
 from xmtf_jax.errors import UserError
+
+
+class Example(tuple):
+  """(inputs, targets) int32 token arrays of one example, plus its `task` name and `truncation`:
+  its counts in `stats.FIELDS` order, added to a DataStats when the example is handed out (None
+  where the task's own tf.data preprocessors counted it when it was tokenized)."""
+
+  def __new__(cls, inputs, targets, task: str, truncation: Optional[np.ndarray] = None):
+    self = super().__new__(cls, (inputs, targets))
+    self.task = task
+    self.truncation = truncation
+    return self
+
+
+def truncation_of(examples: Sequence[Example]) -> dict[str, np.ndarray]:
+  """{task: summed truncation counts} of the examples that carry theirs."""
+  out: dict[str, np.ndarray] = {}
+  for ex in examples:
+    if getattr(ex, "truncation", None) is not None:
+      out[ex.task] = out.get(ex.task, 0) + ex.truncation
+  return out
 
 
 @functools.lru_cache(maxsize=1)
@@ -39,14 +60,15 @@ class TaskLines:
   """The (checked) records of one task's split, by example number."""
 
   def __init__(self, task: seqio.Task, split: str, *, seed: int, shuffle: bool,
-               index_dir: Optional[str] = None):
+               index_dir: Optional[str] = None, sink: Optional[stats.DataStats] = None):
     source = task.source
     if not isinstance(source, JsonlDataSource):
       raise UserError(
           f"task {task.name!r} reads its data with a {type(source).__name__}; the indexed input "
           "pipeline reads JSON-lines tasks (`add_jsonl_task`). Use the tf.data pipeline for it "
           "(gin: TrainConfig.input_pipeline = 'tf_data').")
-    files = source.existing_files(split)
+    self._sink = sink
+    files = source.existing_files(split, sink)
     archives = [f for f in files if f.endswith(".zip")]
     if archives:
       raise UserError(
@@ -107,7 +129,7 @@ class TaskLines:
       path = self.lines.files[f].path
       if self.strict:
         raise jsonl_source.BadDataError(f"{path}, line {line + 1}: {why}. {HOW_TO_FIX}")
-      BAD_LINES.record(self.name, path, line + 1, reason, why)
+      jsonl_source.record_bad(self._sink, self.name, path, line + 1, reason, why)
       files, lines = self.lines.locate(self.lines_of(np.array([k + attempt])))
       f, line = int(files[0]), int(lines[0])
       record, reason, why = jsonl_source.check_record(self.lines.files[f].read(line), self.schema)
@@ -173,7 +195,7 @@ class TaskTokenizer:
     try:
       for _ in range(n):
         ex = next(self._iterator)
-        out.append((ex["inputs"], ex["targets"]))
+        out.append(Example(ex["inputs"], ex["targets"], self.name))
     except tf.errors.OpError as e:
       bad = jsonl_source.unwrap_tf_error(e)
       raise bad if bad is not e else e
@@ -201,7 +223,8 @@ class StandardTokenizer:
 
   For tasks made by `add_jsonl_task` (all of xP3 and the demo) it gives the ids seqio's TF ops give
   (tests/test_indexed_pipeline.py compares them) at a small fraction of the per-example cost:
-  SentencePiece encodes a whole batch in one call and the truncation counters take one update.
+  SentencePiece encodes a whole batch in one call. Each example carries its truncation counts
+  (`Example.truncation`), counted when the pipeline hands it out.
   """
 
   def __init__(self, task: seqio.Task, sequence_length: Mapping[str, int]):
@@ -211,7 +234,7 @@ class StandardTokenizer:
     self._done: list = []
 
   def push(self, records: Sequence[dict]) -> None:
-    columns, counts = {}, [len(records)]
+    columns, counts = {}, [np.ones(len(records), np.int64)]
     for key, feature in self._features.items():
       encode = feature.vocabulary.tokenizer.EncodeAsIds  # per text: a batch call costs ~150 us
       ids = [encode(r[key]) for r in records]
@@ -219,11 +242,12 @@ class StandardTokenizer:
       limit = self._lengths[key]
       untrimmed = np.array([len(x) + eos for x in ids], np.int64)
       cut = np.maximum(untrimmed - limit, 0)
-      counts += [int(untrimmed.sum()), int((cut > 0).sum()), int(cut.sum())]
+      counts += [untrimmed, (cut > 0).astype(np.int64), cut]
       keep = limit - eos
       columns[key] = [np.array(x[:keep] + [feature.vocabulary.eos_id] * eos, np.int32) for x in ids]
-    truncation.counter(self.name).add(counts)
-    self._done.extend(zip(columns["inputs"], columns["targets"]))
+    per_example = np.stack(counts, axis=1)  # [examples, len(stats.FIELDS)]
+    self._done.extend(Example(i, t, self.name, c)
+                      for i, t, c in zip(columns["inputs"], columns["targets"], per_example))
 
   def pull(self, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
     out, self._done = self._done[:n], self._done[n:]
@@ -234,14 +258,20 @@ class StandardTokenizer:
 
 
 class ExampleReader:
-  """Tokenized examples of a mixture's tasks by (task number, example number)."""
+  """Tokenized examples of a mixture's tasks by (task number, example number).
+
+  Bad lines, and the truncation that a task's own tf.data preprocessors count, go to `sink` (the
+  batch source's DataStats, kept as `self.stats`); the fast tokenizer's counts travel with each
+  `Example`.
+  """
 
   def __init__(self, tasks: Sequence[seqio.Task], split: str, sequence_length: Mapping[str, int],
                *, seed: int, shuffle: bool, index_dir: Optional[str] = None,
-               fast_tokenizer: bool = True):
+               fast_tokenizer: bool = True, sink: Optional[stats.DataStats] = None):
     start = time.time()
-    self.tasks = [TaskLines(t, split, seed=seed, shuffle=shuffle, index_dir=index_dir)
-                  for t in tasks]
+    self.stats = sink if sink is not None else stats.DataStats(split)
+    self.tasks = [TaskLines(t, split, seed=seed, shuffle=shuffle, index_dir=index_dir,
+                            sink=self.stats) for t in tasks]
     self.index_seconds = time.time() - start
     self._lengths = dict(sequence_length)
     self._seed = int(seed)
@@ -254,10 +284,11 @@ class ExampleReader:
       if self._fast and _is_standard(lines.task):
         self._tokenizers[t] = StandardTokenizer(lines.task, self._lengths)
       else:
-        self._tokenizers[t] = TaskTokenizer(lines.task, lines.schema, self._lengths, self._seed)
+        with stats.collecting(self.stats):  # its count_truncation step binds to our counters
+          self._tokenizers[t] = TaskTokenizer(lines.task, lines.schema, self._lengths, self._seed)
     return self._tokenizers[t]
 
-  def examples(self, task_ids: np.ndarray, ks: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+  def examples(self, task_ids: np.ndarray, ks: np.ndarray) -> list[Example]:
     """(inputs, targets) int32 token arrays of each (task, k), in the order asked."""
     out: list = [None] * len(task_ids)
     wanted: dict[int, list[int]] = {}

@@ -12,6 +12,14 @@ stream were consumed (run-length encoded: unpacked runs store one pair); a resto
 states that every process saved, so it continues the same global batches with any process count
 that divides G, at the same cost at step 10 and at step 100,000.
 
+Single pass (validation, the data report): global example i is instead the i-th of the tasks'
+splits read once, task after task in the mixture's order, lines in file order; a row whose stream
+has ended gets all-zero rows (loss weight 0), and the source stops when all of this process's rows
+have ended.
+
+Statistics (`stats()`): bad lines when read; truncation of the standard tasks when the batch holding
+the example is handed out, so the counts are those of the examples consumed.
+
 Compared with the tf.data pipeline (data/pipeline.py): no shuffle buffers (every line of an epoch
 is equally likely anywhere), mixing rates met to one example per task per block instead of sampled,
 and packing is next-fit per row instead of seqio's windowed packing (see the benchmark for both
@@ -29,9 +37,8 @@ from typing import Mapping, Optional, Sequence, Union
 import numpy as np
 import seqio
 
-from xmtf_jax.data import global_order, indexed_examples, jsonl_source, truncation
+from xmtf_jax.data import batch_source, global_order, indexed_examples, stats
 from xmtf_jax.data import tasks as data_tasks
-from xmtf_jax.data.pipeline import batch_shapes
 from xmtf_jax.errors import UserError
 
 STATE_VERSION = 2
@@ -39,16 +46,25 @@ PIPELINE = "indexed"
 
 
 @dataclasses.dataclass(frozen=True)
-class IndexedSpec:
+class IndexedSpec(batch_source.StreamSpec):
   """What determines the global stream (saved with the position; the process count is not in it)."""
-  mixture_or_task_name: str
-  task_feature_lengths: dict
-  split: str
-  global_batch_size: int
-  use_packing: bool
-  shuffle: bool
-  seed: int
   block_size: int = 4096
+  single_pass: bool = False
+
+
+class ConcatOrder:
+  """Single pass: global example i is example k of task t, the tasks' examples one after another."""
+
+  def __init__(self, sizes: Sequence[int]):
+    self.starts = np.concatenate([[0], np.cumsum(np.asarray(sizes, np.int64))])
+    self.total = int(self.starts[-1])
+
+  def assign(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    tasks = np.searchsorted(self.starts, indices, side="right") - 1
+    return tasks, indices - self.starts[tasks]
+
+
+_NO_EXAMPLE = (np.zeros(0, np.int32), np.zeros(0, np.int32))
 
 
 def _run_lengths(values: np.ndarray) -> list[list[int]]:
@@ -115,17 +131,22 @@ class IndexedBatches:
     provider = data_tasks.get_mixture_or_task(spec.mixture_or_task_name)
     if isinstance(provider, seqio.Mixture):
       tasks = [t for t in provider.tasks if spec.split in t.splits]
-      rates = [float(provider.get_rate(t)) for t in tasks]
-      tasks, rates = [t for t, r in zip(tasks, rates) if r > 0], [r for r in rates if r > 0]
+      if not spec.single_pass:  # one pass reads every task of the split, as the tf.data one does
+        rates = [float(provider.get_rate(t)) for t in tasks]
+        tasks, rates = [t for t, r in zip(tasks, rates) if r > 0], [r for r in rates if r > 0]
     else:
       tasks, rates = [provider], [1.0]
     if not tasks:
       raise UserError(f"no task of {spec.mixture_or_task_name!r} has a {spec.split!r} split")
     self.task_names = [t.name for t in tasks]
+    self._stats = stats.DataStats(spec.split)
     self.reader = indexed_examples.ExampleReader(tasks, spec.split, spec.task_feature_lengths,
                                                  seed=spec.seed, shuffle=spec.shuffle,
-                                                 index_dir=index_dir)
-    self.order = global_order.MixingOrder(rates, spec.seed, spec.block_size)
+                                                 index_dir=index_dir, sink=self._stats)
+    if spec.single_pass:
+      self.order = ConcatOrder([t.size for t in self.reader.tasks])
+    else:
+      self.order = global_order.MixingOrder(rates, spec.seed, spec.block_size)
     rows = spec.global_batch_size // process_count
     self.rows = range(process_index * rows, (process_index + 1) * rows)
     self._prefetch = prefetch
@@ -141,13 +162,15 @@ class IndexedBatches:
     self._ready: queue.Queue = queue.Queue(maxsize=max(self._prefetch, 1))
     self._thread: Optional[threading.Thread] = None
     self._stop = threading.Event()
+    self._ended = False  # single pass: every row of this process has ended
 
   @property
   def local_batch_size(self) -> int:
     return len(self.rows)
 
   def shapes(self) -> dict[str, tuple[int, int]]:
-    return batch_shapes(self.spec.task_feature_lengths, self.local_batch_size, self.spec.use_packing)
+    return batch_source.batch_shapes(self.spec.task_feature_lengths, self.local_batch_size,
+                                     self.spec.use_packing)
 
   def get_state(self) -> dict:
     return {"version": STATE_VERSION, "pipeline": PIPELINE, "spec": dataclasses.asdict(self.spec),
@@ -157,7 +180,6 @@ class IndexedBatches:
     """Continues from the states every process saved (a list, any process count) or one state."""
     states = [states] if isinstance(states, Mapping) else list(states)
     positions = np.full(self.spec.global_batch_size, -1, np.int64)
-    mine = dataclasses.asdict(self.spec)
     for state in states:
       if not isinstance(state, Mapping):  # the tf.data pipeline saves a list of shard states
         state = {"pipeline": "tf_data", "version": 1}
@@ -167,13 +189,11 @@ class IndexedBatches:
             f"input pipeline (state version {state.get('version')}); this run uses the indexed "
             "one. Resume with the same TrainConfig.input_pipeline, or set "
             "TrainConfig.restore_input_position = False to start the data from the beginning.")
-      diffs = {k: (state["spec"].get(k), v) for k, v in mine.items() if state["spec"].get(k) != v}
-      if diffs:
-        detail = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in sorted(diffs.items()))
-        raise UserError(
-            f"cannot continue the saved input stream with different pipeline arguments ({detail}). "
-            "Restore with the same mixture, lengths, batch size, packing and seed (the number of "
-            "hosts may change), or set TrainConfig.restore_input_position = False.")
+      batch_source.check_same_spec(
+          state["spec"], self.spec,
+          "Restore with the same mixture, lengths, batch size, packing and seed (the number of "
+          "hosts may change), or set TrainConfig.restore_input_position = False to start the data "
+          "from the beginning.")
       lo, hi = state["rows"]
       positions[lo:hi] = _expand(state["positions"])
     if (positions[self.rows.start:self.rows.stop] < 0).any():
@@ -181,11 +201,14 @@ class IndexedBatches:
                        f"{self.rows.stop - 1} of the global batch (states of {len(states)} "
                        "process(es) given); pass the states of every process that saved it")
     self._reset(positions[self.rows.start:self.rows.stop])
-    logging.info("input pipeline (indexed): resumed at %d examples per row",
-                 int(self._positions.min()))
+    if self._positions.any():
+      logging.info("input pipeline (indexed): resumed at %d examples per row",
+                   int(self._positions.min()))
 
-  def data_stats(self) -> dict:
-    return {"truncation": truncation.all_totals(), "bad_lines": jsonl_source.BAD_LINES.counts()}
+  def stats(self) -> dict:
+    """What this source counted (`stats.DataStats.as_dict`): truncation of the examples handed out
+    (standard tasks; a task's own preprocessors count when tokenizing), bad lines read."""
+    return self._stats.as_dict()
 
   # ---- batches ----------------------------------------------------------------------------------
 
@@ -196,22 +219,34 @@ class IndexedBatches:
     for j, n in zip(row_offsets, counts):
       first = int(self._next[j]) + len(self._buffers[j])
       row = self.rows.start + j
-      which += [j] * n
-      indices += [(first + c) * G + row for c in range(n)]
+      wanted = [(first + c) * G + row for c in range(n)]
+      if self.spec.single_pass:
+        wanted = [i for i in wanted if i < self.order.total]
+      which += [j] * len(wanted)
+      indices += wanted
+    if not indices:
+      return
     tasks, ks = self.order.assign(np.array(indices, np.int64))
     for j, example in zip(which, self.reader.examples(tasks, ks)):
       self._buffers[j].append(example)
 
+  def _row_ended(self, j: int) -> bool:
+    """Single pass: row j's stream holds no example beyond its buffer."""
+    if not self.spec.single_pass:
+      return False
+    after = int(self._next[j]) + len(self._buffers[j])
+    return after * self.spec.global_batch_size + self.rows.start + j >= self.order.total
+
   def _take_rows(self) -> list[list]:
-    """The examples of each row of the next batch (advances `_next`)."""
+    """The examples of each row of the next batch (advances `_next`); [] for an ended row."""
     lengths = self.spec.task_feature_lengths
     n_rows = len(self.rows)
     empty = [j for j in range(n_rows) if not self._buffers[j]]
     if empty:
       self._fetch(empty, [1] * len(empty))
     if not self.spec.use_packing:
-      taken = [[self._buffers[j].pop(0)] for j in range(n_rows)]
-      self._next += 1
+      taken = [[self._buffers[j].pop(0)] if self._buffers[j] else [] for j in range(n_rows)]
+      self._next += np.array([len(t) for t in taken], np.int64)
       return taken
     decided: dict[int, int] = {}
     while len(decided) < n_rows:
@@ -227,7 +262,8 @@ class IndexedBatches:
             break
           used_in, used_out, count = used_in + len(inputs), used_out + len(targets), count + 1
         else:
-          if used_out >= lengths["targets"]:  # full: nothing more can fit (targets end with EOS)
+          # full (nothing more can fit: targets end with EOS), or the end of a single pass
+          if used_out >= lengths["targets"] or self._row_ended(j):
             decided[j] = count
           else:
             undecided.append(j)
@@ -240,12 +276,17 @@ class IndexedBatches:
       self._next[j] += decided[j]
     return taken
 
-  def _make_batch(self) -> tuple[dict, np.ndarray]:
+  def _make_batch(self) -> tuple[dict, np.ndarray, dict]:
+    """(batch, positions after it, truncation counts of its examples by task)."""
     rows = self._take_rows()
+    if not any(rows):
+      raise StopIteration  # single pass: every row of this process has ended
+    counts = indexed_examples.truncation_of([ex for row in rows for ex in row])
     lengths = self.spec.task_feature_lengths
     if self.spec.use_packing:
-      return packed_features(rows, lengths), self._next.copy()
-    return unpacked_features([r[0] for r in rows], lengths), self._next.copy()
+      return packed_features(rows, lengths), self._next.copy(), counts
+    return (unpacked_features([r[0] if r else _NO_EXAMPLE for r in rows], lengths),
+            self._next.copy(), counts)
 
   def _produce(self) -> None:
     while not self._stop.is_set():
@@ -272,16 +313,23 @@ class IndexedBatches:
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    if not self._prefetch:
-      batch, self._positions = self._make_batch()
-      return batch
-    if self._thread is None:
-      self._thread = threading.Thread(target=self._produce, name="indexed-input", daemon=True)
-      self._thread.start()
-    item = self._ready.get()
-    if isinstance(item, BaseException):
-      raise item
-    batch, self._positions = item
+    if self._ended:
+      raise StopIteration
+    try:
+      if not self._prefetch:
+        item = self._make_batch()
+      else:
+        if self._thread is None:
+          self._thread = threading.Thread(target=self._produce, name="indexed-input", daemon=True)
+          self._thread.start()
+        item = self._ready.get()
+        if isinstance(item, BaseException):
+          raise item
+    except StopIteration:
+      self._ended = True
+      raise
+    batch, self._positions, counts = item
+    self._stats.add_truncation(counts)  # counted as handed out: consumed examples only
     return batch
 
   def close(self) -> None:
@@ -291,18 +339,20 @@ class IndexedBatches:
 
 def make_indexed_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
                          split: str, global_batch_size: int, *, use_packing: bool, seed: int,
-                         shuffle: bool = True, process_index: Optional[int] = None,
-                         process_count: Optional[int] = None, index_dir: Optional[str] = None,
-                         prefetch: int = 2) -> IndexedBatches:
-  """This process's IndexedBatches (defaults: jax.process_index() of jax.process_count())."""
-  if process_index is None or process_count is None:
-    import jax  # only here: the data modules do not otherwise need jax
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
+                         shuffle: bool = True, single_pass: bool = False,
+                         process_index: Optional[int] = None, process_count: Optional[int] = None,
+                         index_dir: Optional[str] = None, prefetch: int = 2) -> IndexedBatches:
+  """This process's IndexedBatches (defaults: jax.process_index() of jax.process_count()).
+
+  single_pass: read each task's split once, in a fixed order (implies shuffle=False), padding
+  ended rows with zeros, then stop (validation).
+  """
+  process_index, process_count = batch_source.process_index_and_count(process_index, process_count)
   start = time.time()
   spec = IndexedSpec(mixture_or_task_name, {k: int(task_feature_lengths[k])
                                             for k in ("inputs", "targets")},
-                     split, int(global_batch_size), bool(use_packing), bool(shuffle), int(seed))
+                     split, int(global_batch_size), bool(use_packing),
+                     bool(shuffle) and not single_pass, int(seed), single_pass=bool(single_pass))
   batches = IndexedBatches(spec, process_index, process_count, index_dir=index_dir,
                            prefetch=prefetch)
   logging.info("input pipeline (indexed): %d task(s), %d lines, set up in %.1fs",

@@ -1,7 +1,8 @@
 """A seqio DataSource over JSON-lines files that checks every record and never drops one silently.
 
 Why not seqio's `TextLineDataSource` + a JSON preprocessor: xP3 users need bad lines reported with
-their file and line number (strict mode) or skipped *and counted* (lenient mode), and hosts of a pod
+their file and line number (strict mode) or skipped *and counted* (lenient mode, in the DataStats
+of the batch source that read them: data/stats.py), and hosts of a pod
 must read disjoint parts of single big files (`merged_en.jsonl`). Local lines are read by TF's C++
 reader; only this host's share of lines reaches the (Python) JSON check, in batches to amortise the
 call. Files behind a URL (gs://) are read through xmtf_jax.paths (fsspec) in a Python generator with
@@ -18,9 +19,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import logging
-import math
-import threading
 import zipfile
 import zlib
 from typing import Callable, Mapping, Optional, Sequence
@@ -30,6 +28,8 @@ import seqio
 import tensorflow as tf
 
 from xmtf_jax import paths
+from xmtf_jax.data import stats
+from xmtf_jax.data.config import DataConfig
 from xmtf_jax.errors import UserError
 
 HOW_TO_FIX = ("Fix or delete that line, or read the data in lenient mode (gin: `DATA_STRICT = False`, "
@@ -74,58 +74,14 @@ class RecordSchema:
   choices_field: Optional[str] = None
 
 
-class BadLineLog:
-  """Thread-safe record of rejected lines (lenient mode) and unusable folders, per data source.
+def record_bad(sink: Optional[stats.DataStats], source: str, path: str, line: int, reason: str,
+               why: str = "") -> None:
+  """Counts a skipped line (or missing file: line 0) in the batch source's `sink`; logs it."""
+  if sink is None:
+    stats.log_skipped(source, path, line, reason, why)
+  else:
+    sink.bad_lines.record(source, path, line, reason, why)
 
-  A line is counted once however many epochs read it: the key is (source, path, line).
-  """
-
-  def __init__(self):
-    self._lock = threading.Lock()
-    self._seen: dict[str, dict[tuple[str, int], str]] = {}
-
-  def record(self, source: str, path: str, line: int, reason: str, why: str = "") -> None:
-    """Counts a skipped line (or folder: line 0); logs the first five and the 10th, 100th, ..."""
-    with self._lock:
-      lines = self._seen.setdefault(source, {})
-      if (path, line) in lines:
-        return
-      lines[(path, line)] = reason
-      n = len(lines)
-    if n <= 5 or math.log10(n).is_integer():
-      logging.warning("lenient mode: skipped %s:%d (%s%s); %d bad lines skipped so far in %s",
-                      path, line, reason, f": {why}" if why else "", n, source)
-
-  def counts(self, source: Optional[str] = None) -> dict:
-    """{source: {reason: count}} (or {reason: count} for one source)."""
-    with self._lock:
-      out = {}
-      for name, lines in self._seen.items():
-        per = out.setdefault(name, {})
-        for reason in lines.values():
-          per[reason] = per.get(reason, 0) + 1
-    return out.get(source, {}) if source is not None else out
-
-  def examples(self, source: str, limit: int = 5) -> list[str]:
-    """A few `path:line (reason)` strings, to show in reports."""
-    with self._lock:
-      items = sorted(self._seen.get(source, {}).items())[:limit]
-    return [f"{p}:{n} ({r})" for (p, n), r in items]
-
-  def reset(self) -> None:
-    with self._lock:
-      self._seen.clear()
-
-
-BAD_LINES = BadLineLog()
-
-# Strictness of sources that do not set their own (`strict=None`, e.g. a user's `add_jsonl_task`):
-# the entry points set it from DataConfig.strict (gin DATA_STRICT) once gin is parsed.
-_DEFAULT_STRICT = [True]
-
-
-def set_default_strict(strict: bool) -> None:
-  _DEFAULT_STRICT[0] = bool(strict)
 
 # The last BadDataError raised inside tf.data, so callers can re-raise it unwrapped (TF wraps Python
 # exceptions from numpy_function into an InvalidArgumentError with a traceback in the text).
@@ -187,7 +143,7 @@ def check_record(line: bytes, schema: RecordSchema) -> tuple[Optional[dict], Opt
   return record, None, ""
 
 
-def _parse_batch(source_name: str, schema: RecordSchema, strict: bool, num_shards: int,
+def _parse_batch(source_name: str, schema: RecordSchema, strict: bool, sink, num_shards: int,
                  shard_index: int, path: bytes, line_numbers: np.ndarray, lines: np.ndarray):
   """numpy_function body: this shard's good records of a batch of lines of one file, as columns.
 
@@ -203,7 +159,7 @@ def _parse_batch(source_name: str, schema: RecordSchema, strict: bool, num_shard
       where = path.decode("utf-8", "replace")
       if strict:
         raise _fail(f"{where}, line {int(number)}: {why}. {HOW_TO_FIX}")
-      BAD_LINES.record(source_name, where, int(number), reason, why)
+      record_bad(sink, source_name, where, int(number), reason, why)
       continue
     for f in schema.string_fields:
       columns[f].append(record[f].encode("utf-8"))
@@ -276,7 +232,8 @@ class JsonlDataSource(seqio.DataSource):
     files: split name -> file paths (local or gs://).
     schema: the fields to read and check.
     strict: raise BadDataError on the first bad line (naming file and line) instead of counting it;
-      None follows the run's setting (DATA_STRICT, `set_default_strict`), read when data is built.
+      None follows the DataConfig the task was registered for (`configure`; gin DATA_STRICT;
+      strict until then), read when data is built.
     count_fn: paths -> number of lines; gives `num_input_examples` (cached line counts).
   """
 
@@ -294,6 +251,7 @@ class JsonlDataSource(seqio.DataSource):
     self._parse_batch_size = parse_batch_size
     self._max_open_files = max_open_files
     self._shuffle_buffer_size = shuffle_buffer_size
+    self._config: Optional[DataConfig] = None
     super().__init__(splits=tuple(self._files), num_input_examples=None, caching_permitted=False)
 
   @property
@@ -306,7 +264,19 @@ class JsonlDataSource(seqio.DataSource):
 
   @property
   def strict(self) -> bool:
-    return _DEFAULT_STRICT[0] if self._strict is None else self._strict
+    if self._strict is not None:
+      return self._strict
+    return self._config.strict if self._config is not None else True
+
+  @property
+  def config(self) -> Optional[DataConfig]:
+    """The DataConfig of the run this source's task was last registered for (None: none yet)."""
+    return self._config
+
+  def configure(self, config: DataConfig) -> None:
+    """Holds the run's data settings (registration: `mixtures.register_for`); with `strict=None`
+    the source follows `config.strict`."""
+    self._config = config
 
   @property
   def supports_arbitrary_sharding(self) -> bool:
@@ -318,9 +288,11 @@ class JsonlDataSource(seqio.DataSource):
   def files(self, split: str) -> tuple[str, ...]:
     return self._files[split]
 
-  def existing_files(self, split: str) -> tuple[str, ...]:
+  def existing_files(self, split: str, sink: Optional[stats.DataStats] = None) -> tuple[str, ...]:
     """The split's files with globs expanded; a missing file (or a glob matching nothing) is an error
-    naming the task and split (strict), or is skipped and counted (lenient)."""
+    naming the task and split (strict), or is skipped and counted in `sink` (lenient; default: the
+    DataStats being collected, `stats.collecting`)."""
+    sink = sink or stats.current()
     found = []
     for pattern in self._files[split]:
       is_pattern = "*" in pattern
@@ -331,7 +303,7 @@ class JsonlDataSource(seqio.DataSource):
           raise _fail(f"task {self._name!r}, split {split!r}: data file {pattern} {what}. Fix the "
                       "path in the task's definition (or the data root, XP3_DATA_DIR), or read the "
                       "data in lenient mode (gin: DATA_STRICT = False) to skip it.")
-        BAD_LINES.record(self._name, pattern, 0, MISSING_FILE)
+        record_bad(sink, self._name, pattern, 0, MISSING_FILE)
       found += matches
     if not found:
       raise _fail(f"task {self._name!r}, split {split!r}: none of its data files exist "
@@ -349,7 +321,8 @@ class JsonlDataSource(seqio.DataSource):
     del sequence_length, use_cached, num_epochs
     if split not in self._files:
       raise UserError(f"{self._name}: no files for split {split!r} (has {list(self._files)})")
-    files = self.existing_files(split)
+    sink = stats.current()  # bound now: tf.data threads count into it later
+    files = self.existing_files(split, sink)
     num_shards, index = (shard_info.num_shards, shard_info.index) if shard_info else (1, 0)
     batch_size = self._parse_batch_size
 
@@ -379,7 +352,7 @@ class JsonlDataSource(seqio.DataSource):
     ds = datasets[0]
     for more in datasets[1:]:
       ds = ds.concatenate(more)
-    ds = self._parse(ds, num_shards, index)
+    ds = self._parse(ds, num_shards, index, sink)
     if shuffle and self._shuffle_buffer_size:
       # seqio gives every task of a mixture the same seed, so tasks of identical structure would
       # be shuffled identically; a small shuffle with a per-task seed decorrelates them.
@@ -387,14 +360,15 @@ class JsonlDataSource(seqio.DataSource):
       ds = ds.shuffle(self._shuffle_buffer_size, seed=task_seed, reshuffle_each_iteration=True)
     return ds
 
-  def _parse(self, batches: tf.data.Dataset, num_shards: int, shard_index: int) -> tf.data.Dataset:
+  def _parse(self, batches: tf.data.Dataset, num_shards: int, shard_index: int,
+             sink: Optional[stats.DataStats]) -> tf.data.Dataset:
     schema, strict = self._schema, self.strict
     out_types = [tf.string] * len(schema.string_fields) + [tf.string, tf.int64] * len(schema.list_fields)
 
     def parse(path, numbers, lines):
       outputs = tf.numpy_function(
-          lambda p, n, l: _parse_batch(self._name, schema, strict, num_shards, shard_index,
-                                       p, n, l),
+          lambda p, n, l: _parse_batch(self._name, schema, strict, sink, num_shards,
+                                       shard_index, p, n, l),
           [path, numbers, lines], out_types, stateful=False)
       for t in outputs:
         t.set_shape([None])

@@ -30,34 +30,11 @@ import seqio
 import tensorflow as tf
 
 from xmtf_jax import paths
-from xmtf_jax.data import jsonl_source
+from xmtf_jax.data import batch_source, jsonl_source, stats
 from xmtf_jax.data import tasks as data_tasks
-from xmtf_jax.data import truncation
 from xmtf_jax.errors import UserError
 
 STATE_VERSION = 1
-
-ENCODER_FEATURES = ("encoder_input_tokens",)
-DECODER_FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")
-PACKING_FEATURES = {"encoder_segment_ids": "inputs", "encoder_positions": "inputs",
-                    "decoder_segment_ids": "targets", "decoder_positions": "targets"}
-
-
-def batch_shapes(task_feature_lengths: Mapping[str, int], local_batch_size: int,
-                 use_packing: bool) -> dict[str, tuple[int, int]]:
-  """Feature name -> (rows, length) of every batch, without reading any data (for jit/AOT)."""
-  shapes = {k: (local_batch_size, task_feature_lengths["inputs"]) for k in ENCODER_FEATURES}
-  shapes.update({k: (local_batch_size, task_feature_lengths["targets"]) for k in DECODER_FEATURES})
-  if use_packing:
-    shapes.update({k: (local_batch_size, task_feature_lengths[f]) for k, f in PACKING_FEATURES.items()})
-  return shapes
-
-
-def has_split(mixture_or_task_name: str, split: str) -> bool:
-  """Whether any task of the mixture (or the task) has `split` (e.g. for periodic validation)."""
-  provider = data_tasks.get_mixture_or_task(mixture_or_task_name)
-  tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
-  return any(split in t.splits for t in tasks)
 
 
 def _inputs_and_targets(ex):
@@ -68,7 +45,7 @@ def empty_tasks(mixture_or_task_name: str, split: str) -> list[str]:
   """The tasks of a mixture (or the task) whose data files for `split` hold no bytes at all."""
   provider = data_tasks.get_mixture_or_task(mixture_or_task_name)
   found = []
-  for task in (provider.tasks if isinstance(provider, seqio.Mixture) else [provider]):
+  for task in data_tasks.tasks_of(provider):
     source = task.source
     if split in task.splits and isinstance(source, jsonl_source.JsonlDataSource):
       try:
@@ -84,7 +61,8 @@ def make_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, i
                  local_batch_size: int, *, use_packing: bool = False, shuffle: bool = True,
                  seed: Optional[int] = None, shard_index: int = 0, num_shards: int = 1,
                  repeat: bool = True) -> tf.data.Dataset:
-  """The batched tf.data pipeline behind `make_batch_iterator` (int32 features, see batch_shapes).
+  """The batched tf.data pipeline behind `make_batch_iterator` (int32 features, see
+  batch_source.batch_shapes).
 
   With `repeat=False` the split is read once, every task to its end, and the last batch may be
   short.
@@ -120,15 +98,8 @@ def make_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, i
 
 
 @dataclasses.dataclass(frozen=True)
-class PipelineSpec:
+class PipelineSpec(batch_source.StreamSpec):
   """Everything that determines the stream of batches (saved with the position)."""
-  mixture_or_task_name: str
-  task_feature_lengths: dict
-  split: str
-  global_batch_size: int
-  use_packing: bool
-  shuffle: bool
-  seed: int
   shard_index: int
   num_shards: int
   repeat: bool
@@ -145,6 +116,8 @@ class BatchIterator:
     self.spec = spec
     self._batches = 0
     self._iterator = None
+    self._dataset = None  # built once: a restart from position 0 iterates it again
+    self._stats = stats.DataStats(spec.split)
 
   @property
   def local_batch_size(self) -> int:
@@ -155,18 +128,27 @@ class BatchIterator:
     return self._batches
 
   def shapes(self) -> dict[str, tuple[int, int]]:
-    return batch_shapes(self.spec.task_feature_lengths, self.local_batch_size, self.spec.use_packing)
+    return batch_source.batch_shapes(self.spec.task_feature_lengths, self.local_batch_size,
+                                     self.spec.use_packing)
 
   def _build(self, skip: int) -> None:
     s = self.spec
-    empty = empty_tasks(s.mixture_or_task_name, s.split)
-    if empty:  # seqio would mix the others silently, or stop with a bare StopIteration
-      raise UserError(f"tasks with no examples in split {s.split!r}: {', '.join(empty)} (their data "
-                       f"files are empty), in {s.mixture_or_task_name!r}. Remove them from the mixture "
-                       "or fix their files; `python -m xmtf_jax.data_report` lists every task's size.")
-    ds = make_dataset(s.mixture_or_task_name, s.task_feature_lengths, s.split, s.local_batch_size,
-                      use_packing=s.use_packing, shuffle=s.shuffle, seed=s.seed,
-                      shard_index=s.shard_index, num_shards=s.num_shards, repeat=s.repeat)
+    if self._dataset is None or skip:
+      with stats.collecting(self._stats):  # truncation and bad lines count into this iterator's
+        empty = empty_tasks(s.mixture_or_task_name, s.split)
+        if empty:  # seqio would mix the others silently, or stop with a bare StopIteration
+          raise UserError(
+              f"tasks with no examples in split {s.split!r}: {', '.join(empty)} (their data files "
+              f"are empty), in {s.mixture_or_task_name!r}. Remove them from the mixture or fix their "
+              "files; `python -m xmtf_jax.data_report` lists every task's size.")
+        ds = make_dataset(s.mixture_or_task_name, s.task_feature_lengths, s.split,
+                          s.local_batch_size, use_packing=s.use_packing, shuffle=s.shuffle,
+                          seed=s.seed, shard_index=s.shard_index, num_shards=s.num_shards,
+                          repeat=s.repeat)
+      if not skip:
+        self._dataset = ds
+    else:
+      ds = self._dataset
     if skip:
       ds = ds.skip(skip)
     self._iterator = ds.as_numpy_iterator()
@@ -211,25 +193,27 @@ class BatchIterator:
     if state.get("version") != STATE_VERSION:
       raise UserError(f"input-pipeline state version {state.get('version')} is not "
                        f"{STATE_VERSION}; it was written by another version of xmtf_jax")
-    saved = dict(state["spec"])
-    mine = dataclasses.asdict(self.spec)
-    diffs = {k: (saved.get(k), v) for k, v in mine.items() if saved.get(k) != v}
-    if diffs:
-      detail = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in sorted(diffs.items()))
-      raise UserError(
-          "cannot continue the saved input stream with different pipeline arguments (" + detail +
-          "). Restore with the same mixture, lengths, batch size, packing, seed and number of "
-          "hosts, or start the data from the beginning.")
+    batch_source.check_same_spec(
+        state["spec"], self.spec,
+        "Restore with the same mixture, lengths, batch size, packing, seed and number of hosts, or "
+        "set TrainConfig.restore_input_position = False to start the data from the beginning.")
     n = int(state["batches_consumed"])
     start = time.time()
     self._batches = n
     self._build(n)
-    logging.info("input pipeline: restored position %d batches (fast-forward set up in %.1fs)",
-                 n, time.time() - start)
+    if n:
+      logging.info("input pipeline: restored position %d batches (fast-forward set up in %.1fs)",
+                   n, time.time() - start)
 
-  def data_stats(self) -> dict:
-    """Truncation totals and bad-line counts (lenient mode) seen so far by this process."""
-    return {"truncation": truncation.all_totals(), "bad_lines": jsonl_source.BAD_LINES.counts()}
+  def close(self) -> None:
+    """Drops the tf.data iterator (a later `next` rebuilds it at the same position)."""
+    self._iterator = None
+    self._dataset = None
+
+  def stats(self) -> dict:
+    """Truncation totals and bad-line counts (lenient mode) of what this iterator's pipeline read
+    (`stats.DataStats.as_dict`)."""
+    return self._stats.as_dict()
 
 
 def make_batch_iterator(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
@@ -242,7 +226,7 @@ def make_batch_iterator(mixture_or_task_name: str, task_feature_lengths: Mapping
   Args:
     mixture_or_task_name: a registered seqio mixture or task (xP3-family names register lazily).
     task_feature_lengths: {"inputs": L_in, "targets": L_out}; longer examples are truncated
-      (and counted, see `data_stats`).
+      (and counted, see `stats`).
     split: "train", "validation", ...
     global_batch_size: rows over all processes; must divide by num_shards.
     use_packing: pack several examples per row (adds *_segment_ids and *_positions).
@@ -252,10 +236,7 @@ def make_batch_iterator(mixture_or_task_name: str, task_feature_lengths: Mapping
     repeat: loop forever (training); False reads the split once and pads the last batch with
       all-zero rows (loss weight 0).
   """
-  if shard_index is None or num_shards is None:
-    import jax  # only here: the data modules do not otherwise need jax
-    shard_index = jax.process_index() if shard_index is None else shard_index
-    num_shards = jax.process_count() if num_shards is None else num_shards
+  shard_index, num_shards = batch_source.process_index_and_count(shard_index, num_shards)
   if global_batch_size % num_shards:
     raise UserError(f"global_batch_size {global_batch_size} does not divide into {num_shards} "
                      "hosts; choose a multiple of the number of processes")

@@ -3,8 +3,10 @@
 Per task of a mixture (or for one task): examples, input/target token counts (mean, p50, p95, max,
 EOS included where added), the share of examples truncated at the chosen lengths, the mixing rate,
 the packing efficiency (non-pad share of tokens) without and with packing, and bad lines skipped in
-lenient mode: `build_report` (a dict: report.json), `markdown`, `plot_language_shares`. On big data
-cap the examples read per task: statistics are then over a sample.
+lenient mode: `build_report` (a dict: report.json), `markdown`, `plot_language_shares`. Packing is
+measured by the batch source training uses (`source_factory.make_batch_source`, one pass): the
+indexed pipeline packs next-fit per row, the tf.data one as seqio packs. On big data cap the
+examples read per task: statistics are then over a sample.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import seqio
 import tensorflow as tf
 
 from xmtf_jax import paths
-from xmtf_jax.data import jsonl_source, xp3_family
+from xmtf_jax.data import batch_source, jsonl_source, source_factory, stats, xp3_family
 from xmtf_jax.data import tasks as data_tasks
 from xmtf_jax.progress import to_stderr
 
@@ -47,31 +49,56 @@ def untrimmed_lengths(task: seqio.Task, split: str, max_examples: Optional[int],
   return {k: np.asarray(v, np.int64) for k, v in lengths.items()}
 
 
+def packing_pipeline(task: seqio.Task, split: str, pipeline: str) -> str:
+  """The pipeline that measures packing for `task`: the one training uses, except that tasks the
+  indexed pipeline cannot read by line offset (zip archives, other sources) are read as tf.data
+  reads them."""
+  source = task.source
+  if pipeline == batch_source.INDEXED and not (
+      isinstance(source, jsonl_source.JsonlDataSource)
+      and not any(f.endswith(".zip") for f in source.files(split))):
+    return batch_source.TF_DATA
+  return pipeline
+
+
 def packing_efficiency(task: seqio.Task, split: str, task_feature_lengths: Mapping[str, int],
-                       max_examples: Optional[int], pack: bool) -> dict:
-  """Non-pad share of the token slots of the feature-converted rows of (a sample of) the task."""
-  ds = task.get_dataset(sequence_length=dict(task_feature_lengths), split=split, shuffle=False,
-                        num_epochs=1)
-  if max_examples:
-    ds = ds.take(max_examples)
-  ds = ds.map(lambda ex: {k: ex[k] for k in FEATURES})
-  ds = seqio.EncDecFeatureConverter(pack=pack)(ds, dict(task_feature_lengths))
-  rows = real_inputs = real_targets = 0
-  for ex in ds.as_numpy_iterator():
-    rows += 1
-    real_inputs += int(np.count_nonzero(ex["encoder_input_tokens"]))
-    real_targets += int(np.count_nonzero(ex["decoder_loss_weights"]))
+                       max_examples: Optional[int], pack: bool,
+                       pipeline: str = batch_source.INDEXED, rows_per_batch: int = 64) -> dict:
+  """Non-pad share of the token slots of the rows training would build from (a sample of) the task:
+  the batch source of `pipeline` in one pass (the indexed one packs next-fit per row, the tf.data
+  one as seqio packs), rows holding no example left out."""
+  config = batch_source.SourceConfig(task.name, dict(task_feature_lengths), rows_per_batch,
+                                     use_packing=pack,
+                                     pipeline=packing_pipeline(task, split, pipeline))
+  source = source_factory.make_batch_source(config, split, single_pass=True, process_index=0,
+                                            process_count=1)
+  rows = examples = real_inputs = real_targets = 0
+  try:
+    for batch in source:
+      weights = batch["decoder_loss_weights"]
+      used = weights.sum(axis=1) > 0
+      rows += int(used.sum())
+      examples += int(batch["decoder_segment_ids"].max(axis=1).sum()) if pack else int(used.sum())
+      real_inputs += int(np.count_nonzero(batch["encoder_input_tokens"]))
+      real_targets += int(np.count_nonzero(weights))
+      if max_examples and examples >= max_examples:
+        break
+  finally:
+    source.close()
   slots_in, slots_out = rows * task_feature_lengths["inputs"], rows * task_feature_lengths["targets"]
   share = lambda a, b: a / b if b else 0.0  # noqa: E731
-  return {"rows": rows, "efficiency": share(real_inputs + real_targets, slots_in + slots_out),
+  return {"rows": rows, "examples": examples, "pipeline": config.pipeline,
+          "efficiency": share(real_inputs + real_targets, slots_in + slots_out),
           "inputs_efficiency": share(real_inputs, slots_in),
           "targets_efficiency": share(real_targets, slots_out)}
 
 
 def task_report(task: seqio.Task, split: str, task_feature_lengths: Mapping[str, int],
                 max_examples: Optional[int], rate: Optional[float], language: Optional[str],
-                label: str = "") -> dict:
-  lengths = untrimmed_lengths(task, split, max_examples, label)
+                label: str = "", pipeline: str = batch_source.INDEXED) -> dict:
+  read = stats.DataStats(split)  # what this report's reading of the task skipped
+  with stats.collecting(read):
+    lengths = untrimmed_lengths(task, split, max_examples, label)
   n = int(lengths["inputs"].size)
   row = {"task": task.name, "language": language, "examples_read": n,
          "examples_in_files": task.num_input_examples(split), "mixing_rate": rate}
@@ -82,10 +109,12 @@ def task_report(task: seqio.Task, split: str, task_feature_lengths: Mapping[str,
       lengths["targets"] > task_feature_lengths["targets"])
   row["truncated_share"] = float(np.mean(either)) if n else 0.0
   row["packing"] = {
-      "unpacked": packing_efficiency(task, split, task_feature_lengths, max_examples, False),
-      "packed": packing_efficiency(task, split, task_feature_lengths, max_examples, True)}
-  row["bad_lines"] = jsonl_source.BAD_LINES.counts(task.name)
-  row["bad_line_examples"] = jsonl_source.BAD_LINES.examples(task.name)
+      "unpacked": packing_efficiency(task, split, task_feature_lengths, max_examples, False,
+                                     pipeline),
+      "packed": packing_efficiency(task, split, task_feature_lengths, max_examples, True,
+                                   pipeline)}
+  row["bad_lines"] = read.bad_lines.counts(task.name)
+  row["bad_line_examples"] = read.bad_lines.examples(task.name)
   return row
 
 
@@ -100,8 +129,9 @@ def _rates_and_languages(provider) -> tuple[dict, dict]:
 
 
 def build_report(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
-                 split: str = "train", max_examples_per_task: Optional[int] = 10_000) -> dict:
-  """The report as a dict (what report.json holds)."""
+                 split: str = "train", max_examples_per_task: Optional[int] = 10_000,
+                 input_pipeline: str = batch_source.INDEXED) -> dict:
+  """The report as a dict (what report.json holds); packing as `input_pipeline` packs."""
   provider = data_tasks.get_mixture_or_task(mixture_or_task_name)
   tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
   tasks = [t for t in tasks if split in t.splits]
@@ -113,10 +143,13 @@ def build_report(mixture_or_task_name: str, task_feature_lengths: Mapping[str, i
     to_stderr(f"{label}{task.name} ...")
     try:
       rows.append(task_report(task, split, task_feature_lengths, max_examples_per_task,
-                              rates.get(task.name), languages.get(task.name), label))
+                              rates.get(task.name), languages.get(task.name), label,
+                              input_pipeline))
     except tf.errors.OpError as e:
       raise jsonl_source.unwrap_tf_error(e) from None
-  folder_problems = jsonl_source.BAD_LINES.examples(mixture_or_task_name, limit=100)
+  info = xp3_family.mixture_info(mixture_or_task_name)
+  folder_problems = info.layout.problems.examples(mixture_or_task_name, limit=100) if info else []
+  packed_examples = sum(r["packing"]["packed"]["examples"] for r in rows)
   total_read = sum(r["examples_read"] for r in rows)
   packed_rows = sum(r["packing"]["packed"]["rows"] for r in rows)
   return {
@@ -126,7 +159,8 @@ def build_report(mixture_or_task_name: str, task_feature_lengths: Mapping[str, i
       "seconds": time.time() - start, "tasks": rows,
       "folder_problems": folder_problems,
       "bad_lines_total": sum(sum(r["bad_lines"].values()) for r in rows),
-      "packed_examples_per_row": total_read / packed_rows if packed_rows else 0.0,
+      "input_pipeline": input_pipeline,
+      "packed_examples_per_row": packed_examples / packed_rows if packed_rows else 0.0,
   }
 
 

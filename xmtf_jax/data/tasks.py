@@ -14,7 +14,7 @@ import seqio
 
 from xmtf_jax import paths
 from xmtf_jax.data import truncation
-from xmtf_jax.data.config import MT5_VOCABULARY_PATH
+from xmtf_jax.data.config import MT5_VOCABULARY_PATH, DataConfig
 from xmtf_jax.data.jsonl_source import JsonlDataSource, RecordSchema
 from xmtf_jax.errors import UserError
 
@@ -51,25 +51,22 @@ def vocabulary(path: str) -> seqio.SentencePieceVocabulary:
   return _shared_vocabulary(paths.abspath(paths.repo_path(path)))
 
 
-# The run's SentencePiece model (gin VOCABULARY_PATH): the entry points set it from
-# DataConfig.vocabulary_path once gin is parsed, after the user's task modules were imported by gin.
-_RUN_VOCABULARY_PATH = [MT5_VOCABULARY_PATH]
-
-
-def set_run_vocabulary_path(path: str) -> None:
-  _RUN_VOCABULARY_PATH[0] = path
-
-
 class RunVocabulary(_SentencePieceVocabulary):
-  """The vocabulary of whatever VOCABULARY_PATH the run sets, looked up at each use (tokenizing,
-  sizes, the path recorded in checkpoints), so a task defined at import, before gin is parsed, still
-  follows `--gin.VOCABULARY_PATH`. Equal to `vocabulary(that path)`: it mixes with xP3's tasks."""
+  """The vocabulary of whatever VOCABULARY_PATH the run registers its tasks with, looked up at each
+  use (tokenizing, sizes, the path recorded in checkpoints), so a task defined at import, before gin
+  is parsed, still follows `--gin.VOCABULARY_PATH`: `mixtures.register_for(name, config)` binds the
+  RunVocabulary of `name`'s tasks to `config.vocabulary_path` (`configure_tasks`); unbound, it is
+  mT5's. Equal to `vocabulary(that path)`: it mixes with xP3's tasks."""
 
-  def __init__(self):
+  def __init__(self, path: Optional[str] = None):
     super().__init__("", extra_ids=0)
+    self._bound_path = path
+
+  def bind(self, path: str) -> None:
+    self._bound_path = path
 
   def resolve(self) -> seqio.SentencePieceVocabulary:
-    return vocabulary(_RUN_VOCABULARY_PATH[0])
+    return vocabulary(self._bound_path or MT5_VOCABULARY_PATH)
 
   def _model_context(self):
     return self.resolve()._model_context()  # the shared, cached model of that file
@@ -81,17 +78,30 @@ class RunVocabulary(_SentencePieceVocabulary):
   def __getstate__(self):  # what seqio's __eq__ compares (mixtures require equal vocabularies)
     return self.resolve().__getstate__()
 
-  def __reduce__(self):  # pickled (gin copies, workers) as "the run's", not as today's file
-    return run_vocabulary, ()
-
-
-_RUN_VOCABULARY = RunVocabulary()
+  def __reduce__(self):  # pickled (gin copies, workers) as "the run's", with the path bound now
+    return RunVocabulary, (self._bound_path,)
 
 
 def run_vocabulary() -> RunVocabulary:
-  """The run's vocabulary (gin VOCABULARY_PATH; mT5's by default) for tasks of your own modules:
+  """The run's vocabulary (gin VOCABULARY_PATH; mT5's until bound) for tasks of your own modules:
   `add_jsonl_task(..., vocab=run_vocabulary())` instead of naming a file."""
-  return _RUN_VOCABULARY
+  return RunVocabulary()
+
+
+def tasks_of(provider) -> list[seqio.Task]:
+  """The tasks of a mixture, or [the task]."""
+  return list(provider.tasks) if isinstance(provider, seqio.Mixture) else [provider]
+
+
+def configure_tasks(name: str, config: DataConfig) -> None:
+  """Hands `config` to the tasks of mixture or task `name`: their JSON-lines sources follow its
+  strictness where they set none, their `run_vocabulary()` resolves to its vocabulary path."""
+  for task in tasks_of(get_mixture_or_task(name)):
+    if isinstance(task.source, JsonlDataSource):
+      task.source.configure(config)
+    for feature in task.output_features.values():
+      if isinstance(feature.vocabulary, RunVocabulary):
+        feature.vocabulary.bind(config.vocabulary_path)
 
 
 def output_features(vocab: seqio.Vocabulary, add_eos_to_inputs: bool = False) -> dict:
@@ -118,7 +128,8 @@ def add_jsonl_task(name: str, files: Mapping[str, Sequence[str]], *, vocab: seqi
   """Registers a seqio Task reading `{split: [.jsonl paths or globs]}` with `inputs`/`targets` records.
 
   strict None (default): bad lines and missing files are errors or are skipped and counted as the
-  run's DATA_STRICT says (`mixtures.DataConfig.strict`); True/False fixes it for this task.
+  DataConfig the task is registered for says (`mixtures.register_for`, gin DATA_STRICT; strict
+  until then); True/False fixes it for this task.
   metric_fns, postprocess_fn: seqio's, used when the task is decoded during training
   (`zero_shot_eval_hook.generation_tasks`; a task without metric_fns gets BLEU and ROUGE):
   `fn(targets, predictions) -> {name: value}` (seqio files those taking `scores` under
@@ -140,9 +151,14 @@ def add_mixture(name: str, tasks_and_rates, *, overwrite: bool = False) -> seqio
   return seqio.MixtureRegistry.add(name, list(tasks_and_rates))
 
 
+def registered_names() -> set[str]:
+  """Every seqio mixture and task name registered in this process."""
+  return set(seqio.MixtureRegistry.names()) | set(seqio.TaskRegistry.names())
+
+
 def get_mixture_or_task(name: str):
   """seqio's lookup; an unknown name is an error that lists close names and how names get there."""
-  known = set(seqio.MixtureRegistry.names()) | set(seqio.TaskRegistry.names())
+  known = registered_names()
   if name not in known:
     close = difflib.get_close_matches(name, sorted(known), n=5)
     raise UserError(

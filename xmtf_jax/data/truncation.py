@@ -2,73 +2,20 @@
 
 A seqio preprocessor (`count_truncation`) placed after tokenisation and before
 `append_eos_after_trim` adds each example's untrimmed lengths (EOS included where the feature adds
-one) to per-task int64 counters (tf.Variables updated inside tf.data, so counting costs no Python
-call per example). Counts cover examples *produced* by the pipeline, which runs a little ahead of
-the trainer (prefetch, shuffle buffers); each epoch is counted again.
+one) to the int64 counters of the batch source whose pipeline is being built (`stats.collecting`):
+tf.Variables updated inside tf.data, so counting costs no Python call per example. Those counts
+cover examples *produced* by a tf.data pipeline, which runs a little ahead of the trainer (prefetch,
+shuffle buffers); each epoch is counted again. The indexed pipeline counts its standard tasks in
+Python when a batch is handed out (data/indexed_pipeline.py).
 """
 from __future__ import annotations
 
-import threading
 from typing import Mapping, Optional
 
-import numpy as np
 import tensorflow as tf
 
-FIELDS = ("examples", "inputs_tokens", "inputs_truncated_examples", "inputs_truncated_tokens",
-          "targets_tokens", "targets_truncated_examples", "targets_truncated_tokens")
-
-
-class TruncationCounter:
-  """Totals over the examples a task produced: untrimmed tokens, examples and tokens cut off.
-
-  Counted in a tf.Variable by tf.data pipelines and in a numpy array by Python code (`add`).
-  """
-
-  def __init__(self):
-    self.variable = tf.Variable(tf.zeros([len(FIELDS)], tf.int64), trainable=False)
-    self._python = np.zeros(len(FIELDS), np.int64)
-    self._lock = threading.Lock()
-
-  def add(self, values) -> None:
-    with self._lock:
-      self._python += np.asarray(values, np.int64)
-
-  def totals(self) -> dict[str, int]:
-    with self._lock:
-      values = self.variable.numpy() + self._python
-    return dict(zip(FIELDS, (int(v) for v in values)))
-
-  def reset(self) -> None:
-    with self._lock:
-      self.variable.assign(tf.zeros([len(FIELDS)], tf.int64))
-      self._python[:] = 0
-
-
-_COUNTERS: dict[str, TruncationCounter] = {}
-_LOCK = threading.Lock()
-
-
-def counter(task_name: str) -> TruncationCounter:
-  with _LOCK:
-    if task_name not in _COUNTERS:
-      with tf.init_scope():  # created eagerly even when first asked for inside a tf.function
-        _COUNTERS[task_name] = TruncationCounter()
-    return _COUNTERS[task_name]
-
-
-def all_totals() -> dict[str, dict[str, int]]:
-  """{task name: totals} for every task that produced examples in this process."""
-  with _LOCK:
-    names = sorted(_COUNTERS)
-  return {name: _COUNTERS[name].totals() for name in names}
-
-
-def reset_all() -> None:
-  """Zeroes every task's counters (a new run in the same process starts counting afresh)."""
-  with _LOCK:
-    counters = list(_COUNTERS.values())
-  for c in counters:
-    c.reset()
+from xmtf_jax.data import stats
+from xmtf_jax.data.stats import FIELDS, TruncationCounter  # noqa: F401  (their home is stats.py)
 
 
 def summarise(totals: Mapping[str, int]) -> dict[str, float]:
@@ -83,9 +30,13 @@ def count_truncation(dataset: tf.data.Dataset, output_features: Mapping,
   """seqio preprocessor: counts untrimmed lengths and truncation; passes examples through unchanged.
 
   Use with `functools.partial(count_truncation, task_name=...)` right after
-  `seqio.preprocessors.tokenize`.
+  `seqio.preprocessors.tokenize`. Counts into the DataStats being collected where the dataset is
+  built (`stats.collecting`); without one it passes the examples through uncounted.
   """
-  variable = counter(task_name).variable
+  sink = stats.current()
+  if sink is None:
+    return dataset
+  variable = sink.truncation_counter(task_name).variable
 
   def lengths(ex, key):
     n = tf.size(ex[key], out_type=tf.int64)

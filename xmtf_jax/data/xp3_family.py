@@ -2,7 +2,8 @@
 per prompt file) and a mixture over the languages with rates from the data's line counts.
 
 `register_layout` is how `mixtures` registers xP3, xP3mt, xP3all, xP3x, P3 and the bundled demo; the
-`MixtureInfo` it returns (also `mixture_info(name)`) serves the rates and the data report.
+`MixtureInfo` it returns is held by the registered seqio Mixture (`mixture_info(name)`) and serves
+the rates and the data report.
 """
 from __future__ import annotations
 
@@ -17,18 +18,6 @@ from xmtf_jax.data import line_counts, mixing_rates, tasks, xp3_layouts
 from xmtf_jax.data.config import DataConfig
 from xmtf_jax.data.jsonl_source import RecordSchema
 
-# The mixing settings of mixtures registered without their own (`configure_rates` replaces it).
-_DEFAULT_RATES = [DataConfig()]
-
-
-def configure_rates(config: DataConfig) -> None:
-  """Mixing scheme/cap/temperature/weights for mixtures registered without a rate config of their
-  own (the bundled demo); the entry points pass the gin-built DataConfig."""
-  _DEFAULT_RATES[0] = config
-  for info in _MIXTURES.values():
-    info._rates.clear()
-
-
 @dataclasses.dataclass
 class MixtureInfo:
   """What was registered for one mixture; used for rates and by the data report."""
@@ -38,7 +27,8 @@ class MixtureInfo:
   task_languages: dict[str, str]          # language task -> language
   prompt_tasks: dict[str, list[str]]      # language task -> its per-prompt tasks
   counts: line_counts.LineCounts
-  rate_config: Optional[DataConfig] = None  # None: the one `configure_rates` set (default DataConfig())
+  rate_config: Optional[DataConfig] = None  # None: the run's (`configure`), default DataConfig()
+  run_config: Optional[DataConfig] = None
   _rates: dict = dataclasses.field(default_factory=dict)
   _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
@@ -50,9 +40,14 @@ class MixtureInfo:
       out[task_name] = self.counts.total(source.files(split)) if split in source.splits else 0
     return out
 
+  def configure(self, config: DataConfig) -> None:
+    """The run's data settings (registration: `mixtures.register_for`); a mixture registered
+    without a rate config of its own (the bundled demo) mixes by them."""
+    self.run_config = config
+
   def rates(self) -> dict[str, float]:
     """Normalised mixing rate per language task (from the train split's sizes)."""
-    config = self.rate_config or _DEFAULT_RATES[0]
+    config = self.rate_config or self.run_config or DataConfig()
     key = (config.mixing_scheme, config.mixing_cap, config.mixing_temperature,
            repr(config.mixing_weights))
     with self._lock:
@@ -65,12 +60,20 @@ class MixtureInfo:
       return self._rates[key]
 
 
-_MIXTURES: dict[str, MixtureInfo] = {}
-
-
 def mixture_info(name: str) -> Optional[MixtureInfo]:
   """The MixtureInfo of a mixture registered by `register_layout`, else None."""
-  return _MIXTURES.get(name)
+  if name not in seqio.MixtureRegistry.names():
+    return None
+  return getattr(seqio.get_mixture_or_task(name), "family_info", None)
+
+
+def configure(name: str, config: DataConfig) -> None:
+  """Hands the run's `config` to mixture or task `name`: its tasks (`tasks.configure_tasks`) and,
+  for a family mixture, its rates."""
+  tasks.configure_tasks(name, config)
+  info = mixture_info(name)
+  if info is not None:
+    info.configure(config)
 
 
 def register_layout(name: str, root: str, *, kind: Optional[str], vocab: seqio.Vocabulary,
@@ -97,9 +100,9 @@ def register_layout(name: str, root: str, *, kind: Optional[str], vocab: seqio.V
       tasks.add_jsonl_task(prompt_name, {split: [path]}, **common)
       prompt_tasks[task_name].append(prompt_name)
   info = MixtureInfo(name, root, layout, task_languages, prompt_tasks, counts, rate_config)
-  tasks.add_mixture(name, [(t, lambda task, info=info: info.rates()[task.name])
-                           for t in task_languages], overwrite=overwrite)
-  _MIXTURES[name] = info
+  mixture = tasks.add_mixture(name, [(t, lambda task, info=info: info.rates()[task.name])
+                                     for t in task_languages], overwrite=overwrite)
+  mixture.family_info = info  # held by the registered mixture: no registry of our own
   logging.info("registered mixture %s: %d language tasks, %d per-prompt tasks from %s", name,
                len(task_languages), sum(map(len, prompt_tasks.values())), root)
   return info
@@ -107,5 +110,7 @@ def register_layout(name: str, root: str, *, kind: Optional[str], vocab: seqio.V
 
 def language_rates(name: str) -> Mapping[str, float]:
   """{language: rate} of a registered family mixture (e.g. for plots)."""
-  info = _MIXTURES[name]
+  info = mixture_info(name)
+  if info is None:
+    raise ValueError(f"{name!r} is not a mixture registered from an xP3-family layout")
   return {info.task_languages[t]: r for t, r in info.rates().items()}

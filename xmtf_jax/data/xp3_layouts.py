@@ -23,7 +23,7 @@ import re
 from typing import Optional, Sequence
 
 from xmtf_jax import paths
-from xmtf_jax.data import jsonl_source
+from xmtf_jax.data import jsonl_source, stats
 
 XP3 = "xp3"
 XP3X = "xp3x"
@@ -46,9 +46,19 @@ class LanguageFiles:
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
+  """What `scan` found; `problems` holds the folders and files skipped in lenient mode (under the
+  `source` name given to `scan`), for the data report."""
   kind: str
   root: str
   languages: tuple[LanguageFiles, ...]
+  problems: stats.BadLineLog = dataclasses.field(default_factory=stats.BadLineLog, compare=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Source:
+  """Where `_problem` records: the scan's own log, under the name of what is being registered."""
+  name: str
+  log: stats.BadLineLog
 
 
 def task_name_part(text: str) -> str:
@@ -67,11 +77,11 @@ def _join(root: str, *parts: str) -> str:
   return "/".join([root.rstrip("/")] + [p.strip("/") for p in parts])
 
 
-def _problem(strict: bool, source: str, path: str, reason: str, message: str) -> None:
+def _problem(strict: bool, source: _Source, path: str, reason: str, message: str) -> None:
   """Raises in strict mode; otherwise records the problem (shown in the data report) and logs it."""
   if strict:
     raise jsonl_source.BadDataError(message)
-  jsonl_source.BAD_LINES.record(source, path, 0, reason, message)  # logged there
+  source.log.record(source.name, path, 0, reason, message)  # logged there
 
 
 def _listdir(path: str) -> list[str]:
@@ -104,10 +114,12 @@ def scan(root: str, kind: Optional[str] = None, *, languages: Optional[Sequence[
   """Lists the files of the dataset under `root` (kind auto-detected when None).
 
   `languages` restricts the scan to those folders and makes a missing one an error (strict) or a
-  counted problem (lenient); `source` names the bad-data log entry for folder problems.
+  counted problem (lenient, in the Layout's `problems` under the name `source`).
   """
   _check_root(root)
   kind = kind or detect_kind(root)
+  problems = stats.BadLineLog()
+  source = _Source(source, problems)
   if kind == XP3:
     found = _scan_xp3(root, languages, strict, source)
   elif kind == XP3X:
@@ -118,7 +130,7 @@ def scan(root: str, kind: Optional[str] = None, *, languages: Optional[Sequence[
     raise ValueError(f"unknown layout {kind!r}; expected one of {XP3!r}, {XP3X!r}, {P3!r}")
   if not found:
     raise jsonl_source.BadDataError(f"no usable language folders under {root} (layout {kind}).")
-  return Layout(kind, root, tuple(found))
+  return Layout(kind, root, tuple(found), problems)
 
 
 def _xp3_language(root: str, lang: str, files: list[str]) -> LanguageFiles:
@@ -149,7 +161,7 @@ def _xp3_language(root: str, lang: str, files: list[str]) -> LanguageFiles:
 
 
 def _check_folders(root: str, present: list[str], languages: Optional[Sequence[str]], strict: bool,
-                   source: str, how: str) -> list[str]:
+                   source: _Source, how: str) -> list[str]:
   if languages is None:
     return present
   for lang in languages:

@@ -22,8 +22,7 @@ from typing import Any, Callable, Mapping, Optional
 import jax
 import numpy as np
 
-from xmtf_jax.data import host_batches as host_data
-from xmtf_jax.data import pipeline as input_pipeline
+from xmtf_jax.data import batch_source, source_factory
 from xmtf_jax.train import losses
 from xmtf_jax.train import trainer
 from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
@@ -43,6 +42,16 @@ class EvalContext:
   batch_size: int
   use_packing: bool
   num_data_shards: int
+  input_pipeline: str = batch_source.INDEXED
+  line_index_dir: Optional[str] = None
+
+  def source_config(self) -> batch_source.SourceConfig:
+    """The run's batches as the batch-source factory takes them (validation reads them unshuffled)."""
+    return batch_source.SourceConfig(
+        self.mixture_or_task_name, dict(self.task_feature_lengths), self.batch_size,
+        use_packing=self.use_packing, pipeline=self.input_pipeline,
+        num_data_shards=self.num_data_shards if self.input_pipeline == batch_source.TF_DATA else None,
+        line_index_dir=self.line_index_dir)
 
 
 def hook_name(hook: Callable, factory: Optional[Callable] = None) -> str:
@@ -53,7 +62,9 @@ def hook_name(hook: Callable, factory: Optional[Callable] = None) -> str:
 class ValidationLoss:
   """Teacher-forced loss and token accuracy on a held-out split (per real target token, no dropout).
 
-  Reads `num_batches` batches of the split in a fixed order (all of it when None) each time.
+  Reads `num_batches` batches of the split in a fixed order (all of it when None) each time, from
+  one single-pass batch source of the run's pipeline, built once and rewound at each evaluation.
+  Its statistics are its own (`self.source.stats()`): they never mix with the training source's.
   """
   name = "validation"
 
@@ -63,25 +74,25 @@ class ValidationLoss:
     self.split = split
     self.num_batches = num_batches
     self._eval_step = trainer.make_eval_step(context.model, loss_config or losses.LossConfig())
+    self.source = source_factory.make_batch_source(context.source_config(), split, single_pass=True)
+    # At the start every process's position is its own initial one: its state stands for all.
+    self._start = [self.source.get_state()] * jax.process_count()
 
   def __call__(self, step: int, params: Any) -> dict[str, float]:
     c = self.context
-    batches = host_data.make_host_batches(
-        c.mixture_or_task_name, c.task_feature_lengths, self.split, c.batch_size,
-        use_packing=c.use_packing, shuffle=False, seed=0, repeat=False,
-        num_data_shards=c.num_data_shards)
     sums = trainer.EvalSums()
     done = 0
     while self.num_batches is None or done < self.num_batches:
       try:
-        batch, have_data = next(batches), True
+        batch, have_data = next(self.source), True
       except StopIteration:
-        batch, have_data = batches.zeros(), False
+        batch, have_data = batch_source.zero_batch(self.source.shapes()), False
       # Every process must run the same number of (collective) eval steps: stop when all ran out.
       if not _any_process(have_data):
         break
       sums.add(self._eval_step(params, c.model.shard_batch(batch)))
       done += 1
+    self.source.set_state(self._start)  # rewound (and its reading ahead stopped) for next time
     metrics = sums.metrics()
     metrics["num_batches"] = done
     return metrics
@@ -98,7 +109,7 @@ def validation_loss_factory(split: str, num_batches: Optional[int], loss_config:
                             ) -> Optional[Callable[[EvalContext], EvalHook]]:
   """The built-in validation hook's factory, or None when the mixture has no such split."""
   def factory(context: EvalContext) -> Optional[EvalHook]:
-    if not input_pipeline.has_split(context.mixture_or_task_name, split):
+    if not batch_source.has_split(context.mixture_or_task_name, split):
       logging.warning("no task of %r has a %r split: no validation loss during training",
                       context.mixture_or_task_name, split)
       return None

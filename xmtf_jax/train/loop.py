@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from xmtf_jax import paths
-from xmtf_jax.data import host_batches, indexed_pipeline, truncation
+from xmtf_jax.data import batch_source, source_factory, truncation
 from xmtf_jax.errors import UserError
 from xmtf_jax.hf import reader as hf_reader
 from xmtf_jax.model.config import T5Config
@@ -31,7 +31,7 @@ from xmtf_jax.train.run_checks import TaskFeatures, check_same_shapes, task_feat
 from xmtf_jax.train.run_loop import NonFiniteLossError, Periodic, Run, TrainResult, train_loop
 
 EXIT_NON_FINITE = 3
-INPUT_PIPELINES = ("indexed", "tf_data")
+INPUT_PIPELINES = batch_source.PIPELINES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +52,9 @@ class TrainConfig:
     (data/pipeline.py: seqio's tf.data mixing; resumes by re-reading and skipping). See docs/data.md.
   line_index_dir: where the indexed pipeline caches its line offsets (default $XMTF_CACHE_DIR/line_index
     or ~/.cache/xmtf_jax/line_index; a gs:// folder lets a pod's hosts build them once).
-  num_data_shards: ('tf_data' only) into how many shards the data stream is split (default: the number
-    of processes); keep it fixed to resume the same stream on another number of hosts.
+  num_data_shards: ('tf_data' only; an error with 'indexed') into how many shards the data stream is
+    split (default: the number of processes); keep it fixed to resume the same stream on another
+    number of hosts.
   checkpoint_period, keep_checkpoints, async_checkpointing: save every K steps (and at the end or on a
     stop request), keep the last N (None: all), write in the background.
   restore_input_position: on resume, continue the data stream (False: start it over, e.g. after
@@ -195,9 +196,8 @@ def train(config: TrainConfig, model_config: T5Config,
     reporting.plot_loss_curve(config.model_dir)
     return TrainResult("already_done", latest, config.model_dir)
 
-  # Per-host batches of this process's data shards (truncation is counted afresh for this run).
-  truncation.reset_all()
-  data = make_train_batches(config, num_data_shards)
+  # This process's training batches (their source counts truncation and bad lines for this run).
+  data = source_factory.make_batch_source(source_config(config), "train")
   metrics_log = reporting.MetricsLog(config.model_dir)
   state = restore_or_initialize(config, assembly, checkpointer, data, metrics_log)
   start_step = int(jax.device_get(state.step))
@@ -233,19 +233,12 @@ def train(config: TrainConfig, model_config: T5Config,
     reporting.plot_loss_curve(config.model_dir)
 
 
-def make_train_batches(config: TrainConfig, num_data_shards: int):
-  """This process's training batches from the configured input pipeline."""
-  if config.input_pipeline == "tf_data":
-    return host_batches.make_host_batches(
-        config.mixture_or_task_name, config.task_feature_lengths, "train", config.batch_size,
-        use_packing=config.use_packing, shuffle=True, seed=config.data_seed, repeat=True,
-        num_data_shards=num_data_shards)
-  if config.num_data_shards:
-    logging.warning("TrainConfig.num_data_shards=%d is ignored by the indexed input pipeline (its "
-                    "global batches never depend on the number of hosts)", config.num_data_shards)
-  return indexed_pipeline.make_indexed_batches(
-      config.mixture_or_task_name, config.task_feature_lengths, "train", config.batch_size,
-      use_packing=config.use_packing, seed=config.data_seed, index_dir=config.line_index_dir)
+def source_config(config: TrainConfig) -> batch_source.SourceConfig:
+  """The run's batches as the batch-source factory takes them."""
+  return batch_source.SourceConfig(
+      config.mixture_or_task_name, dict(config.task_feature_lengths), config.batch_size,
+      use_packing=config.use_packing, seed=config.data_seed, pipeline=config.input_pipeline,
+      num_data_shards=config.num_data_shards, line_index_dir=config.line_index_dir)
 
 
 def make_meter(config: TrainConfig, model_config: T5Config) -> reporting.ProgressMeter:
@@ -281,7 +274,8 @@ def build_eval_hooks(config, model, vocabulary_path, num_data_shards, loss_confi
       model=model, model_dir=config.model_dir, vocabulary_path=vocabulary_path,
       mixture_or_task_name=config.mixture_or_task_name,
       task_feature_lengths=dict(config.task_feature_lengths), batch_size=config.batch_size,
-      use_packing=config.use_packing, num_data_shards=num_data_shards)
+      use_packing=config.use_packing, num_data_shards=num_data_shards,
+      input_pipeline=config.input_pipeline, line_index_dir=config.line_index_dir)
   factories = list(config.eval_hook_factories)
   if config.eval_batches != 0:
     factories.insert(0, hooks.validation_loss_factory(config.eval_split, config.eval_batches,
@@ -334,17 +328,19 @@ def log_progress(run: Run, step: int) -> None:
   logging.info("%s", run.meter.line(step, summary))
   run.tensorboard.scalars("train", step, {**summary, **run.last_metrics})
   report_truncation(step, run.config.task_feature_lengths, run.metrics_log,
-                    first=not run.truncation_reported)
+                    first=not run.truncation_reported, data_stats=run.data.stats())
   run.truncation_reported = True
 
 
-def report_truncation(step: int, lengths: Mapping[str, int], metrics_log, first: bool) -> None:
-  """Per-task truncation so far: a `{"kind": "data"}` line in metrics.jsonl at every progress line,
-  and in the log with the first one (a task whose inputs are all cut is a config mistake)."""
-  totals = truncation.all_totals()
+def report_truncation(step: int, lengths: Mapping[str, int], metrics_log, first: bool,
+                      data_stats: Mapping) -> None:
+  """Per-task truncation of the training examples so far (`data_stats`: the training batch source's
+  `stats()`): a `{"kind": "data"}` line in metrics.jsonl at every progress line, and in the log with
+  the first one (a task whose inputs are all cut is a config mistake)."""
+  totals = data_stats["truncation"]
   if not totals:
     return
-  metrics_log.write({"kind": "data", "step": step, "truncation": {
+  metrics_log.write({"kind": "data", "step": step, "split": data_stats["split"], "truncation": {
       task: {**t, **truncation.summarise(t)} for task, t in totals.items()}})
   if first:
     for line in truncation.describe(totals, lengths):

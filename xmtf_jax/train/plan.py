@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xmtf_jax.data import pipeline
+from xmtf_jax.data import batch_source
 from xmtf_jax.model.config import T5Config
 from xmtf_jax.parallel import hlo_collectives, partitioning
 from xmtf_jax.train import losses, optim, step_assembly, trainer
@@ -135,7 +135,7 @@ class Plan:
 def abstract_batch(mesh: Any, shape: StepShape) -> dict[str, jax.ShapeDtypeStruct]:
   """The global batch the train loop feeds, as int32 ShapeDtypeStructs with rows over `data`."""
   rows = partitioning.data_sharding(mesh)
-  shapes = pipeline.batch_shapes(shape.task_feature_lengths, shape.batch_size, shape.use_packing)
+  shapes = batch_source.batch_shapes(shape.task_feature_lengths, shape.batch_size, shape.use_packing)
   return {name: jax.ShapeDtypeStruct(dims, jnp.int32, sharding=rows) for name, dims in shapes.items()}
 
 
