@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import xmtf_jax
+from xmtf_jax.checkpoint import open_model_path
 from xmtf_jax.train import checkpoints
 from xmtf_jax.model.config import T5Config
 from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
@@ -20,7 +21,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KILL_DURING_SAVE = textwrap.dedent("""
     import os, signal, sys
     import jax, jax.numpy as jnp
-    from xmtf_jax.train import checkpoints
+    from xmtf_jax.checkpoint import open_model_path
+from xmtf_jax.train import checkpoints
     checkpointer = checkpoints.Checkpointer(sys.argv[1], save_period=1)
     small = {"w": jnp.arange(4.0)}
     checkpointer.save(1, small, {"count": jnp.zeros(())}, {"t5_config": {}}, [{"position": 1}])
@@ -96,7 +98,7 @@ def test_load_pretrained_onto_a_mesh(saved_tiny_model):
 
 def test_missing_checkpoint_and_missing_process_position_errors(saved_tiny_model, tmp_path):
   with pytest.raises(FileNotFoundError, match="neither a checkpoint directory"):
-    checkpoints.resolve(str(tmp_path))
+    open_model_path(str(tmp_path))
   model_dir, model, _ = saved_tiny_model
   position = os.path.join(checkpoints.step_directory(model_dir, 5), "input_position")
   os.rename(os.path.join(position, "process_00000_of_00001.json"),
