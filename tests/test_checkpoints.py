@@ -21,8 +21,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KILL_DURING_SAVE = textwrap.dedent("""
     import os, signal, sys
     import jax, jax.numpy as jnp
-    from xmtf_jax.checkpoint import open_model_path
-from xmtf_jax.train import checkpoints
+    from xmtf_jax.train import checkpoints
     checkpointer = checkpoints.Checkpointer(sys.argv[1], save_period=1)
     small = {"w": jnp.arange(4.0)}
     checkpointer.save(1, small, {"count": jnp.zeros(())}, {"t5_config": {}}, [{"position": 1}])
