@@ -78,12 +78,9 @@ class ModelPath:
 
   def reader(self) -> xmtf_format.StepReader:
     """Our checkpoint's step, ready to restore (see xmtf_format.StepReader)."""
-    self._require_ours("restore parameters with the checkpoint reader")
-    return xmtf_format.StepReader(self.step_dir, self.metadata)
-
-  def _require_ours(self, what: str) -> None:
     if not self.is_ours:
-      raise ValueError(f"{self.path} is an {self.kind}, not one of our checkpoints: cannot {what}")
+      raise ValueError(f"{self.path} is an {self.kind}, not a checkpoint of our training")
+    return xmtf_format.StepReader(self.step_dir, self.metadata)
 
   def describe(self) -> str:
     if self.kind == HF_FOLDER:

@@ -141,13 +141,10 @@ class CheckpointParams(ParamSource):
 
   def __init__(self, path: Union[str, ModelPath], step: Optional[int] = None):
     opened = open_model_path(path, step)
-    if not opened.is_ours:
-      raise ValueError(f"{opened.path} is an {opened.kind}, not a checkpoint of our training")
-    self.step_dir = opened.step_dir
-    self.metadata = opened.metadata
-    self.config = xmtf_format.t5_config_from_metadata(self.metadata)
+    self._reader = opened.reader()  # a ValueError for other kinds
+    self.step_dir, self.metadata = opened.step_dir, opened.metadata
+    self.config = self._reader.config
     self.vocabulary_path = self.metadata.get("vocabulary_path")
-    self._reader = xmtf_format.StepReader(self.step_dir, self.metadata)
 
   def check(self) -> None:
     tree = self._reader.params_tree_metadata()
