@@ -25,11 +25,11 @@ SIZES = {  # d_model, d_ff, heads, layers (mT5 shapes; vocabulary 250112)
 def child(kind: str, workdir: str) -> None:
   sys.path.insert(0, REPO)
   os.environ["JAX_PLATFORMS"] = "cpu"
-  from xmtf_jax.train import checkpoints
+  from xmtf_jax.train import pretrained
   from xmtf_jax.cli import export_hf
   from xmtf_jax.hf import sources as export_sources  # noqa: F401
   if kind == "load":
-    checkpoints.load_model_params(os.path.join(workdir, "run"))
+    pretrained.load_params(os.path.join(workdir, "run"))
   elif kind.startswith("export"):
     dtype = kind.split("_")[1]
     out = os.path.join(workdir, f"hf_{dtype}")

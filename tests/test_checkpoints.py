@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import xmtf_jax
+from xmtf_jax.checkpoint import open_model_path
 from xmtf_jax.train import checkpoints
 from xmtf_jax.model.config import T5Config
 from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
@@ -96,7 +97,7 @@ def test_load_pretrained_onto_a_mesh(saved_tiny_model):
 
 def test_missing_checkpoint_and_missing_process_position_errors(saved_tiny_model, tmp_path):
   with pytest.raises(FileNotFoundError, match="neither a checkpoint directory"):
-    checkpoints.resolve(str(tmp_path))
+    open_model_path(str(tmp_path))
   model_dir, model, _ = saved_tiny_model
   position = os.path.join(checkpoints.step_directory(model_dir, 5), "input_position")
   os.rename(os.path.join(position, "process_00000_of_00001.json"),

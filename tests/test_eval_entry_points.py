@@ -14,6 +14,7 @@ from xmtf_jax.cli import evaluate as evaluate_lib
 from xmtf_jax.cli import infer as infer_lib
 from xmtf_jax.errors import UserError
 from xmtf_jax.train import pretrained
+from xmtf_jax.train.vocabulary import load_vocabulary
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_VOCAB = os.path.join(REPO_ROOT, "data", "demo", "sentencepiece.model")
@@ -55,7 +56,7 @@ def test_evaluate_demo_heldout_tasks_matches_hf_rank_classification(model_dir, t
       f"--gin.evaluate.tasks={tasks}", "--gin.evaluate.batch_size=4",
       "--gin.evaluate.max_examples_per_task=6"])
   document = json.loads((output_dir / "results.json").read_text())
-  vocabulary = pretrained.load_vocabulary(folder)
+  vocabulary = load_vocabulary(folder)
   for row in document["prompts"]:
     task_file = {"demo_heldout_language_id_en_identify": "en/xp3_language_id_en_validation_identify.jsonl",
                  "demo_heldout_number_compare_es_more": "es/xp3_number_compare_es_validation_more.jsonl"}[row["task"]]
@@ -107,7 +108,7 @@ def test_infer_jsonl_matches_hf_greedy_generate(model_dir, tmp_path):
                   f"--gin.infer.input_file='{input_file}'", f"--gin.infer.output_file='{output_file}'",
                   "--gin.MAX_DECODE_LENGTH=6", "--gin.BATCH_SIZE=2"])
   rows = [json.loads(line) for line in output_file.read_text().splitlines()]
-  vocabulary = pretrained.load_vocabulary(folder)
+  vocabulary = load_vocabulary(folder)
   assert [r["inputs"] for r in rows] == inputs and all(r["targets"] == "x" for r in rows)
   for row in rows:
     # an HF folder: inputs without EOS, as mT0 was trained and as training/evaluation feed them

@@ -5,9 +5,10 @@ Layers, bottom to top (docs/architecture.md draws them):
   parallel    mesh, logical-axis rules, shardings, multi-host helpers
   data        record sources, xP3 layouts, tasks, mixing, the per-host pipeline, the data report
   model       config, network, dropout, the task-level model, scoring
+  checkpoint  opening a model path (one classification), reading our checkpoints (one orbax API)
   inference   decoding algorithms, batched generation
   hf          HF name mapping, reading folders, export, tokenizer files, verification, model card
-  train       state, step, optimizer, losses, loop, checkpoints, hooks, pretrained loading
+  train       state, step, optimizer, losses, loop, saving checkpoints, hooks, pretrained loading
   evaluation  rank classification, held-out sets, templates, results, eval during training
   mixtures    the top-level `mixtures/` package: task and mixture definitions users copy
   cli         entry points: gin parsing and registration, one library call each
@@ -23,8 +24,8 @@ import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-LAYERS = ("base", "parallel", "data", "model", "inference", "hf", "train", "evaluation", "mixtures",
-          "cli")
+LAYERS = ("base", "parallel", "data", "model", "checkpoint", "inference", "hf", "train", "evaluation",
+          "mixtures", "cli")
 LEVEL = {name: i for i, name in enumerate(LAYERS)}
 ENTRY = len(LAYERS)  # mixtures, shims and the package face
 

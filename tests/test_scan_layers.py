@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from xmtf_jax.hf import export as hf_export
+from xmtf_jax.hf import sources as export_sources
 from xmtf_jax.inference import generation
 from xmtf_jax.model import layer_stacking
 from xmtf_jax.model.config import T5Config
 from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
 from xmtf_jax.parallel import partitioning
-from xmtf_jax.train import checkpoint_source, checkpoints, losses, optim, step_assembly, trainer
+from xmtf_jax.train import checkpoints, losses, optim, pretrained, step_assembly, trainer
 
 from test_hf_export import train_spm
 from test_trainer import packed_batch
@@ -163,13 +164,13 @@ def test_checkpoint_restores_into_the_other_layout(written_scanned, tmp_path):
   for key in ("loss", "grad_norm", "param_norm"):
     assert got[key] == pytest.approx(want[key], rel=1e-5), key
   # The export source reads one layer's tensor from either layout.
-  source = checkpoint_source.CheckpointParams(str(tmp_path))
+  source = export_sources.CheckpointParams(str(tmp_path))
   source.check()
   np.testing.assert_array_equal(source.read(("decoder", "layers_2", "mlp", "wo", "kernel")),
                                 layer_stacking.layer_leaf(state.params, ("decoder", "layers_2", "mlp", "wo",
                                                                          "kernel")))
-  # load_model_params (what load_pretrained uses) reads it in either layout as well.
-  config, loaded = checkpoints.load_model_params(str(tmp_path), scan_layers=not written_scanned)
+  # load_params (what load_pretrained uses) reads it in either layout as well.
+  config, loaded = pretrained.load_params(str(tmp_path), scan_layers=not written_scanned)
   assert config.scan_layers == (not written_scanned)
   assert_trees_close(jax.device_get(loaded), convert(state.params, UNEQUAL), rtol=0, atol=0)
 

@@ -24,6 +24,7 @@ import mixtures  # noqa: F401  (registers the demo tasks)
 from xmtf_jax.train import checkpoints
 from xmtf_jax.train import losses
 from xmtf_jax.train import optim
+from xmtf_jax.train import pretrained
 from xmtf_jax.parallel import partitioning
 from xmtf_jax.train import reporting
 from xmtf_jax.train import loop as training
@@ -217,7 +218,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
   assert "checkpoint_1" in str(error.value)
   assert checkpoints.list_steps(model_dir) == [1]
   assert [r["step"] for r in reporting.read_metrics(model_dir, "train")] == [1]
-  _, params = checkpoints.load_model_params(model_dir)
+  _, params = pretrained.load_params(model_dir)
   import jax
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
 

@@ -22,12 +22,13 @@ import jax
 from xmtf_jax.errors import UserError
 import xmtf_jax.paths
 
+from xmtf_jax.checkpoint.model_path import open_model_path
 from xmtf_jax.cli import gin_flags, runtime
 from xmtf_jax.evaluation import rank_classification
 from xmtf_jax.evaluation import results as eval_results
 from xmtf_jax.evaluation import tasks as eval_tasks
 from xmtf_jax.evaluation.heldout_tasks import HeldoutSuite
-from xmtf_jax.train import pretrained
+from xmtf_jax.train.vocabulary import load_vocabulary
 
 
 @gin.configurable(denylist=["model", "params"])
@@ -45,17 +46,20 @@ def evaluate(*, model_path: str = gin.REQUIRED, output_dir: str = gin.REQUIRED,
   folders: no EOS, the paper's protocol).
   """
   started = time.time()
+  # The model path is opened (listed, classified) once; what it holds is read from that.
+  if model is None or add_eos_to_inputs is None or heldout is not None:
+    opened = open_model_path(model_path)
   if add_eos_to_inputs is None:
-    add_eos_to_inputs = pretrained.inputs_end_with_eos(model_path)
+    add_eos_to_inputs = opened.inputs_end_with_eos
   if model is None:
     partitioning = runtime.partitioning_config()
     mesh = partitioning.make_mesh()
-    model, params = runtime.load_model(model_path, mesh, partitioning)
+    model, params = runtime.load_model(opened, mesh, partitioning)
   else:
     mesh = model.mesh
   names = list(tasks)
   if heldout is not None:
-    vocabulary = pretrained.load_vocabulary(model_path, vocabulary_path)
+    vocabulary = load_vocabulary(opened, vocabulary_path)
     names += heldout.register(vocabulary)
   if not names:
     raise UserError("nothing to evaluate: set evaluate.tasks and/or evaluate.heldout "

@@ -15,10 +15,9 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from xmtf_jax import paths
-from xmtf_jax.errors import MissingPathError, UserError
+from xmtf_jax.checkpoint.model_path import open_model_path
+from xmtf_jax.errors import UserError
 from xmtf_jax.hf import sources as export_sources
-from xmtf_jax.train import checkpoint_source
 from xmtf_jax.cli import gin_flags
 from xmtf_jax.cli import runtime
 from xmtf_jax.hf import export as hf_export
@@ -56,19 +55,6 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
-def open_source(checkpoint_dir: str, step: Optional[int] = None) -> export_sources.ParamSource:
-  """An HF folder (config.json inside) or a training run's checkpoint (MODEL_DIR or checkpoint_<step>)."""
-  local = paths.abspath(checkpoint_dir)
-  if not paths.isdir(local):
-    raise MissingPathError(f"--checkpoint_dir={checkpoint_dir}: no such directory (expected a training "
-                            "run's MODEL_DIR or an HF mT5/mT0 folder)")
-  if paths.exists(paths.join(local, "config.json")):
-    if step is not None:
-      raise UserError(f"--step={step}: {checkpoint_dir} is an HF folder, which holds one set of weights")
-    return export_sources.HFFolderParams(local)
-  return checkpoint_source.CheckpointParams(local, step)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
   runtime.configure_logging()  # our progress lines; orbax's per-tensor restore chatter at WARNING
   argv = list(sys.argv[1:] if argv is None else argv)
@@ -76,7 +62,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if gin_files or gin_bindings:  # gin is optional here; parsing locks gin's config for the process
     rest = gin_flags.parse_gin(argv)
   args = _parser().parse_args(rest)
-  source = open_source(args.checkpoint_dir, args.step)
+  model_path = open_model_path(args.checkpoint_dir, args.step)
+  source = export_sources.open_source(model_path)
   vocabulary_path = args.vocabulary_path or getattr(source, "vocabulary_path", None)
   if not vocabulary_path:
     raise UserError(f"no SentencePiece model recorded with {args.checkpoint_dir}: pass "
@@ -91,7 +78,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if args.eval_results is not None:
     card.eval_results = args.eval_results
   elif not card.eval_results:
-    card.eval_results = model_card.find_eval_results(paths.abspath(args.checkpoint_dir))
+    card.eval_results = model_card.find_eval_results(model_path.path)
   try:
     result = hf_export.export_source(source, vocabulary_path, args.output_dir, dtype=args.dtype,
                                      max_shard_size=args.max_shard_size, card=card,

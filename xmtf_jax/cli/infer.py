@@ -22,13 +22,14 @@ import gin
 import jax
 
 from xmtf_jax import paths
+from xmtf_jax.checkpoint.model_path import open_model_path
 from xmtf_jax.cli import gin_flags, runtime
 from xmtf_jax.data import records as records_lib
 from xmtf_jax.data import tasks as data_tasks
 from xmtf_jax.errors import UserError
 from xmtf_jax.evaluation import tasks as eval_tasks
 from xmtf_jax.inference import generation
-from xmtf_jax.train import pretrained
+from xmtf_jax.train.vocabulary import load_vocabulary
 
 
 def read_inputs(path: str) -> list[dict]:
@@ -67,10 +68,11 @@ def infer(*, model_path: str = gin.REQUIRED, output_file: str = gin.REQUIRED,
   records = read_inputs(input_file) if input_file else read_task(task, split, max_examples)
   partitioning = runtime.partitioning_config()
   mesh = partitioning.make_mesh()
-  model, params = runtime.load_model(model_path, mesh, partitioning)
-  vocabulary = pretrained.load_vocabulary(model_path, vocabulary_path)
+  opened = open_model_path(model_path)  # listed and classified once
+  model, params = runtime.load_model(opened, mesh, partitioning)
+  vocabulary = load_vocabulary(opened, vocabulary_path)
   if add_eos is None:
-    add_eos = pretrained.inputs_end_with_eos(model_path)
+    add_eos = opened.inputs_end_with_eos
   started = time.time()
   main_process = jax.process_index() == 0  # all processes decode (collectively); one writes
   predictions = generation.predict_texts(

@@ -8,10 +8,8 @@ from typing import Any, Optional
 import jax
 
 import mixtures
-from xmtf_jax import paths
 from xmtf_jax.cli import configurables
 from xmtf_jax.data.config import DataConfig
-from xmtf_jax.errors import MissingPathError
 from xmtf_jax.parallel.partitioning import PartitioningConfig
 from xmtf_jax.train import pretrained
 
@@ -46,13 +44,9 @@ def partitioning_config() -> PartitioningConfig:
   return configurables.PartitioningConfig()
 
 
-def load_model(path: str, mesh=None, partitioning: Optional[PartitioningConfig] = None
+def load_model(path, mesh=None, partitioning: Optional[PartitioningConfig] = None
                ) -> tuple[Any, Any]:
-  """(EncoderDecoderModel, params) from an HF folder or a training checkpoint, placed on `mesh`, with
-  dropout off (evaluation and inference)."""
-  path = paths.abspath(path)
-  if not paths.exists(path):
-    raise MissingPathError(f"model path not found: {path} (an HF mT5/mT0 folder or a training "
-                           "run's checkpoint directory)")
+  """(EncoderDecoderModel, params) from any model path (a path or an opened `ModelPath`: an HF folder
+  or a training checkpoint), placed on `mesh`, with dropout off (evaluation and inference)."""
   rules = (partitioning or partitioning_config()).rules()
   return pretrained.load_pretrained(path, mesh, logical_axis_rules=rules, dropout_rate=0.0)

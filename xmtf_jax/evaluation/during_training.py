@@ -33,7 +33,7 @@ from xmtf_jax.evaluation import heldout_tasks
 from xmtf_jax.evaluation import metrics
 from xmtf_jax.model import scoring
 from xmtf_jax.parallel.batch_function import BatchFunction
-from xmtf_jax.train import pretrained
+from xmtf_jax.train.vocabulary import load_vocabulary
 
 
 class TrainingEvaluator:
@@ -115,7 +115,7 @@ def zero_shot_eval_hook(context, *, rank_classification_tasks: Sequence[str] = (
   vocabulary). batch_size defaults to the training batch size."""
   rank_classification_tasks = list(rank_classification_tasks)
   if heldout is not None:
-    vocabulary = pretrained.load_vocabulary(None, context.vocabulary_path)
+    vocabulary = load_vocabulary(None, context.vocabulary_path)
     rank_classification_tasks += heldout.register(vocabulary)
   if not rank_classification_tasks and not generation_tasks:
     logging.warning("zero_shot_eval_hook: no tasks chosen; set zero_shot_eval_hook."

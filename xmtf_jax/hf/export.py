@@ -3,8 +3,8 @@
     result = xmtf_jax.hf.export.export(config, params, "/path/spiece.model", "/out/mt0-small")
     result = xmtf_jax.hf.export.export_source(CheckpointParams("/runs/mt0", step=7000), vocab, "/out")
 
-(sources of parameters: `xmtf_jax.hf.sources`; a training checkpoint's is
-`xmtf_jax.train.checkpoint_source.CheckpointParams`).
+(sources of parameters: `xmtf_jax.hf.sources`; `sources.open_source(path, step)` opens any model
+path: an HF folder or a training checkpoint, `CheckpointParams`).
 
 What is written (locally: into a temporary sibling directory, renamed to `output_dir` only when
 complete, so a failure leaves nothing at `output_dir`; on a bucket, where a folder cannot be renamed

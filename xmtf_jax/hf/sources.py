@@ -6,20 +6,23 @@ host numpy array on every process. Sources:
   InMemoryParams     a loaded params tree (numpy or jax arrays, sharded over a mesh, even multi-host:
                      a tensor spanning hosts is all-gathered, so every process must read in step)
   HFFolderParams     an HF mT5/mT0 folder (re-export: another dtype or sharding), memory-mapped
-  CheckpointParams   a training checkpoint (in `xmtf_jax.train.checkpoint_source`, beside the format
-                     it reads)
+  CheckpointParams   one step of our training, each tensor restored alone by an orbax partial restore
+                     straight into host memory (an XXL checkpoint exports on a host that could not
+                     hold the model); read with `checkpoint/xmtf_format.py`
 
 plus the facts a model card needs (`card_facts`) and the way to get the whole model for verification
-(`load_for_verify`).
+(`load_for_verify`). `open_source(path, step)` opens any model path (`checkpoint.open_model_path`).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Union
 
 import jax
 import numpy as np
 
 from xmtf_jax import paths
+from xmtf_jax.checkpoint import xmtf_format
+from xmtf_jax.checkpoint.model_path import HF_FOLDER, ModelPath, open_model_path
 from xmtf_jax.errors import UserError
 from xmtf_jax.hf import mapping
 from xmtf_jax.hf import reader as hf_reader
@@ -108,15 +111,16 @@ class InMemoryParams(ParamSource):
 class HFFolderParams(ParamSource):
   """An HF mT5/mT0 folder read lazily tensor by tensor (to re-shard it or change its dtype)."""
 
-  def __init__(self, folder: str):
-    self.folder = folder
-    self.config = hf_reader.read_hf_config(folder)
+  def __init__(self, folder: Union[str, ModelPath]):
+    opened = open_model_path(folder)
+    self.folder = opened.path
+    self.config = hf_reader.read_hf_config(self.folder)
     # The folder reader's own plan: checks every name and shape now, reads one memory-mapped tensor per call.
-    self._weights = hf_reader.open_weights(folder)
-    self._plan = {path: (name, layout, shape)
-                  for path, name, layout, shape in hf_reader.read_plan(self._weights, self.config, folder)}
-    vocab = paths.join(folder, "spiece.model")
-    self.vocabulary_path = vocab if paths.exists(vocab) else None
+    self._weights = hf_reader.open_weights(self.folder)
+    self._plan = {path: (name, layout, shape) for path, name, layout, shape
+                  in hf_reader.read_plan(self._weights, self.config, self.folder)}
+    self.vocabulary_path = (paths.join(self.folder, "spiece.model") if "spiece.model" in opened.names
+                            else None)
 
   def read(self, path):
     name, layout, shape = self._plan[path]
@@ -128,3 +132,54 @@ class HFFolderParams(ParamSource):
 
   def describe(self):
     return f"HF folder {self.folder}"
+
+
+class CheckpointParams(ParamSource):
+  """One step of our training run, restored tensor by tensor.
+
+  path: a MODEL_DIR (step None: its latest step), a checkpoint_<step> directory, or an opened ModelPath.
+  """
+
+  def __init__(self, path: Union[str, ModelPath], step: Optional[int] = None):
+    opened = open_model_path(path, step)
+    self._reader = opened.reader()  # a ValueError for other kinds
+    self.step_dir, self.metadata = opened.step_dir, opened.metadata
+    self.config = self._reader.config
+    self.vocabulary_path = self.metadata.get("vocabulary_path")
+
+  def check(self) -> None:
+    tree = self._reader.params_tree_metadata()
+    found = {}
+    for path in expected_shapes(self.config):
+      try:
+        found[path] = tuple(layer_stacking.layer_leaf(tree, path).shape)
+      except (KeyError, TypeError, AttributeError):
+        pass
+    _check_shapes(found, self.config, paths.join(self.step_dir, "params"))
+
+  def read(self, path):
+    return self._reader.read(path)
+
+  def load_for_verify(self):
+    config, params = xmtf_format.load_model_params(self.step_dir, metadata=self.metadata,
+                                                   dropout_rate=0.0)
+    return EncoderDecoderModel(config), params
+
+  def card_facts(self) -> dict:
+    # Checkpoints written before initial_checkpoint_path was recorded: from their gin config.
+    return {"base_model": xmtf_format.recorded(self.metadata, "initial_checkpoint_path",
+                                               "TrainConfig.initial_checkpoint_path",
+                                               "INITIAL_CHECKPOINT_PATH"),
+            "mixture": xmtf_format.recorded(self.metadata, "mixture_or_task_name",
+                                            "TrainConfig.mixture_or_task_name", "MIXTURE_OR_TASK_NAME"),
+            "steps": self.metadata.get("step")}
+
+  def describe(self):
+    return f"checkpoint {self.step_dir}"
+
+
+def open_source(path: Union[str, ModelPath], step: Optional[int] = None) -> ParamSource:
+  """The export source of any model path: an HF folder or one of our checkpoints (MODEL_DIR: `step`,
+  default its latest; or a checkpoint_<step> directory)."""
+  opened = open_model_path(path, step)
+  return HFFolderParams(opened) if opened.kind == HF_FOLDER else CheckpointParams(opened)

@@ -6,8 +6,8 @@ process has finished, so a crash mid-save never leaves a directory that looks co
   MODEL_DIR/checkpoint_<step>/
     params/          the float32 parameter tree (orbax StandardSave: OCDBT + zarr, sharded writes)
     opt_state/       the optimizer state (Adafactor factored second moments, count)
-    metadata/        JSON: step, t5_config (T5Config fields), vocabulary_path, gin_config (operative
-                     config text), optimizer, process_count, xmtf_jax checkpoint format version
+    metadata/        JSON: step, t5_config (T5Config fields), vocabulary_path, initial_checkpoint_path,
+                     gin_config (operative config text), optimizer, process_count, format version
     input_position/  one JSON file per process: `process_00000_of_00002.json`, that process's data
                      iterator state (`get_state` of data/indexed_pipeline.IndexedBatches or of
                      data/host_batches.HostBatches); restore returns all of them in process order
@@ -16,6 +16,10 @@ process has finished, so a crash mid-save never leaves a directory that looks co
 a checkpoint written on a 4x2 mesh restores onto 2x4, onto one device, or onto another host count.
 Either parameter layout (`T5Config.scan_layers`, recorded in the metadata) restores into either: the
 arrays are read as written and converted to the target's layout afterwards (`model/layer_stacking.py`).
+
+Reading goes through the shared reader, `xmtf_jax.checkpoint.xmtf_format` (what evaluation, inference,
+export and `load_pretrained` read with); this module adds saving and a run's resume (optimizer state,
+input position) on top of it.
 """
 from __future__ import annotations
 
@@ -30,13 +34,12 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from xmtf_jax import paths
+from xmtf_jax.checkpoint import model_path, xmtf_format
+# The layout's names, as the training side uses them (the reader owns them).
+from xmtf_jax.checkpoint.xmtf_format import STEP_PREFIX, list_steps, step_directory, t5_config_from_metadata
 from xmtf_jax.errors import MissingPathError
-from xmtf_jax.model import layer_stacking
-from xmtf_jax.model.config import T5Config
-from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
 
 FORMAT_VERSION = 1
-STEP_PREFIX = "checkpoint"
 ITEMS = ("params", "opt_state", "metadata", "input_position")
 
 
@@ -156,23 +159,18 @@ class Checkpointer:
     Pass `abstract_opt_state=None` to skip the optimizer state and `input_position=False` to skip the
     data position (e.g. on another number of hosts).
     """
-    metadata = dict(self._manager.restore(
-        step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))["metadata"])
-    as_written = lambda tree: None if tree is None else written_layout(tree, metadata)
-    items = {"params": ocp.args.StandardRestore(as_written(abstract_params)),
-             "metadata": ocp.args.JsonRestore()}
-    if abstract_opt_state is not None:
-      items["opt_state"] = ocp.args.StandardRestore(as_written(abstract_opt_state))
-    if input_position:
-      items["input_position"] = ProcessLocalJsonRestore()
-    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-    config = t5_config_from_metadata(metadata)
-    return Restored(step=step,
-                    params=layer_stacking.convert_like(restored["params"], abstract_params, config),
-                    opt_state=(layer_stacking.convert_like(restored["opt_state"], abstract_opt_state, config)
-                               if abstract_opt_state is not None else None),
-                    metadata=dict(restored["metadata"]),
-                    input_position=restored["input_position"] if input_position else None)
+    step_dir = step_directory(self.model_dir, step)
+    reader = xmtf_format.StepReader(step_dir)
+    try:
+      params = reader.restore(abstract_params, "params")
+      opt_state = (reader.restore(abstract_opt_state, "opt_state") if abstract_opt_state is not None
+                   else None)
+    finally:
+      reader.close()
+    position = (ProcessLocalJsonHandler().restore(epath.Path(step_dir) / "input_position")
+                if input_position else None)
+    return Restored(step=step, params=params, opt_state=opt_state, metadata=reader.metadata,
+                    input_position=position)
 
   def wait_until_finished(self) -> None:
     self._manager.wait_until_finished()
@@ -182,96 +180,6 @@ class Checkpointer:
     self._manager.close()
 
 
-# ---- reading a checkpoint without a training setup ----------------------------------------------
-
-def step_directory(model_dir: str, step: int) -> str:
-  return paths.join(model_dir, f"{STEP_PREFIX}_{step}")
-
-
-# On a bucket orbax writes a step in place and marks it complete with this file (no atomic rename).
-COMMIT_FILE = "commit_success.txt"
-
-
-def is_step_directory(path: str) -> bool:
-  if not (paths.isdir(paths.join(path, "params")) and paths.isdir(paths.join(path, "metadata"))):
-    return False
-  return not paths.is_remote(path) or paths.exists(paths.join(path, COMMIT_FILE))
-
-
-def list_steps(model_dir: str) -> list[int]:
-  """Committed checkpoint steps in `model_dir` (temporary, unfinished directories are not listed)."""
-  if not paths.isdir(model_dir):
-    return []
-  steps = []
-  for name in paths.listdir(model_dir):
-    prefix, _, number = name.partition("_")
-    if prefix == STEP_PREFIX and number.isdigit() and is_step_directory(paths.join(model_dir, name)):
-      steps.append(int(number))
-  return sorted(steps)
-
-
-def resolve(path: str) -> str:
-  """A step directory from `path`: itself if it is one, else the latest step of a MODEL_DIR."""
-  if is_step_directory(path):
-    return path
-  steps = list_steps(path)
-  if not steps:
-    raise MissingPathError(
-        f"{path}: neither a checkpoint directory ({STEP_PREFIX}_<step>/ with params/ and metadata/) "
-        "nor a MODEL_DIR holding one")
-  return step_directory(path, steps[-1])
-
-
-def is_checkpoint(path: str) -> bool:
-  try:
-    resolve(path)
-    return True
-  except FileNotFoundError:
-    return False
-
-
 def read_metadata(path: str) -> dict:
-  """The metadata JSON of a checkpoint (a step directory or a MODEL_DIR: its latest step)."""
-  return json.loads(paths.read_text(paths.join(resolve(path), "metadata", "metadata")))
-
-
-def t5_config_from_metadata(metadata: Mapping[str, Any], **overrides) -> T5Config:
-  """The T5Config a checkpoint was trained with (unknown fields from other versions are ignored)."""
-  known = {f.name for f in dataclasses.fields(T5Config)}
-  fields = {k: v for k, v in metadata["t5_config"].items() if k in known}
-  return T5Config(**{**fields, **overrides})
-
-
-def load_model_params(path: str, mesh: Any = None, logical_axis_rules=None, **config_overrides):
-  """(T5Config, params) of a checkpoint without gin: what `load_pretrained` uses.
-
-  Parameters are placed with their shardings on `mesh`, or on the default device without one.
-  """
-  config = t5_config_from_metadata(read_metadata(path), **config_overrides)
-  model = EncoderDecoderModel(config, mesh, logical_axis_rules)
-  if mesh is None:
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    shardings = jax.tree.map(lambda _: device, model.abstract_params())
-  else:
-    shardings = model.param_shardings()
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          model.abstract_params(), shardings)
-  return config, restore_params(path, abstract)
-
-
-def written_layout(abstract: Any, metadata: Mapping[str, Any]) -> Any:
-  """`abstract` (params or optimizer state) in the layer layout the checkpoint was written in."""
-  stored_stacked = bool(metadata.get("t5_config", {}).get("scan_layers", False))
-  if layer_stacking.is_stacked_tree(abstract) == stored_stacked:
-    return abstract
-  return layer_stacking.abstract_in_layout(abstract, t5_config_from_metadata(metadata), stored_stacked)
-
-
-def restore_params(path: str, abstract_params: Any) -> Any:
-  """Only the parameters of a checkpoint, placed with the shardings of `abstract_params` (and in its
-  layer layout, whichever the checkpoint was written in)."""
-  metadata = read_metadata(path)
-  directory = paths.join(paths.abspath(resolve(path)), "params")
-  with ocp.StandardCheckpointer() as checkpointer:
-    restored = checkpointer.restore(directory, written_layout(abstract_params, metadata))
-  return layer_stacking.convert_like(restored, abstract_params, t5_config_from_metadata(metadata))
+  """The metadata of a step directory or of a MODEL_DIR's latest step."""
+  return model_path.open_model_path(path).metadata

@@ -20,13 +20,13 @@ import jax
 import numpy as np
 
 from xmtf_jax import paths
+from xmtf_jax.checkpoint.model_path import open_model_path
 from xmtf_jax.data import batch_source, source_factory, truncation
 from xmtf_jax.errors import UserError
-from xmtf_jax.hf import reader as hf_reader
 from xmtf_jax.model.config import T5Config
 from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
 from xmtf_jax.parallel import partitioning
-from xmtf_jax.train import checkpoints, hooks, losses, optim, preemption, reporting, step_assembly, trainer
+from xmtf_jax.train import checkpoints, hooks, losses, optim, pretrained, preemption, reporting, step_assembly, trainer
 from xmtf_jax.train.run_checks import TaskFeatures, check_same_shapes, task_features
 from xmtf_jax.train.run_loop import NonFiniteLossError, Periodic, Run, TrainResult, train_loop
 
@@ -123,26 +123,18 @@ def setup_runtime(config: TrainConfig) -> None:
 
 
 def initial_params(config: TrainConfig, model: EncoderDecoderModel) -> Any:
-  """Parameters to start from: INITIAL_CHECKPOINT_PATH (HF folder or our checkpoint) or random."""
+  """Parameters to start from: INITIAL_CHECKPOINT_PATH (any model path: `checkpoint.open_model_path`)
+  or random."""
   path = config.initial_checkpoint_path
   if not path:
     logging.info("initialising parameters randomly (init_seed %d)", config.init_seed)
     return model.init_params(jax.random.key(config.init_seed, impl=config.rng_impl))
-  if checkpoints.is_checkpoint(path):
-    metadata = checkpoints.read_metadata(path)
-    check_same_shapes(checkpoints.t5_config_from_metadata(metadata), model.config, path)
-    logging.info("initial parameters from checkpoint %s (step %d)", path, metadata["step"])
-    return checkpoints.restore_params(path, abstract_with_shardings(model))
-  check_same_shapes(hf_reader.read_hf_config(path), model.config, path)
-  logging.info("initial parameters from HF folder %s", path)
-  _, params = hf_reader.load_hf_folder(path, model.mesh, model.logical_axis_rules,
-                                      scan_layers=model.config.scan_layers)
+  opened = open_model_path(path)
+  check_same_shapes(pretrained.read_config(opened), model.config, path)
+  logging.info("initial parameters from %s", opened.describe())
+  _, params = pretrained.load_params(opened, model.mesh, model.logical_axis_rules,
+                                     scan_layers=model.config.scan_layers)
   return params
-
-
-def abstract_with_shardings(model: EncoderDecoderModel) -> Any:
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      model.abstract_params(), model.param_shardings())
 
 
 def replicated_step(step: int, sharding) -> jax.Array:
@@ -154,6 +146,7 @@ def checkpoint_metadata(config: TrainConfig, model_config: T5Config, features: T
   return {"t5_config": model_config.to_dict(), "vocabulary_path": features.vocabulary_path,
           "add_eos_to_inputs": features.add_eos_to_inputs,
           "mixture_or_task_name": config.mixture_or_task_name,
+          "initial_checkpoint_path": config.initial_checkpoint_path,
           "task_feature_lengths": dict(config.task_feature_lengths),
           "optimizer": optim.describe(optimizer_config)}
 

@@ -1,0 +1,185 @@
+"""One way to open a model path: what a path the user names (INITIAL_CHECKPOINT_PATH, MODEL_PATH,
+`export_hf --checkpoint_dir`, `load_pretrained(path)`) holds, decided in one place.
+
+    model_path = open_model_path("gs://bucket/runs/mt0")      # -> ModelPath(kind="our_run", step=7000, ...)
+
+The path is listed once; the kinds are tried in one order (`KINDS`), the first that matches wins:
+
+  hf_folder   config.json inside: an HF mT5/mT0 folder (hf/reader.py reads it)
+  our_step    params/ and metadata/ inside: one `checkpoint_<step>` of our training (xmtf_format.py)
+  our_run     `checkpoint_<step>/` folders inside: a MODEL_DIR; its latest complete step (or `step`)
+
+An HF folder exported into a run's directory (MODEL_DIR/hf) is an HF folder when named itself; the
+run's directory stays a run. More kinds (a t5x checkpoint, a Mesh TensorFlow checkpoint, an HF Hub
+id) are one more entry in `KINDS`: a function from the listing to a ModelPath or None.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Optional
+
+from xmtf_jax import paths
+from xmtf_jax.checkpoint import xmtf_format
+from xmtf_jax.errors import MissingPathError, UserError
+
+HF_FOLDER = "hf_folder"
+OUR_STEP = "our_step"
+OUR_RUN = "our_run"
+VOCABULARY_FILES = ("spiece.model", "sentencepiece.model")
+
+
+class ModelPathError(MissingPathError):
+  """A model path that is missing or holds no model we can read; the message names what was sought."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Listing:
+  """A path and the names in it (one listing); `names` is None when the path is not a folder."""
+  path: str
+  names: Optional[frozenset]
+
+  def has(self, *names: str) -> bool:
+    return self.names is not None and all(n in self.names for n in names)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelPath:
+  """An opened model path. `path` is the path given (made absolute); for our checkpoints `step_dir`
+  is the `checkpoint_<step>` read and `steps` the steps named in a run's folder."""
+  kind: str
+  path: str
+  names: frozenset = frozenset()
+  step: Optional[int] = None
+  step_dir: Optional[str] = None
+  steps: tuple[int, ...] = ()
+
+  @property
+  def is_ours(self) -> bool:
+    return self.kind in (OUR_STEP, OUR_RUN)
+
+  @functools.cached_property
+  def metadata(self) -> dict:
+    """Our checkpoint's metadata (read once); {} for other kinds."""
+    return xmtf_format.read_metadata(self.step_dir) if self.is_ours else {}
+
+  def vocabulary_candidates(self) -> list[str]:
+    """SentencePiece models that go with the model, in order: a file in the folder, then the one
+    our training recorded (not checked for existence: it may lie on another machine's disk)."""
+    found = [paths.join(self.path, name) for name in VOCABULARY_FILES if name in self.names]
+    if self.is_ours and self.metadata.get("vocabulary_path"):
+      found.append(self.metadata["vocabulary_path"])
+    return found
+
+  @property
+  def inputs_end_with_eos(self) -> bool:
+    """Whether the model was trained on inputs ending in EOS: what our training recorded (its task's
+    `inputs` feature), else False (HF folders; mT0 and the paper's evaluation feed inputs without EOS)."""
+    return bool(self.metadata.get("add_eos_to_inputs", False))
+
+  def reader(self) -> xmtf_format.StepReader:
+    """Our checkpoint's step, ready to restore (see xmtf_format.StepReader)."""
+    if not self.is_ours:
+      raise ValueError(f"{self.path} is an {self.kind}, not a checkpoint of our training")
+    return xmtf_format.StepReader(self.step_dir, self.metadata)
+
+  def describe(self) -> str:
+    if self.kind == HF_FOLDER:
+      return f"HF folder {self.path}"
+    return f"checkpoint {self.step_dir} (step {self.step})"
+
+
+# ---- the kinds, in precedence order ----------------------------------------------------------------
+
+def _hf_folder(listing: Listing, step: Optional[int]) -> Optional[ModelPath]:
+  if not listing.has("config.json"):
+    return None
+  if step is not None:
+    raise UserError(f"--step={step}: {listing.path} is an HF folder, which holds one set of weights")
+  return ModelPath(HF_FOLDER, listing.path, listing.names)
+
+
+def _our_step(listing: Listing, step: Optional[int]) -> Optional[ModelPath]:
+  if listing.names is None or not xmtf_format.is_step_listing(listing.names, paths.is_remote(listing.path)):
+    return None
+  own = xmtf_format.step_of_name(paths.basename(listing.path))
+  if step is not None and own != step:
+    raise UserError(f"--step={step} given with the step directory {listing.path}; pass its MODEL_DIR "
+                     "instead")
+  if own is None:  # a renamed step folder: its metadata knows the step
+    own = xmtf_format.read_metadata(listing.path).get("step")
+  return ModelPath(OUR_STEP, listing.path, listing.names, step=own, step_dir=listing.path)
+
+
+def _our_run(listing: Listing, step: Optional[int]) -> Optional[ModelPath]:
+  named = sorted(s for s in map(xmtf_format.step_of_name, listing.names or ()) if s is not None)
+  if not named:
+    return None
+  if step is not None and step not in named:
+    raise MissingPathError(f"--step={step}: {listing.path} has no checkpoint for step {step}; "
+                            f"available steps: {named}")
+  remote = paths.is_remote(listing.path)
+  for candidate in ([step] if step is not None else reversed(named)):  # the latest complete one
+    step_dir = xmtf_format.step_directory(listing.path, candidate)
+    try:
+      complete = xmtf_format.is_step_listing(paths.listdir(step_dir), remote)
+    except (FileNotFoundError, NotADirectoryError):
+      complete = False
+    if complete:
+      return ModelPath(OUR_RUN, listing.path, listing.names, step=candidate, step_dir=step_dir,
+                       steps=tuple(named))
+  if step is not None:
+    raise MissingPathError(f"--step={step}: {step_dir} is incomplete (no params/ and metadata/"
+                            f"{' and ' + xmtf_format.COMMIT_FILE if remote else ''})")
+  return None
+
+
+# (kind, what it looks for, detector): the one precedence. A detector returns None when the listing
+# is not its kind, and raises only for a `step` its kind cannot give.
+KINDS: tuple[tuple[str, str, Callable[[Listing, Optional[int]], Optional[ModelPath]]], ...] = (
+    (HF_FOLDER, "no config.json (an HF mT5/mT0 folder)", _hf_folder),
+    (OUR_STEP, "neither a checkpoint directory (checkpoint_<step>/ with params/ and metadata/)",
+     _our_step),
+    (OUR_RUN, f"nor a MODEL_DIR holding one ({xmtf_format.STEP_PREFIX}_<step>/ folders)", _our_run),
+)
+
+
+def list_path(path: str) -> Listing:
+  """The one listing of `path` (names None when it is not a folder)."""
+  try:
+    return Listing(path, frozenset(paths.listdir(path)))
+  except (FileNotFoundError, NotADirectoryError):
+    return Listing(path, None)
+
+
+def open_model_path(path: Any, step: Optional[int] = None) -> ModelPath:
+  """Classifies `path` (local or gs://) with one listing and one precedence (`KINDS`).
+
+  path: a path, or a ModelPath (returned as it is when `step` is None or its own).
+  step: for a MODEL_DIR, the step to read (default: the latest complete one).
+  Raises ModelPathError (a FileNotFoundError) naming the path and what was looked for.
+  """
+  if isinstance(path, ModelPath):
+    if step is None or step == path.step:
+      return path
+    path = path.path
+  listing = list_path(paths.abspath(str(path)))
+  for _, _, detect in KINDS:
+    found = detect(listing, step)
+    if found is not None:
+      return found
+  # (a bucket lists a file as an empty folder)
+  if listing.names is None or (not listing.names and paths.isfile(listing.path)):
+    what = "a file, not a folder" if paths.exists(listing.path) else "no such directory"
+    raise ModelPathError(f"{path}: not a model path ({what}); expected a folder: an HF mT5/mT0 folder "
+                         f"(config.json inside), a training run's MODEL_DIR or one of its "
+                         f"{xmtf_format.STEP_PREFIX}_<step> directories")
+  looked_for = "; ".join(text for _, text, _ in KINDS)
+  raise ModelPathError(f"{path}: not a model path: {looked_for}. It holds "
+                       f"{_shown(sorted(listing.names))}")
+
+
+def _shown(names: list[str]) -> str:
+  if not names:
+    return "nothing"
+  return ", ".join(names[:8]) + (f", ... ({len(names)} entries)" if len(names) > 8 else "")

@@ -1,0 +1,201 @@
+"""Reading the checkpoints our training writes (`train/checkpoints.py` saves them), without a training
+setup: layout, metadata, steps, and parameters restored through one orbax API (`PyTreeCheckpointer`),
+either as a whole tree onto a mesh or one tensor at a time into host memory (export).
+
+  MODEL_DIR/checkpoint_<step>/
+    params/          the float32 parameter tree (orbax OCDBT + zarr, sharded writes)
+    opt_state/       the optimizer state
+    metadata/        `metadata`: JSON (step, t5_config, vocabulary_path, initial_checkpoint_path, ...)
+    input_position/  one JSON file per process
+    commit_success.txt   on a bucket only: orbax writes a step in place there and marks it complete
+
+A checkpoint written with either layer layout (`T5Config.scan_layers`, recorded in the metadata) is
+read into either: arrays are restored as written and converted to the target's layout afterwards.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import re
+from typing import Any, Iterable, Mapping, Optional
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from xmtf_jax import paths
+from xmtf_jax.model import layer_stacking
+from xmtf_jax.model.config import T5Config
+from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
+
+STEP_PREFIX = "checkpoint"
+# On a bucket orbax writes a step in place and marks it complete with this file (no atomic rename).
+COMMIT_FILE = "commit_success.txt"
+METADATA_FILE = ("metadata", "metadata")  # the JSON orbax's JsonCheckpointHandler writes
+
+Path = tuple[str, ...]
+
+
+# ---- layout -----------------------------------------------------------------------------------------
+
+def step_directory(model_dir: str, step: int) -> str:
+  return paths.join(model_dir, f"{STEP_PREFIX}_{step}")
+
+
+def step_of_name(name: str) -> Optional[int]:
+  """The step of a `checkpoint_<step>` folder name; None for anything else (orbax's temporary names)."""
+  prefix, _, number = name.partition("_")
+  return int(number) if prefix == STEP_PREFIX and number.isdigit() else None
+
+
+def is_step_listing(names: Iterable[str], remote: bool) -> bool:
+  """Whether a folder holding `names` is a complete step of ours (params/ and metadata/; on a bucket
+  also the commit marker)."""
+  names = set(names)
+  return {"params", "metadata"} <= names and (not remote or COMMIT_FILE in names)
+
+
+def is_step_directory(path: str) -> bool:
+  try:
+    return is_step_listing(paths.listdir(path), paths.is_remote(path))
+  except (FileNotFoundError, NotADirectoryError):
+    return False
+
+
+def list_steps(model_dir: str) -> list[int]:
+  """Complete checkpoint steps in `model_dir` (temporary, unfinished directories are not listed)."""
+  try:
+    names = paths.listdir(model_dir)
+  except (FileNotFoundError, NotADirectoryError):
+    return []
+  steps = [step_of_name(name) for name in names]
+  return sorted(s for s in steps if s is not None and is_step_directory(step_directory(model_dir, s)))
+
+
+# ---- metadata ---------------------------------------------------------------------------------------
+
+def read_metadata(step_dir: str) -> dict:
+  """The metadata JSON of one step directory."""
+  return json.loads(paths.read_text(paths.join(step_dir, *METADATA_FILE)))
+
+
+def t5_config_from_metadata(metadata: Mapping[str, Any], **overrides) -> T5Config:
+  """The T5Config a checkpoint was trained with (unknown fields from other versions are ignored)."""
+  known = {f.name for f in dataclasses.fields(T5Config)}
+  fields = {k: v for k, v in metadata["t5_config"].items() if k in known}
+  return T5Config(**{**fields, **overrides})
+
+
+def recorded(metadata: Mapping[str, Any], key: str, *gin_names: str) -> Any:
+  """`metadata[key]`; for checkpoints written before the key was recorded, the value bound to the
+  first of `gin_names` (a macro or `Class.field`) in the operative gin config they hold."""
+  if key in metadata:
+    return metadata[key]
+  gin_text = metadata.get("gin_config") or ""
+  for name in gin_names:
+    match = re.search(rf"^{re.escape(name)}\s*=\s*(.+)$", gin_text, flags=re.MULTILINE)
+    if match:
+      try:
+        return ast.literal_eval(match.group(1).strip())
+      except (ValueError, SyntaxError):
+        continue  # a gin reference (%MACRO, @fn): not a literal
+  return None
+
+
+def written_layout(abstract: Any, metadata: Mapping[str, Any]) -> Any:
+  """`abstract` (params or optimizer state) in the layer layout the checkpoint was written in."""
+  stored_stacked = bool(metadata.get("t5_config", {}).get("scan_layers", False))
+  if layer_stacking.is_stacked_tree(abstract) == stored_stacked:
+    return abstract
+  return layer_stacking.abstract_in_layout(abstract, t5_config_from_metadata(metadata), stored_stacked)
+
+
+# ---- arrays -----------------------------------------------------------------------------------------
+
+def _tree_set(tree: dict, path: Path, value: Any) -> None:
+  for key in path[:-1]:
+    tree = tree.setdefault(key, {})
+  tree[path[-1]] = value
+
+
+def _tree_get(tree: Any, path: Path) -> Any:
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+class StepReader:
+  """One step directory, read through orbax's `PyTreeCheckpointer` (every read of our format goes
+  through `_restore`). `metadata` may be given when the caller has read it already."""
+
+  def __init__(self, step_dir: str, metadata: Optional[Mapping[str, Any]] = None):
+    self.step_dir = paths.abspath(step_dir)
+    self.metadata = dict(metadata) if metadata is not None else read_metadata(self.step_dir)
+    self._checkpointer = None
+
+  @property
+  def config(self) -> T5Config:
+    return t5_config_from_metadata(self.metadata)
+
+  def _orbax(self):
+    if self._checkpointer is None:
+      self._checkpointer = ocp.PyTreeCheckpointer()
+    return self._checkpointer
+
+  def _restore(self, item_name: str, item: Any, restore_args: Any, partial: bool) -> Any:
+    return self._orbax().restore(paths.join(self.step_dir, item_name), args=ocp.args.PyTreeRestore(
+        item=item, restore_args=restore_args, partial_restore=partial))
+
+  def restore(self, abstract: Any, item_name: str = "params") -> Any:
+    """A whole item (`params` or `opt_state`) placed with the shardings of `abstract`
+    (ShapeDtypeStructs with .sharding), in `abstract`'s layer layout whichever it was written in."""
+    as_written = written_layout(abstract, self.metadata)
+    restored = self._restore(item_name, as_written, ocp.checkpoint_utils.construct_restore_args(as_written),
+                             partial=False)
+    return layer_stacking.convert_like(restored, abstract, t5_config_from_metadata(self.metadata))
+
+  def read(self, path: Path) -> np.ndarray:
+    """One parameter of one layer (per-layer path), float32, in host memory (a partial restore)."""
+    scanned = bool(self.metadata.get("t5_config", {}).get("scan_layers", False))
+    stored, index = layer_stacking.stacked_location(path) if scanned else (path, None)
+    item, restore_args = {}, {}
+    _tree_set(item, stored, 0)  # a placeholder leaf: only the structure matters
+    _tree_set(restore_args, stored, ocp.RestoreArgs(restore_type=np.ndarray, dtype=np.float32))
+    array = np.asarray(_tree_get(self._restore("params", item, restore_args, partial=True), stored),
+                       np.float32)
+    return array if index is None else array[index]
+
+  def params_tree_metadata(self) -> Any:
+    """The stored parameter tree's metadata (leaves have `.shape`), without reading arrays."""
+    metadata = self._orbax().metadata(paths.join(self.step_dir, "params"))
+    tree = getattr(getattr(metadata, "item_metadata", metadata), "tree", None)
+    return metadata if tree is None else tree  # older orbax: the tree itself
+
+  def close(self) -> None:
+    if self._checkpointer is not None:
+      self._checkpointer.close()
+      self._checkpointer = None
+
+
+def abstract_params(model: EncoderDecoderModel) -> Any:
+  """The model's parameters as ShapeDtypeStructs with their shardings (its mesh, or one device)."""
+  if model.mesh is None:
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shardings = jax.tree.map(lambda _: device, model.abstract_params())
+  else:
+    shardings = model.param_shardings()
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      model.abstract_params(), shardings)
+
+
+def load_model_params(step_dir: str, mesh: Any = None, logical_axis_rules=None,
+                      metadata: Optional[Mapping[str, Any]] = None, **config_overrides):
+  """(T5Config, params) of one step without gin, placed with their shardings on `mesh` (or on the
+  default device without one)."""
+  reader = StepReader(step_dir, metadata)
+  config = t5_config_from_metadata(reader.metadata, **config_overrides)
+  try:
+    return config, reader.restore(abstract_params(EncoderDecoderModel(config, mesh, logical_axis_rules)))
+  finally:
+    reader.close()
