@@ -21,6 +21,8 @@ import importlib.util
 import os
 import sys
 
+from xmtf_jax.cli import quiet_start  # standard library only until called
+
 _TPU_ENVIRONMENT = {"TPU_SKIP_MDS_QUERY": "1", "TPU_ACCELERATOR_TYPE": "v4-8",
                     "TPU_WORKER_HOSTNAMES": "localhost"}
 EXIT_FITS, EXIT_USER_ERROR, EXIT_DOES_NOT_FIT = 0, 2, 3
@@ -57,6 +59,7 @@ def prepare_environment(topology: str | None) -> None:
 # At import, so that it precedes every import of jax (the shim imports this module first).
 prepare_environment(_topology_argument(sys.argv[1:]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+quiet_start.import_tensorflow()  # without its C++ start-up lines on stderr
 
 import json  # noqa: E402
 import logging  # noqa: E402

@@ -137,6 +137,8 @@ def initial_params(config: TrainConfig, model: EncoderDecoderModel) -> Any:
   if not path:
     logging.info("initialising parameters randomly (init_seed %d)", config.init_seed)
     return model.init_params(jax.random.key(config.init_seed, impl=config.rng_impl))
+  if paths.looks_like_hub_id(path):
+    raise FileNotFoundError(f"INITIAL_CHECKPOINT_PATH={path!r}: {paths.hub_id_message(path)}")
   if checkpoints.is_checkpoint(path):
     metadata = checkpoints.read_metadata(path)
     check_same_shapes(checkpoints.t5_config_from_metadata(metadata), model.config, path)

@@ -34,6 +34,8 @@ def load_pretrained(path: str, mesh: Optional[Any] = None, *, logical_axis_rules
     placed on it directly with the shardings of `logical_axis_rules` (default rules if None).
   config_overrides: T5Config fields to change, e.g. dtype="bfloat16", dropout_rate=0.0.
   """
+  if paths.looks_like_hub_id(path):
+    raise FileNotFoundError(paths.hub_id_message(path))
   path = paths.abspath(path)
   rules = logical_axis_rules or partitioning.logical_axis_rules()
   if is_hf_folder(path) or not paths.isdir(path):
