@@ -125,3 +125,22 @@ def test_a_failed_start_leaves_no_config_gin(tmp_path, capsys):
 
 def checkpoints_in(model_dir):
   return [name for name in os.listdir(model_dir) if name.startswith("checkpoint_")]
+
+
+def test_verifying_our_export_does_not_warn_about_tied_weights(tmp_path, capfd):
+  """transformers 5.23 forces MT5Config.tie_word_embeddings=True over config.json's False and warns
+  about our (correctly) separate lm_head on every load; verify checks untying itself."""
+  import jax
+  import sentencepiece as spm
+  from xmtf_jax.hf import export as hf_export
+  from xmtf_jax.model.config import T5Config
+  from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
+  vocabulary = os.path.join(REPO_ROOT, "data/demo/sentencepiece.model")
+  size = spm.SentencePieceProcessor(model_file=vocabulary).get_piece_size()
+  config = T5Config(vocab_size=size, d_model=32, d_kv=8, d_ff=64, num_heads=4, num_encoder_layers=1,
+                    num_decoder_layers=1, dropout_rate=0.0)
+  params = EncoderDecoderModel(config).init_params(jax.random.key(0))
+  result = hf_export.export(config, params, vocabulary, str(tmp_path / "hf"), verify=True)
+  assert result.verification is not None and result.verification.ok, result.verification.summary()
+  captured = capfd.readouterr()
+  assert "tie_word_embeddings" not in captured.out + captured.err, captured.err[-2000:]

@@ -4,6 +4,8 @@ restore straight into host memory, so an XXL checkpoint exports on a host that c
 from __future__ import annotations
 
 import ast
+import contextlib
+import logging
 import re
 from typing import Any, Optional
 
@@ -28,6 +30,29 @@ def _gin_value(gin_text: str, *names: str) -> Any:
       except (ValueError, SyntaxError):
         continue  # a gin reference (%MACRO, @fn): not a literal
   return None
+
+
+class _DropMissingItemMetadata(logging.Filter):
+  """orbax's item-level checkpointer looks for `_CHECKPOINT_METADATA` inside the `params/` item, where
+  a CheckpointManager never writes it (it lies one folder up), and logs a warning on every export."""
+
+  def __init__(self, item_dir: str):
+    super().__init__()
+    self.line = f"Metadata file does not exist: {item_dir.rstrip('/')}/_CHECKPOINT_METADATA"
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.getMessage() != self.line
+
+
+@contextlib.contextmanager
+def _without_missing_item_metadata_warning(item_dir: str):
+  drop = _DropMissingItemMetadata(item_dir)
+  logger = logging.getLogger("absl")  # orbax logs through absl.logging
+  logger.addFilter(drop)
+  try:
+    yield
+  finally:
+    logger.removeFilter(drop)
 
 
 class CheckpointParams(ParamSource):
@@ -67,7 +92,8 @@ class CheckpointParams(ParamSource):
     return self._checkpointer
 
   def check(self) -> None:
-    metadata = self._orbax().metadata(self._params_dir)
+    with _without_missing_item_metadata_warning(self._params_dir):
+      metadata = self._orbax().metadata(self._params_dir)
     tree = getattr(getattr(metadata, "item_metadata", metadata), "tree", None)
     if tree is None:  # older orbax: the tree itself
       tree = metadata
@@ -85,8 +111,9 @@ class CheckpointParams(ParamSource):
     item, restore_args = {}, {}
     hf.tree_set(item, stored, 0)  # a placeholder leaf: only the structure matters
     hf.tree_set(restore_args, stored, ocp.RestoreArgs(restore_type=np.ndarray, dtype=np.float32))
-    restored = self._orbax().restore(self._params_dir, args=ocp.args.PyTreeRestore(
-        item=item, restore_args=restore_args, partial_restore=True))
+    with _without_missing_item_metadata_warning(self._params_dir):
+      restored = self._orbax().restore(self._params_dir, args=ocp.args.PyTreeRestore(
+          item=item, restore_args=restore_args, partial_restore=True))
     array = np.asarray(hf.tree_get(restored, stored), np.float32)
     return array if index is None else array[index]
 
