@@ -48,8 +48,8 @@ def remove_gin_config_of_failed_start(model_dir: str, created_dir: bool) -> None
   config_file = paths.join(model_dir, "config.gin")
   if paths.exists(config_file):
     paths.remove(config_file)
-  if created_dir and not paths.is_remote(model_dir) and paths.isdir(model_dir) and not paths.listdir(model_dir):
-    os.rmdir(model_dir)
+  if created_dir and paths.isdir(model_dir) and not paths.listdir(model_dir):
+    paths.rmtree(model_dir)
 
 
 def main(argv=None) -> int:

@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-_CLI_DIR = os.path.dirname(os.path.abspath(__file__))
+_CLI_DIR = os.path.dirname(os.path.abspath(__file__))  # local-only: a file of the repository
 
 # Kept equal to xmtf_jax.hf.safetensors_writer.DTYPES and DEFAULT_MAX_SHARD_SIZE (that module imports
 # jax; tests/test_cli_usage.py checks they agree).
@@ -26,7 +26,7 @@ def help_requested(argv: Sequence[str]) -> bool:
 
 
 def _module_tree(command: str) -> ast.Module:
-  with open(os.path.join(_CLI_DIR, f"{command}.py"), encoding="utf-8") as f:
+  with open(os.path.join(_CLI_DIR, f"{command}.py"), encoding="utf-8") as f:  # local-only: the package
     return ast.parse(f.read())
 
 
