@@ -1,6 +1,7 @@
 """`python -m xmtf_jax.plan`: the real train step compiled ahead of time on 8 simulated CPU devices
 (bytes per device equal a hand count), the verdict and suggestion, the missing-libtpu error; TPU
 topologies where libtpu is installed (requirements-tpu-plan.txt)."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -183,3 +184,20 @@ def test_the_whole_plan_goes_to_stdout_and_nothing_else_to_stderr():
   assert result.stdout.startswith("memory per device: 0.001 GiB")
   assert "plan for cpu:2: 2 x cpu" in result.stdout and "verdict: does not fit" in result.stdout
   assert result.stderr == ""
+
+
+@pytest.mark.parametrize("peak_gib, xla_gib, expected", [
+    (23.70, 22.95, "(74%; arguments + outputs - donated + temporaries + code; XLA's own estimate 22.95 GiB)"),
+    (3.93, 0.002, "(12%; arguments + outputs - donated + temporaries + code)"),  # XLA:CPU's: left out
+    (5.0, 6.0, "(19%; XLA's peak-memory estimate)"),
+])
+def test_the_peak_line_says_which_figure_it_is(peak_gib, xla_gib, expected):
+  gib = 2**30
+  fields = {f.name: 0 for f in dataclasses.fields(train_plan.Plan)
+            if f.default is dataclasses.MISSING}
+  fields.update(target="v4-256", device_kind="TPU v4", mesh={}, model={}, step={}, collectives={},
+                hbm_bytes=32 * gib, xla_peak_bytes=int(xla_gib * gib),
+                peak_bytes=int(max(peak_gib, xla_gib) * gib))
+  peak_line = [line for line in train_plan.Plan(**fields).render().splitlines()
+               if line.strip().startswith("peak")]
+  assert peak_line[0].endswith("of 32 GiB " + expected), peak_line

@@ -84,13 +84,16 @@ class Plan:
     return out
 
   def _peak_source(self) -> str:
-    """Which figure `peak_bytes` is: XLA's peak-memory estimate only where it exceeds the sum of the
-    buffers (XLA:CPU's estimate leaves out the temporaries and so reads far lower)."""
+    """Which figure `peak_bytes` is. XLA's own peak estimate is shown beside the sum only where it is
+    comparable: XLA:CPU's leaves out the temporaries (MiB beside GiB), so it is not shown there."""
     if self.compile_error:
       return "with the temporaries XLA's out-of-memory error names"
     if self.xla_peak_bytes >= self.peak_bytes:
       return "XLA's peak-memory estimate"
-    return "arguments + outputs - donated + temporaries + code"
+    text = "arguments + outputs - donated + temporaries + code"
+    if self.xla_peak_bytes >= self.peak_bytes / 2:
+      text += f"; XLA's own estimate {self.xla_peak_bytes / GIB:.2f} GiB"
+    return text
 
   def render(self) -> str:
     gib = lambda n: f"{n / GIB:8.2f} GiB" if n >= GIB / 10 else f"{n / 2**20:8.2f} MiB"
