@@ -80,8 +80,8 @@ def run(argv: list[str]) -> train_plan.Plan:
   """Parses gin and flags, compiles, returns the plan (printing is `main`'s)."""
   parser = usage.plan_parser()
   parser.parse_known_args(argv)  # --topology is checked before gin is read
-  args = parser.parse_args(gin_flags.parse_gin(list(PLACEHOLDERS) + list(argv),
-                                                    default_files=[RUN_DEFAULTS]))
+  rest = gin_flags.parse_gin(list(PLACEHOLDERS) + list(argv), default_files=[RUN_DEFAULTS])
+  args = parser.parse_args(rest)
   target = topologies.parse_target(args.topology)  # ValueError: a user's mistake
   if target.platform == "tpu" and not topologies.libtpu_available():
     raise ValueError(f"--topology={args.topology} needs libtpu to compile for TPUs: {_INSTALL}")
