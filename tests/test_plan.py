@@ -1,6 +1,7 @@
 """`python -m xmtf_jax.plan`: the real train step compiled ahead of time on 8 simulated CPU devices
 (bytes per device equal a hand count), the verdict and suggestion, the missing-libtpu error; TPU
 topologies where libtpu is installed (requirements-tpu-plan.txt)."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -10,6 +11,7 @@ import gin
 import jax
 import pytest
 
+from xmtf_jax.cli import errors
 from xmtf_jax.cli import plan as plan_cli
 from xmtf_jax.model.config import T5Config
 from xmtf_jax.parallel import partitioning, topologies
@@ -139,3 +141,63 @@ def test_xla_out_of_memory_refusal_is_read_as_a_verdict():
              "jit_train_step.")
   assert train_plan._hbm_oom_temporaries(message) == int(42.09 * 2**30)
   assert train_plan._hbm_oom_temporaries("INTERNAL: something else") is None
+
+
+def model_gin_alone(*extra):
+  """A model gin file and the step's shape: no run file, no MODEL_DIR (issue 19, item 9)."""
+  return ["--gin_file=gin/models/mt5_tiny.gin", f"--gin.TASK_FEATURE_LENGTHS={LENGTHS!r}",
+          "--gin.BATCH_SIZE=16", *extra]
+
+
+def test_help_needs_no_gin_and_a_model_gin_alone_plans(clean_gin, capsys):
+  assert plan_cli.main(["--help", "--gin_file=no/such/file.gin"]) == plan_cli.EXIT_FITS
+  assert "--topology" in capsys.readouterr().out
+  assert errors.run(plan_cli.main, plan_cli.__doc__, model_gin_alone("--topology=cpu:8"),
+                    main_has_help=True) == 0
+  out, err = capsys.readouterr()
+  assert out.startswith("memory per device: 32 GiB assumed (a v4 chip's HBM; cpu:N devices have none "
+                        "of their own): pass --hbm_gib=N"), out
+  assert "verdict: fits" in out and "MODEL_DIR" not in out + err
+  # XLA:CPU's peak estimate leaves out the temporaries: the peak is the sum, and says so.
+  assert "XLA's own peak estimate" not in out
+  assert "; arguments + outputs - donated + temporaries + code)" in out
+
+
+def test_exit_status_tells_does_not_fit_from_a_mistake(clean_gin, capsys):
+  code = errors.run(plan_cli.main, plan_cli.__doc__, model_gin_alone("--topology=cpu:8", "--hbm_gib=0.001"),
+                    main_has_help=True)
+  out, _ = capsys.readouterr()
+  assert code == plan_cli.EXIT_DOES_NOT_FIT == 3
+  assert out.startswith("memory per device: 0.001 GiB (--hbm_gib)") and "verdict: does not fit" in out
+  gin.clear_config()
+  code = errors.run(plan_cli.main, plan_cli.__doc__, model_gin_alone("--topology=cpu:eight"),
+                    main_has_help=True)
+  assert code == plan_cli.EXIT_USER_ERROR == 2
+  assert "write cpu:N with N >= 1" in capsys.readouterr().err
+
+
+def test_the_whole_plan_goes_to_stdout_and_nothing_else_to_stderr():
+  result = subprocess.run([sys.executable, "-m", "xmtf_jax.plan", *model_gin_alone("--topology=cpu:2"),
+                           "--hbm_gib=0.001"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": REPO_ROOT, "XLA_FLAGS": ""})
+  assert result.returncode == 3, result.stderr
+  assert result.stdout.startswith("memory per device: 0.001 GiB")
+  assert "plan for cpu:2: 2 x cpu" in result.stdout and "verdict: does not fit" in result.stdout
+  assert result.stderr == ""
+
+
+@pytest.mark.parametrize("peak_gib, xla_gib, expected", [
+    (23.70, 22.95, "(74%; arguments + outputs - donated + temporaries + code; XLA's own estimate 22.95 GiB)"),
+    (3.93, 0.002, "(12%; arguments + outputs - donated + temporaries + code)"),  # XLA:CPU's: left out
+    (5.0, 6.0, "(19%; XLA's peak-memory estimate)"),
+])
+def test_the_peak_line_says_which_figure_it_is(peak_gib, xla_gib, expected):
+  gib = 2**30
+  fields = {f.name: 0 for f in dataclasses.fields(train_plan.Plan)
+            if f.default is dataclasses.MISSING}
+  fields.update(target="v4-256", device_kind="TPU v4", mesh={}, model={}, step={}, collectives={},
+                hbm_bytes=32 * gib, xla_peak_bytes=int(xla_gib * gib),
+                peak_bytes=int(max(peak_gib, xla_gib) * gib))
+  peak_line = [line for line in train_plan.Plan(**fields).render().splitlines()
+               if line.strip().startswith("peak")]
+  assert peak_line[0].endswith("of 32 GiB " + expected), peak_line

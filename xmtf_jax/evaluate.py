@@ -1,11 +1,15 @@
-"""`python -m xmtf_jax.evaluate`: the entry point is `xmtf_jax.cli.evaluate`."""
+"""`python -m xmtf_jax.evaluate`: the entry point is `xmtf_jax.cli.evaluate` (`--help` answers before it is imported)."""
 import sys
 
-from xmtf_jax.cli import errors, evaluate
+from xmtf_jax.cli import quiet_start, usage  # standard library only
 
 
 def main() -> int:
   """The `xmtf-evaluate` console script."""
+  if usage.answer_help("evaluate"):
+    return 0
+  quiet_start.import_tensorflow()
+  from xmtf_jax.cli import errors, evaluate  # imports jax / TensorFlow
   return errors.run(evaluate.main, evaluate.__doc__)
 
 

@@ -169,6 +169,8 @@ def open_model_path(path: Any, step: Optional[int] = None) -> ModelPath:
     if found is not None:
       return found
   # (a bucket lists a file as an empty folder)
+  if listing.names is None and paths.looks_like_hub_id(str(path)):
+    raise ModelPathError(paths.hub_id_message(str(path)))
   if listing.names is None or (not listing.names and paths.isfile(listing.path)):
     what = "a file, not a folder" if paths.exists(listing.path) else "no such directory"
     raise ModelPathError(f"{path}: not a model path ({what}); expected a folder: an HF mT5/mT0 folder "

@@ -11,7 +11,6 @@ See `xmtf_jax.hf_export` for what is written and how memory is bounded.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Optional, Sequence
 
@@ -19,40 +18,11 @@ from xmtf_jax.checkpoint.model_path import open_model_path
 from xmtf_jax.errors import UserError
 from xmtf_jax.hf import sources as export_sources
 from xmtf_jax.cli import gin_flags
-from xmtf_jax.cli import runtime
+from xmtf_jax.cli import runtime, usage
 from xmtf_jax.hf import export as hf_export
 from xmtf_jax.hf import model_card
 
 
-def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m xmtf_jax.export_hf", description=__doc__.split("\n")[0])
-  p.add_argument("--checkpoint_dir", required=True,
-                 help="training run directory (MODEL_DIR) or an HF mT5/mT0 folder")
-  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
-  p.add_argument("--output_dir", required=True, help="folder to create (must not exist or be empty)")
-  p.add_argument("--dtype", choices=sorted(hf_export.DTYPES), default="float32",
-                 help="weights' dtype in the folder (float32 is exact; bfloat16 halves the size)")
-  p.add_argument("--max_shard_size", default=hf_export.DEFAULT_MAX_SHARD_SIZE,
-                 help="shard the safetensors above this size, e.g. 5GB, 500MB, 2GiB")
-  p.add_argument("--verify", dest="verify", action="store_const", const=True, default="auto",
-                 help="compare with transformers (default: on when the model fits in host memory)")
-  p.add_argument("--noverify", dest="verify", action="store_const", const=False,
-                 help="skip the comparison with transformers")
-  p.add_argument("--vocabulary_path", default=None,
-                 help="SentencePiece model (default: the one recorded with the checkpoint)")
-  p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
-  card = p.add_argument_group("model card (README.md); defaults come from the training run")
-  card.add_argument("--model_name", default=None,
-                    help="the card's title (default from the base model and mixture, e.g. "
-                         "'mT0-style model: mt5-small finetuned on xp3')")
-  card.add_argument("--base_model", default=None,
-                    help="e.g. google/mt5-xxl (default: the run's INITIAL_CHECKPOINT_PATH)")
-  card.add_argument("--mixture", default=None, help="default: the run's MIXTURE_OR_TASK_NAME")
-  card.add_argument("--languages", default=None, help="comma-separated ISO codes")
-  card.add_argument("--eval_results", action="append", default=None,
-                    help="results.json from `xmtf_jax.evaluate` (repeatable; default: those found "
-                         "under --checkpoint_dir)")
-  return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -61,7 +31,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   gin_files, gin_bindings, rest = gin_flags.split_gin_args(argv)
   if gin_files or gin_bindings:  # gin is optional here; parsing locks gin's config for the process
     rest = gin_flags.parse_gin(argv)
-  args = _parser().parse_args(rest)
+  args = usage.export_hf_parser().parse_args(rest)
   model_path = open_model_path(args.checkpoint_dir, args.step)
   source = export_sources.open_source(model_path)
   vocabulary_path = args.vocabulary_path or getattr(source, "vocabulary_path", None)

@@ -11,7 +11,6 @@ the training optimizer's state: Adafactor as `OptimizerConfig` in gin sets it) o
 """
 from __future__ import annotations
 
-import argparse
 from collections import defaultdict
 from typing import Any, Optional
 
@@ -19,7 +18,7 @@ import jax
 import numpy as np
 
 from xmtf_jax.cli import configurables
-from xmtf_jax.cli import gin_flags
+from xmtf_jax.cli import gin_flags, usage
 from xmtf_jax.errors import UserError
 from xmtf_jax.model.config import T5Config
 from xmtf_jax.parallel import partitioning
@@ -90,12 +89,7 @@ def _gib(n: int) -> str:
 
 def main(argv: Optional[list[str]] = None) -> None:
   rest = gin_flags.parse_gin(argv)
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--mesh", help="data:N,model:M (default: PartitioningConfig from gin)")
-  parser.add_argument("--num_devices", type=int, default=None,
-                      help="devices for a gin PartitioningConfig mesh with data=-1 (default: this host's)")
-  parser.add_argument("--optimizer", choices=["adafactor"], default=None,
-                      help="also count the optimizer state per device")
+  parser = usage.param_count_parser()
   args = parser.parse_args(rest)
 
   config = configurables.T5Config()

@@ -6,10 +6,14 @@ CPUs) and say whether it fits, without owning the hardware.
       --topology=v4-256 [--output_json=plan.json]
 
 --topology: v4-N / v5p-N (N TensorCores, N/2 chips), v5e-N / v6e-N (N chips), or cpu:N (N simulated
-CPU devices; the HBM of a v4 chip is assumed). TPU slices need libtpu:
-`pip install -r requirements-tpu-plan.txt` in a separate virtual environment.
-Macros the train command needs but the plan does not read (MODEL_DIR, MIXTURE_OR_TASK_NAME) get
-placeholder values; everything else comes from the gin files as `python -m xmtf_jax.train` reads them.
+CPU devices, planned against a v4 chip's 32 GiB of HBM unless --hbm_gib says otherwise). TPU slices
+need libtpu: `pip install -r requirements-tpu-plan.txt` in a separate virtual environment.
+The gin files are read as `python -m xmtf_jax.train` reads them, after gin/runs/finetune.gin (which
+every run file includes), so a model gin file alone plans finetune.gin's step (batch 128, 1024/1024
+tokens). The plan needs no MODEL_DIR or mixture: settings only training reads are not checked.
+
+The plan goes to stdout, logs to stderr. Exit status: 0 it fits, 3 it does not fit, 2 a mistake in
+the command (gin, flags, topology).
 """
 from __future__ import annotations
 
@@ -17,8 +21,11 @@ import importlib.util
 import os
 import sys
 
+from xmtf_jax.cli import quiet_start  # standard library only until called
+
 _TPU_ENVIRONMENT = {"TPU_SKIP_MDS_QUERY": "1", "TPU_ACCELERATOR_TYPE": "v4-8",
                     "TPU_WORKER_HOSTNAMES": "localhost"}
+EXIT_FITS, EXIT_USER_ERROR, EXIT_DOES_NOT_FIT = 0, 2, 3
 _INSTALL = "pip install -r requirements-tpu-plan.txt (in a separate virtual environment)"
 
 
@@ -43,7 +50,8 @@ def prepare_environment(topology: str | None) -> None:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     return
   if importlib.util.find_spec("libtpu") is None:
-    raise SystemExit(f"error: --topology={topology} needs libtpu to compile for TPUs: {_INSTALL}")
+    print(f"error: --topology={topology} needs libtpu to compile for TPUs: {_INSTALL}", file=sys.stderr)
+    raise SystemExit(EXIT_USER_ERROR)
   for key, value in _TPU_ENVIRONMENT.items():
     os.environ.setdefault(key, value)
 
@@ -51,56 +59,75 @@ def prepare_environment(topology: str | None) -> None:
 # At import, so that it precedes every import of jax (the shim imports this module first).
 prepare_environment(_topology_argument(sys.argv[1:]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+quiet_start.import_tensorflow()  # without its C++ start-up lines on stderr
 
-import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 from typing import Optional  # noqa: E402
 
 from xmtf_jax import paths  # noqa: E402
-from xmtf_jax.cli import configurables, gin_flags  # noqa: E402
+from xmtf_jax.cli import configurables, gin_flags, usage  # noqa: E402
+from xmtf_jax.errors import UserError  # noqa: E402
 from xmtf_jax.parallel import topologies  # noqa: E402
 from xmtf_jax.train import plan as train_plan  # noqa: E402
 
+# Read before the user's gin files: every run file includes it, and it gives a model file alone a step.
+RUN_DEFAULTS = "gin/runs/finetune.gin"
+# Macros only training reads (RUN_DEFAULTS defines them as required): placeholders the plan never uses.
 PLACEHOLDERS = ("--gin.MODEL_DIR='/nonexistent/plan'", "--gin.MIXTURE_OR_TASK_NAME='plan'")
 
 
 def run(argv: list[str]) -> train_plan.Plan:
   """Parses gin and flags, compiles, returns the plan (printing is `main`'s)."""
-  rest = gin_flags.parse_gin(list(PLACEHOLDERS) + list(argv))
-  parser = argparse.ArgumentParser(prog="python -m xmtf_jax.plan", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--topology", required=True, help="v4-128, v4-256, v5e-256, v5p-128, cpu:8, ...")
-  parser.add_argument("--output_json", default=None, help="also write the plan as JSON here")
+  parser = usage.plan_parser()
+  parser.parse_known_args(argv)  # --topology is checked before gin is read
+  rest = gin_flags.parse_gin(list(PLACEHOLDERS) + list(argv), default_files=[RUN_DEFAULTS])
   args = parser.parse_args(rest)
-  try:
-    target = topologies.parse_target(args.topology)
-  except ValueError as e:
-    raise SystemExit(f"error: {e}") from None
+  target = topologies.parse_target(args.topology)  # ValueError: a user's mistake
   if target.platform == "tpu" and not topologies.libtpu_available():
-    raise SystemExit(f"error: --topology={args.topology} needs libtpu to compile for TPUs: {_INSTALL}")
-  try:
-    train_config = configurables.TrainConfig()
-  except ValueError as e:
-    raise SystemExit(f"error: {e} (pass the run's gin file, e.g. --gin_file=gin/runs/mt0_recipe.gin)")
+    raise UserError(f"--topology={args.topology} needs libtpu to compile for TPUs: {_INSTALL}")
+  if args.hbm_gib is not None and not args.hbm_gib > 0:
+    raise UserError(f"--hbm_gib={args.hbm_gib}: give the memory per device in GiB, e.g. --hbm_gib=16")
+  train_config = configurables.TrainConfig()
+  if not train_config.task_feature_lengths:
+    raise UserError("TrainConfig.task_feature_lengths is not set: the plan needs the step's token "
+                    "lengths, e.g. --gin.TASK_FEATURE_LENGTHS=\"{'inputs': 1024, 'targets': 256}\"")
   shape = train_plan.StepShape.of(train_config)
   try:
     devices = topologies.devices(target)
   except RuntimeError as e:
-    raise SystemExit(f"error: {e}") from None
+    raise UserError(str(e)) from None
+  hbm_bytes = int(args.hbm_gib * topologies.GIB) if args.hbm_gib else target.hbm_bytes_per_device
   plan = train_plan.plan_train_step(
       configurables.T5Config(), configurables.OptimizerConfig(), configurables.LossConfig(),
-      configurables.PartitioningConfig(), shape, devices, hbm_bytes=target.hbm_bytes_per_device,
-      target=target.name)
+      configurables.PartitioningConfig(), shape, devices, hbm_bytes=hbm_bytes, target=target.name)
   if args.output_json:
     paths.write_text(args.output_json, json.dumps(plan.to_dict(), indent=1))
   return plan
 
 
+def memory_note(argv: list[str]) -> str:
+  """Which memory per device the verdict is against, and where that figure comes from."""
+  args, _ = usage.plan_parser().parse_known_args(argv)
+  target = topologies.parse_target(args.topology)
+  if args.hbm_gib:
+    return f"memory per device: {args.hbm_gib:g} GiB (--hbm_gib)"
+  if target.platform == "cpu":
+    return (f"memory per device: {target.hbm_bytes_per_device / topologies.GIB:.0f} GiB assumed (a v4 "
+            "chip's HBM; cpu:N devices have none of their own): pass --hbm_gib=N to plan for another")
+  return f"memory per device: {target.hbm_bytes_per_device / topologies.GIB:.0f} GiB ({target.generation} HBM)"
+
+
 def main(argv: Optional[list[str]] = None) -> int:
+  """Prints the plan on stdout; returns EXIT_FITS or EXIT_DOES_NOT_FIT (user errors raise UserError,
+  which `errors.run` prints as a paragraph with exit status 2)."""
   argv = sys.argv[1:] if argv is None else list(argv)
+  if usage.help_requested(argv):
+    usage.plan_parser().print_help()
+    return EXIT_FITS
   prepare_environment(_topology_argument(argv))  # a no-op if jax was imported already with them
   logging.basicConfig(level=logging.WARNING)
   plan = run(argv)
-  print(plan.render())
-  return 0 if plan.fits else 1
+  print(memory_note(argv))
+  print(plan.render(), flush=True)
+  return EXIT_FITS if plan.fits else EXIT_DOES_NOT_FIT

@@ -31,13 +31,25 @@ from xmtf_jax import paths  # noqa: E402
 from xmtf_jax.cli import configurables, gin_flags, runtime  # noqa: E402
 from xmtf_jax.parallel import distributed  # noqa: E402
 from xmtf_jax.data import tasks as data_tasks  # noqa: E402
-from xmtf_jax.train import loop  # noqa: E402
+from xmtf_jax.train import checkpoints, loop  # noqa: E402
 
 
 def write_gin_config(model_dir: str) -> None:
   """MODEL_DIR/config.gin: every gin setting of the run (the operative subset goes in checkpoints)."""
   if jax.process_index() == 0:
     paths.write_text(paths.join(model_dir, "config.gin"), gin.config_str())
+
+
+def remove_gin_config_of_failed_start(model_dir: str, created_dir: bool) -> None:
+  """After a failure before the first checkpoint: take back config.gin (a MODEL_DIR holding only a
+  config.gin looks like a run), and MODEL_DIR itself when this run created it and left it empty."""
+  if jax.process_index() != 0 or checkpoints.list_steps(model_dir):
+    return
+  config_file = paths.join(model_dir, "config.gin")
+  if paths.exists(config_file):
+    paths.remove(config_file)
+  if created_dir and paths.isdir(model_dir) and not paths.listdir(model_dir):
+    paths.rmtree(model_dir)
 
 
 def main(argv=None) -> int:
@@ -53,6 +65,7 @@ def main(argv=None) -> int:
   # Validate before anything is written: a typo in the mixture name must not leave a MODEL_DIR behind.
   runtime.register_tasks(config.mixture_or_task_name)
   data_tasks.get_mixture_or_task(config.mixture_or_task_name)
+  created_dir = not paths.exists(config.model_dir)
   write_gin_config(config.model_dir)
   try:
     result = loop.train(config, configurables.T5Config(), configurables.PartitioningConfig(),
@@ -61,5 +74,8 @@ def main(argv=None) -> int:
   except loop.NonFiniteLossError as e:
     print(f"error: {e}", file=sys.stderr)
     return loop.EXIT_NON_FINITE
+  except Exception:
+    remove_gin_config_of_failed_start(config.model_dir, created_dir)
+    raise
   print(f"{result.status} at step {result.step}: {result.model_dir}")
   return 0

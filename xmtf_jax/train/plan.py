@@ -93,6 +93,18 @@ class Plan:
     out["fits"] = self.fits
     return out
 
+  def _peak_source(self) -> str:
+    """Which figure `peak_bytes` is. XLA's own peak estimate is shown beside the sum only where it is
+    comparable: XLA:CPU's leaves out the temporaries (MiB beside GiB), so it is not shown there."""
+    if self.compile_error:
+      return "with the temporaries XLA's out-of-memory error names"
+    if self.xla_peak_bytes >= self.peak_bytes:
+      return "XLA's peak-memory estimate"
+    text = "arguments + outputs - donated + temporaries + code"
+    if self.xla_peak_bytes >= self.peak_bytes / 2:
+      text += f"; XLA's own estimate {self.xla_peak_bytes / GIB:.2f} GiB"
+    return text
+
   def render(self) -> str:
     gib = lambda n: f"{n / GIB:8.2f} GiB" if n >= GIB / 10 else f"{n / 2**20:8.2f} MiB"
     lines = [
@@ -106,9 +118,8 @@ class Plan:
         f"  input batch      {gib(self.batch_bytes)}",
         f"  temporaries      {gib(self.temp_bytes)}   (activations, gradients, XLA buffers)",
         f"  code             {gib(self.generated_code_bytes)}",
-        f"  peak             {gib(self.peak_bytes)}   of {self.hbm_bytes / GIB:.0f} GiB HBM "
-        f"({100 * self.peak_bytes / self.hbm_bytes:.0f}%"
-        + (")" if self.compile_error else f"; XLA's own peak estimate {gib(self.xla_peak_bytes).strip()})"),
+        f"  peak             {gib(self.peak_bytes)}   of {self.hbm_bytes / GIB:g} GiB "
+        f"({100 * self.peak_bytes / self.hbm_bytes:.0f}%; {self._peak_source()})",
         f"FLOPs per step: XLA {self.flops_per_device * self.num_devices:.3e} "
         f"({self.flops_per_device:.3e} per device{'; loop bodies counted once' if self.step.get('loops') else ''})"
         f", 6*N*tokens {self.flops_six_n_tokens:.3e}, training_flops_per_step {self.flops_model:.3e}",
