@@ -16,7 +16,7 @@ false finding):
   configurable (`zero_shot_eval_hook.generation_tasks`, `--gin.TrainConfig.seed=0`), `model` (an
   `EncoderDecoderModel`, as in the README) or a name a Python example imported; keyword arguments of
   calls to project functions; the imports of Python examples;
-- a local alias the code uses for a project module (`eval_hooks`, `gin_utils`): the docs name modules
+- a local alias the code uses for a project module (`data_tasks`, `hf_reader`): the docs name modules
   by their names;
 - in a table row whose first cell names project modules: a bare `name` defined at the top level of
   another module and neither defined nor imported by the row's modules (`BatchFunction` in the row
