@@ -211,3 +211,14 @@ def test_every_real_template_file_loads_and_renders():
       assert rendered.answer_choices.index(rendered.target) == 0, (path, template.name)
       rendered_count += 1
   assert rendered_count >= 290
+
+
+def test_random_choice_depends_on_the_example_not_on_what_was_rendered_before():
+  template = T.PromptTemplate(
+      id="c1", name="pick", jinja="{{ ['A', 'B', 'C', 'D', 'E', 'F', 'G', 'H'] | choice }} {{ x }} ||| y",
+      answer_choices=None, metadata={}, reference="", dataset="toy", subset=None, source="inline")
+  examples = [{"x": str(i)} for i in range(20)]
+  first = [template.render(e).inputs for e in examples]
+  template.render({"x": "something else"})  # an extra render in between changes nothing
+  assert [template.render(e).inputs for e in reversed(examples)] == first[::-1]
+  assert len({text.split()[0] for text in first}) > 1  # still a choice: examples differ

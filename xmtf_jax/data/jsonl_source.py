@@ -83,23 +83,22 @@ def record_bad(sink: Optional[stats.DataStats], source: str, path: str, line: in
     sink.bad_lines.record(source, path, line, reason, why)
 
 
-# The last BadDataError raised inside tf.data, so callers can re-raise it unwrapped (TF wraps Python
-# exceptions from numpy_function into an InvalidArgumentError with a traceback in the text).
-_last_error: dict[str, BadDataError] = {}
-
-
 def unwrap_tf_error(error: Exception) -> Exception:
-  """The BadDataError behind a tf.errors.OpError raised by a pipeline, or `error` itself."""
-  bad = _last_error.get("error")
-  if bad is not None and isinstance(error, tf.errors.OpError) and str(bad) in str(error):
-    return bad
-  return error
+  """The BadDataError behind a tf.errors.OpError raised by a pipeline, or `error` itself.
 
-
-def _fail(message: str) -> BadDataError:
-  err = BadDataError(message)
-  _last_error["error"] = err
-  return err
+  TF wraps a Python exception raised inside tf.data into an OpError whose text ends with the
+  exception's own traceback line, `xmtf_jax.data.jsonl_source.BadDataError: <message>`; the message
+  is read back from there (nothing is remembered between calls)."""
+  if not isinstance(error, tf.errors.OpError):
+    return error
+  marker = f"{BadDataError.__module__}.{BadDataError.__qualname__}: "
+  text = getattr(error, "message", str(error))
+  start = text.rfind(marker)
+  if start < 0:
+    return error
+  message = text[start + len(marker):]
+  end = message.find("\n\n\n")  # TF appends blank lines and its node name after the traceback
+  return BadDataError((message if end < 0 else message[:end]).strip())
 
 
 def check_record(line: bytes, schema: RecordSchema) -> tuple[Optional[dict], Optional[str], str]:
@@ -158,7 +157,7 @@ def _parse_batch(source_name: str, schema: RecordSchema, strict: bool, sink, num
     if record is None:
       where = path.decode("utf-8", "replace")
       if strict:
-        raise _fail(f"{where}, line {int(number)}: {why}. {HOW_TO_FIX}")
+        raise BadDataError(f"{where}, line {int(number)}: {why}. {HOW_TO_FIX}")
       record_bad(sink, source_name, where, int(number), reason, why)
       continue
     for f in schema.string_fields:
@@ -300,13 +299,13 @@ class JsonlDataSource(seqio.DataSource):
       if not matches:
         what = "matches no file" if is_pattern else "does not exist"
         if self.strict:
-          raise _fail(f"task {self._name!r}, split {split!r}: data file {pattern} {what}. Fix the "
+          raise BadDataError(f"task {self._name!r}, split {split!r}: data file {pattern} {what}. Fix the "
                       "path in the task's definition (or the data root, XP3_DATA_DIR), or read the "
                       "data in lenient mode (gin: DATA_STRICT = False) to skip it.")
         record_bad(sink, self._name, pattern, 0, MISSING_FILE)
       found += matches
     if not found:
-      raise _fail(f"task {self._name!r}, split {split!r}: none of its data files exist "
+      raise BadDataError(f"task {self._name!r}, split {split!r}: none of its data files exist "
                   f"({', '.join(self._files[split])})")
     return tuple(found)
 

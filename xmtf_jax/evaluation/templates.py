@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import os
 import random
 import re
@@ -124,8 +125,9 @@ class PromptTemplate:
 
   def _render(self, source: str, context: Mapping[str, Any], example: Mapping[str, Any],
               example_id: Any, what: str) -> str:
+    seed = hashlib.sha256(f"{self.id}|{what}|{sorted(example.items())!r}".encode()).digest()
     try:
-      return _ENV.from_string(source).render(**context)
+      return _ENV.from_string(source).render(**context, **{_RNG_VARIABLE: random.Random(seed)})
     except jinja2.TemplateSyntaxError as e:
       raise TemplateError(f"{self.describe()}: Jinja syntax error in '{what}' (line {e.lineno}): "
                           f"{e.message}") from e
@@ -155,12 +157,20 @@ def _most_frequent(items: Sequence[Any]) -> Any:
   return collections.Counter(items).most_common(1)[0][0]
 
 
-# `choice` is random in promptsource too; a fixed seed keeps renders reproducible run to run.
-_CHOICE_RNG = random.Random(0)
+_RNG_VARIABLE = "_xmtf_choice_rng"
+
+
+@jinja2.pass_context
+def _choice(context, items):
+  """promptsource's random `choice`, drawn from the render's own generator (seeded by the template and
+  the example in `Template._render`): the same example renders the same way in any run and order."""
+  return context[_RNG_VARIABLE].choice(list(items))
+
+
 _ENV = jinja2.Environment(loader=jinja2.BaseLoader(), undefined=jinja2.StrictUndefined,
                           finalize=_truncate_variable, keep_trailing_newline=False)
 _ENV.globals.update(zip=zip, enumerate=enumerate)
-_ENV.filters.update(choice=_CHOICE_RNG.choice, most_frequent=_most_frequent,
+_ENV.filters.update(choice=_choice, most_frequent=_most_frequent,
                     highlight=lambda text: text)
 
 
