@@ -73,7 +73,10 @@ def parse_gin(argv: Sequence[str] | None = None, *, default_files: Sequence[str]
   argv = sys.argv[1:] if argv is None else argv
   files, bindings, rest = split_gin_args(argv)
   files = [resolve_gin_file(f) for f in list(default_files) + files]
-  gin.add_config_file_search_path(REPO_ROOT)
+  # gin keeps its search paths in a process-wide list and has no way to ask it: add ours once, so a
+  # second parse in one process (tests, notebooks) does not list the root again in every error.
+  if REPO_ROOT not in getattr(gin.config, "_LOCATION_PREFIXES", ()):
+    gin.add_config_file_search_path(REPO_ROOT)
   where = f"gin files {', '.join(files) or 'none'}" + (f"; bindings {bindings}" if bindings else "")
   try:
     gin.parse_config_files_and_bindings(files, [], finalize_config=False)
