@@ -99,3 +99,41 @@ def test_report_builds_the_line_index_the_training_pipeline_then_finds(xp3_fixtu
     it.close()
   finally:
     line_index.build_offsets = original
+
+
+def test_a_mixture_of_your_own_reports_and_logs_its_own_rates_and_languages(xp3_fixture, data_spm_path,
+                                                                            tmp_path, caplog):
+  """Issue 19 item 14: a mixture holding an xP3-family mixture and a task of your own: the report's
+  rates are the mixture's (the family's shares scaled by its rate), languages come from the family,
+  the task of your own shows '-' with a note; training logs the same rates, not the sub-mixture's."""
+  import logging
+  import seqio
+  from tests import data_fixtures
+  from xmtf_jax.data import batch_source, source_factory
+  path = str(tmp_path / "qa" / "train.jsonl")
+  data_fixtures.write_jsonl(path, [data_fixtures.record("en", i) for i in range(6)])
+  mixtures.add_jsonl_task("fx_my_qa", {"train": [path]},
+                          vocab=seqio.SentencePieceVocabulary(data_spm_path), overwrite=True)
+  mixtures.add_mixture("fx_custom_mix", [("fx_xp3", 3.0), ("fx_my_qa", 1.0)], overwrite=True)
+  family = xp3_fixture["info"]
+  report = data_report.build_report("fx_custom_mix", {"inputs": 64, "targets": 16},
+                                    max_examples_per_task=3)
+  rows = {r["task"]: r for r in report["tasks"]}
+  assert set(rows) == set(family.task_languages) | {"fx_my_qa"}
+  assert rows["fx_my_qa"]["language"] is None and rows["fx_my_qa"]["mixing_rate"] == pytest.approx(0.25)
+  for task, language in family.task_languages.items():
+    assert rows[task]["language"] == language
+    assert rows[task]["mixing_rate"] == pytest.approx(0.75 * family.rates()[task])
+  table = data_report.markdown(report)
+  assert "| fx_my_qa | - | 3 | 0.2500 |" in table and "| fx_xp3_zh | zh |" in table
+  assert "lang `-`: a task of your own" in table
+
+  caplog.set_level(logging.INFO)
+  source = source_factory.make_batch_source(
+      batch_source.SourceConfig("fx_custom_mix", {"inputs": 64, "targets": 16}, batch_size=8), "train",
+      process_index=0, process_count=1)
+  source.close()
+  logged = [r.getMessage() for r in caplog.records if "rates" in r.getMessage()]
+  assert len(logged) == 1, logged
+  assert logged[0].startswith(f"mixing rates of fx_custom_mix ({len(rows)} tasks): ")
+  assert "fx_my_qa 25.00%" in logged[0] and "fx_xp3_zh (zh) " in logged[0]

@@ -74,7 +74,8 @@ def exported(sharded_model, spm_path, tmp_path_factory):
   out = str(tmp_path_factory.mktemp("export") / "mt0-tiny")
   card = model_card.ModelCard(model_name="mt0-tiny", base_model="google/mt5-small", mixture="xp3",
                               steps=3)
-  result = hf_export.export(TINY, params, spm_path, out, model=model, card=card, verify=False)
+  result = hf_export.export(TINY, params, spm_path, out, model=model, card=card, verify=False,
+                            inputs_end_with_eos=True)  # trained with EOS: HF's T5Tokenizer fits
   return out, result
 
 
@@ -181,6 +182,7 @@ def test_export_loads_in_transformers_with_same_logits_generations_and_tokens(ex
   for text in PROBES:
     assert tokenizer(text, add_special_tokens=False)["input_ids"] == list(vocab.encode(text)), text
     assert tokenizer(text)["input_ids"][-1] == 1
+  assert "`tokenizer(text)` appends `</s>`: the model was trained on inputs ending in EOS" in readme
 
 
 def test_verify_reports_agreement_and_catches_a_wrong_tensor(exported, sharded_model):
@@ -277,10 +279,11 @@ def test_bfloat16_export_loads_and_is_close(exported, sharded_model, spm_path, t
   assert report.ok, report.summary()
 
 
+@pytest.mark.parametrize("add_eos", [True, False])
 @pytest.mark.parametrize("options", [dict(byte_fallback=True, split_digits=True),  # the demo's kind
                                      dict(byte_fallback=True, normalization_rule_name="identity",
                                           remove_extra_whitespaces=False)])
-def test_tokenizer_json_reproduces_sentencepiece_t5tokenizer_cannot(options, tmp_path):
+def test_tokenizer_json_reproduces_sentencepiece_t5tokenizer_cannot(options, add_eos, tmp_path):
   import seqio
   from transformers import AutoTokenizer
   path = train_spm(tmp_path / "spm.model", vocab_size=600, **options)
@@ -289,7 +292,7 @@ def test_tokenizer_json_reproduces_sentencepiece_t5tokenizer_cannot(options, tmp
   folder = tmp_path / "tok"
   folder.mkdir()
   shutil.copy(path, folder / "spiece.model")
-  for name, text in hf_tokenizer.tokenizer_files(info).items():
+  for name, text in hf_tokenizer.tokenizer_files(info, add_eos).items():
     (folder / name).write_text(text)
   (folder / "config.json").write_text(json.dumps(hf_export.hf_config_dict(TINY, "float32")))
   tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
@@ -297,9 +300,86 @@ def test_tokenizer_json_reproduces_sentencepiece_t5tokenizer_cannot(options, tmp
   for text in PROBES:
     ids = list(vocab.encode(text))
     assert tokenizer(text, add_special_tokens=False)["input_ids"] == ids, text
-    assert tokenizer(text)["input_ids"] == ids + [1]
+    assert tokenizer(text)["input_ids"] == ids + [1] * add_eos
     if ids and 2 not in ids:
       assert tokenizer.decode(ids) == vocab.decode(ids), text
+
+
+def test_a_t5_compatible_model_trained_without_eos_gets_a_tokenizer_that_adds_none(spm_path, tmp_path):
+  """transformers 5.23's T5Tokenizer always appends EOS (its post-processor is fixed; add_eos_token is
+  ignored), so an mT5-like SentencePiece model trained without EOS gets the tokenizer.json instead."""
+  import seqio
+  from transformers import AutoTokenizer
+  info = hf_tokenizer.read_sentencepiece(open(spm_path, "rb").read())
+  assert info.t5_tokenizer_compatible
+  files = hf_tokenizer.tokenizer_files(info, add_eos=False)
+  assert json.loads(files["tokenizer_config.json"])["tokenizer_class"] == "PreTrainedTokenizerFast"
+  folder = tmp_path / "tok"
+  folder.mkdir()
+  shutil.copy(spm_path, folder / "spiece.model")
+  for name, text in files.items():
+    (folder / name).write_text(text)
+  tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+  vocab = seqio.SentencePieceVocabulary(spm_path, extra_ids=0)
+  for text in PROBES:
+    ids = list(vocab.encode(text))
+    assert tokenizer(text)["input_ids"] == ids, text
+    if ids and 2 not in ids:
+      assert tokenizer.decode(ids) == vocab.decode(ids), text
+  assert hf_tokenizer.folder_appends_eos(files) is False
+  assert hf_tokenizer.folder_appends_eos(hf_tokenizer.tokenizer_files(info, add_eos=True)) is True
+  assert hf_tokenizer.folder_appends_eos({}) is True  # an HF mT5 folder without tokenizer files
+
+
+def _fed_ids(run_dir, texts):
+  """The encoder ids `xmtf_jax.infer` feeds the model of `run_dir` for each text (its EOS setting)."""
+  from xmtf_jax.checkpoint.model_path import open_model_path
+  from xmtf_jax.inference import generation
+  from xmtf_jax.train.vocabulary import load_vocabulary
+  opened = open_model_path(run_dir)
+  fed = []
+
+  def predictor(tokens, rng):
+    fed.append([int(t) for t in np.asarray(tokens)[0] if t])  # row 0: the text (others pad)
+    return np.ones((len(tokens), 1), np.int32)
+
+  vocabulary = load_vocabulary(opened)
+  for text in texts:  # one at a time: batches are grouped by length
+    generation.predict_texts(None, None, vocabulary, [text], generation.DecodingConfig(),
+                             add_eos=opened.inputs_end_with_eos, predictor=predictor)
+  return fed
+
+
+@pytest.mark.parametrize("add_eos_to_inputs", [False, True])
+def test_exported_tokenizer_encodes_prompts_as_infer_feeds_them(tiny_trained_run, add_eos_to_inputs,
+                                                                tmp_path):
+  """Issue 19 item 5: HF `generate` on the export and `xmtf_jax.infer` see the same prompt ids: no
+  trailing EOS for a model trained without it (the demo), EOS for one trained with it; a re-export
+  of the exported folder keeps it."""
+  from transformers import AutoTokenizer
+  from xmtf_jax.checkpoint import xmtf_format
+  run, _ = tiny_trained_run
+  step_dir = tmp_path / "checkpoint_3"
+  shutil.copytree(os.path.join(run, "checkpoint_3"), step_dir)
+  metadata_file = os.path.join(step_dir, *xmtf_format.METADATA_FILE)
+  metadata = json.load(open(metadata_file))
+  assert metadata["add_eos_to_inputs"] is False  # the demo's recorded setting
+  metadata["add_eos_to_inputs"] = add_eos_to_inputs
+  with open(metadata_file, "w") as f:
+    json.dump(metadata, f)
+  out = str(tmp_path / "hf")
+  assert export_hf.main([f"--checkpoint_dir={step_dir}", f"--output_dir={out}", "--noverify"]) == 0
+  texts = TEXTS[:3] + ["Translate to English: Je t'aime."]
+  fed = _fed_ids(str(step_dir), texts)
+  assert all((row[-1] == 1) is add_eos_to_inputs for row in fed)
+  tokenizer = AutoTokenizer.from_pretrained(out, local_files_only=True)
+  assert [tokenizer(t)["input_ids"] for t in texts] == fed
+  readme = open(os.path.join(out, "README.md")).read()
+  assert ("appends `</s>`" if add_eos_to_inputs else "appends no `</s>`") in readme
+  again = str(tmp_path / "hf_again")  # an HF folder's re-export keeps what the folder did
+  assert export_hf.main([f"--checkpoint_dir={out}", f"--output_dir={again}", "--noverify"]) == 0
+  tokenizer = AutoTokenizer.from_pretrained(again, local_files_only=True)
+  assert [tokenizer(t)["input_ids"] for t in texts] == fed
 
 
 def test_plan_sizes_and_streaming_reads_each_tensor_once(sharded_model, spm_path, tmp_path):

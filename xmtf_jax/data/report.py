@@ -3,7 +3,9 @@
 Per task of a mixture (or for one task): examples, input/target token counts (mean, p50, p95, max,
 EOS included where added), the share of examples truncated at the chosen lengths, the mixing rate,
 the packing efficiency (non-pad share of tokens) without and with packing, and bad lines skipped in
-lenient mode: `build_report` (a dict: report.json), `markdown`, `plot_language_shares`. Packing is
+lenient mode: `build_report` (a dict: report.json), `markdown`, `plot_language_shares`. Rates are
+shares of the mixture named and languages come from xP3-family sub-mixtures (`mixture_shares`);
+a task of your own has language null (`-` in the table). Packing is
 measured by the batch source training uses (`source_factory.make_batch_source`, one pass): the
 indexed pipeline packs next-fit per row, the tf.data one as seqio packs. On big data cap the
 examples read per task: statistics are then over a sample.
@@ -18,7 +20,7 @@ import seqio
 import tensorflow as tf
 
 from xmtf_jax import paths
-from xmtf_jax.data import batch_source, jsonl_source, source_factory, stats, xp3_family
+from xmtf_jax.data import batch_source, jsonl_source, mixture_shares, source_factory, stats, xp3_family
 from xmtf_jax.data import tasks as data_tasks
 from xmtf_jax.progress import to_stderr
 
@@ -119,13 +121,7 @@ def task_report(task: seqio.Task, split: str, task_feature_lengths: Mapping[str,
 
 
 def _rates_and_languages(provider) -> tuple[dict, dict]:
-  if not isinstance(provider, seqio.Mixture):
-    return {provider.name: 1.0}, {}
-  info = xp3_family.mixture_info(provider.name)
-  if info is not None:
-    return info.rates(), info.task_languages
-  total = provider.total_rate
-  return {t.name: provider.get_rate(t) / total for t in provider.tasks}, {}
+  return mixture_shares.task_shares(provider), mixture_shares.task_languages(provider)
 
 
 def build_report(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
@@ -179,10 +175,13 @@ def markdown(report: dict) -> str:
     fmt = lambda s: f"{s['mean']:.1f}/{s['p50']:.0f}/{s['p95']:.0f}/{s['max']}"  # noqa: E731
     rate = "" if r["mixing_rate"] is None else f"{r['mixing_rate']:.4f}"
     lines.append(
-        f"| {r['task']} | {r['language'] or ''} | {r['examples_read']} | {rate} | "
+        f"| {r['task']} | {r['language'] or '-'} | {r['examples_read']} | {rate} | "
         f"{fmt(r['inputs_tokens'])} | {fmt(r['targets_tokens'])} | "
         f"{r['inputs_truncated_share']:.1%} / {r['targets_truncated_share']:.1%} | "
         f"{r['packing']['unpacked']['efficiency']:.1%} → {r['packing']['packed']['efficiency']:.1%} |")
+  if any(not r["language"] for r in report["tasks"]):
+    lines += ["", "lang `-`: a task of your own (not from an xP3-family folder), which declares no "
+              "language."]
   if report["folder_problems"]:
     lines += ["", "Skipped folders/files (lenient mode): " + ", ".join(report["folder_problems"])]
   bad = [(r["task"], r["bad_lines"], r["bad_line_examples"]) for r in report["tasks"] if r["bad_lines"]]

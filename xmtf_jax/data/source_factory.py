@@ -7,14 +7,17 @@ has no shuffle buffers (every line of an epoch is equally likely anywhere: no
 """
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 from xmtf_jax.errors import UserError
-from xmtf_jax.data import batch_source, host_batches, indexed_pipeline
+from xmtf_jax.data import batch_source, host_batches, indexed_pipeline, mixture_shares
 from xmtf_jax.data import tasks as data_tasks
 from xmtf_jax.data.batch_source import INDEXED, PIPELINES, TF_DATA, BatchSource, SourceConfig
 from xmtf_jax.data.config import DataConfig
 from xmtf_jax.data.jsonl_source import JsonlDataSource
+
+log = logging.getLogger(__name__)
 
 
 def check_settings(config: SourceConfig) -> None:
@@ -48,12 +51,18 @@ def make_batch_source(config: SourceConfig, split: str, *, single_pass: bool = F
                       process_count: Optional[int] = None) -> BatchSource:
   """This process's batches of `split` (default jax.process_index() of jax.process_count()).
 
-  single_pass=False: shuffled, repeated for ever, from `config.seed` (training).
+  single_pass=False: shuffled, repeated for ever, from `config.seed` (training); logs the mixing
+  rates of `config.mixture_or_task_name` (`mixture_shares.describe`).
   single_pass=True: every task's split read once in a fixed order; the last batch is padded with
   all-zero rows (loss weight 0) and the source then stops (validation, the data report).
   """
   check_settings(config)
   index, count = batch_source.process_index_and_count(process_index, process_count)
+  if not single_pass:  # training: the rates of the mixture trained, not of a sub-mixture
+    provider = data_tasks.get_mixture_or_task(config.mixture_or_task_name)
+    log.info("%s", mixture_shares.describe(config.mixture_or_task_name,
+                                           mixture_shares.task_shares(provider),
+                                           mixture_shares.task_languages(provider)))
   if config.pipeline == TF_DATA:
     return host_batches.make_host_batches(
         config.mixture_or_task_name, config.task_feature_lengths, split, config.batch_size,

@@ -56,7 +56,9 @@ class MixtureInfo:
             config.mixing_scheme, self.sizes("train"), self.task_languages,
             cap=config.mixing_cap, temperature=config.mixing_temperature,
             weights=config.mixing_weights)
-        logging.info("mixture %s: %s rates %s", self.name, config.mixing_scheme, self._rates[key])
+        # debug: training logs the shares of the mixture it trains (source_factory), which may
+        # hold this one as a part
+        logging.debug("mixture %s: %s rates %s", self.name, config.mixing_scheme, self._rates[key])
       return self._rates[key]
 
 

@@ -15,7 +15,10 @@ written last, so a folder without config.json is an unfinished export; a failure
   generation_config.json         decoder_start 0, eos 1, pad 0
   model.safetensors              or model-0000k-of-0000n.safetensors + model.safetensors.index.json
                                  when the weights exceed `max_shard_size`
-  spiece.model, tokenizer_config.json, special_tokens_map.json (+ tokenizer.json; see hf_tokenizer)
+  spiece.model, tokenizer_config.json, special_tokens_map.json (+ tokenizer.json; see hf_tokenizer):
+                                 `tokenizer(text)` appends EOS iff the model was trained with it
+                                 (`source.inputs_end_with_eos`: a checkpoint's add_eos_to_inputs; an
+                                 HF folder keeps what its tokenizer did)
   README.md                      model card (see model_card)
 
 Names and layouts come from `mapping.parameter_mapping` (the same mapping that imports HF folders), so
@@ -176,10 +179,14 @@ def export(config: T5Config, params: Mapping, vocabulary_path: str, output_dir: 
   """Exports in-memory parameters (numpy or jax arrays, sharded or not) with their `T5Config`.
 
   vocabulary_path: the SentencePiece model trained with (local or gs://), copied to `spiece.model`.
-  Keyword arguments as `export_source`; `model=` an EncoderDecoderModel to verify with (its mesh).
+  Keyword arguments as `export_source`; `model=` an EncoderDecoderModel to verify with (its mesh);
+  `inputs_end_with_eos=` whether the model was trained on inputs ending in EOS (default False, as
+  xmtf_jax's tasks and the paper's evaluation): the folder's tokenizer appends EOS only then.
   """
   model = kwargs.pop("model", None)
-  return export_source(InMemoryParams(config, params, model), vocabulary_path, output_dir, **kwargs)
+  eos = kwargs.pop("inputs_end_with_eos", False)
+  return export_source(InMemoryParams(config, params, model, inputs_end_with_eos=eos), vocabulary_path,
+                       output_dir, **kwargs)
 
 
 def export_source(source: ParamSource, vocabulary_path: str, output_dir: str, *,
@@ -239,7 +246,8 @@ def export_source(source: ParamSource, vocabulary_path: str, output_dir: str, *,
       log.info("wrote %s (%d/%d): %d tensors, %.1f MB in %.1fs", shard.filename, i + 1, len(shards),
                len(shard.entries), shard.nbytes / 1e6, time.time() - t0)
     if is_writer:
-      _write_metadata(tmp_dir, config, dtype, shards, num_parameters, spm_bytes, spm_info, card)
+      _write_metadata(tmp_dir, config, dtype, shards, num_parameters, spm_bytes, spm_info, card,
+                      source.inputs_end_with_eos)
   except BaseException:
     if tmp_dir:
       _remove_quietly(tmp_dir)
@@ -249,7 +257,8 @@ def export_source(source: ParamSource, vocabulary_path: str, output_dir: str, *,
   if do_verify:
     try:
       model, params = source.load_for_verify()
-      report = hf_verify.verify(tmp_dir, model, params, dtype=dtype, **(verify_kwargs or {}))
+      report = hf_verify.verify(tmp_dir, model, params, dtype=dtype,
+                                inputs_end_with_eos=source.inputs_end_with_eos, **(verify_kwargs or {}))
     except BaseException:
       _remove_quietly(tmp_dir)
       raise
@@ -287,7 +296,7 @@ GENERATION_CONFIG = {"decoder_start_token_id": 0, "eos_token_id": 1, "pad_token_
 
 
 def _write_metadata(folder: str, config: T5Config, dtype: str, shards: Sequence[ShardPlan],
-                    num_parameters: int, spm_bytes: bytes, spm_info, card) -> None:
+                    num_parameters: int, spm_bytes: bytes, spm_info, card, add_eos: bool) -> None:
   def write_json(name: str, obj: Any) -> None:
     paths.write_text(paths.join(folder, name), json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
@@ -297,17 +306,17 @@ def _write_metadata(folder: str, config: T5Config, dtype: str, shards: Sequence[
         "metadata": {"total_size": sum(s.nbytes for s in shards), "total_parameters": num_parameters},
         "weight_map": {e.name: s.filename for s in shards for e in s.entries}})
   paths.write_bytes(paths.join(folder, "spiece.model"), spm_bytes)
-  tokenizer = hf_tokenizer.tokenizer_files(spm_info)
+  tokenizer = hf_tokenizer.tokenizer_files(spm_info, add_eos)
   for name, text in tokenizer.items():
     paths.write_text(paths.join(folder, name), text)
   tokenizer_class = json.loads(tokenizer["tokenizer_config.json"])["tokenizer_class"]
-  if not spm_info.t5_tokenizer_compatible:
+  if not spm_info.t5_tokenizer_compatible:  # (a compatible model trained without EOS: see hf_tokenizer)
     log.info("the SentencePiece model uses %s; T5Tokenizer cannot reproduce it, so the folder holds "
              "a tokenizer.json (tokenizer_class %s) that does",
              "byte fallback" if spm_info.byte_fallback else "whitespace-preserving normalisation",
              tokenizer_class)
   paths.write_text(paths.join(folder, "README.md"), model_card.render(
       card or model_card.ModelCard(), config=config, dtype=dtype, num_parameters=num_parameters,
-      tokenizer_class=tokenizer_class))
+      tokenizer_class=tokenizer_class, inputs_end_with_eos=add_eos))
   # Last: on a bucket the folder counts as an HF folder (and as finished) only once it exists.
   write_json("config.json", hf_config_dict(config, dtype))

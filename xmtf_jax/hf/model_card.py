@@ -112,8 +112,9 @@ def _eval_section(results_files: Sequence[str]) -> list[str]:
 
 
 def render(card: ModelCard, *, config: Any, dtype: str, num_parameters: int,
-           tokenizer_class: str) -> str:
-  """The card as Markdown with HF's YAML front matter (license, languages, tags, base model)."""
+           tokenizer_class: str, inputs_end_with_eos: bool = False) -> str:
+  """The card as Markdown with HF's YAML front matter (license, languages, tags, base model).
+  inputs_end_with_eos: how the model's prompts are encoded (the tokenizer appends EOS or not)."""
   languages = card.resolved_languages()
   front = ["---", f"license: {card.license}", "library_name: transformers",
            "pipeline_tag: text2text-generation", "tags:", "- mt5", "- mt0", "- xmtf_jax"]
@@ -150,8 +151,13 @@ def render(card: ModelCard, *, config: Any, dtype: str, num_parameters: int,
             "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=32)[0], "
             "skip_special_tokens=True))", "```", "",
             f"The tokenizer (`{tokenizer_class}`, from `spiece.model`) encodes as the SentencePiece "
-            "model used in training. `tokenizer(text)` appends `</s>`; xmtf_jax's tasks feed the "
-            "encoder without it by default (`add_special_tokens=False` does the same).", "",
+            "model used in training, and " + (
+                "`tokenizer(text)` appends `</s>`: the model was trained on inputs ending in EOS "
+                "(`add_eos_to_inputs`), as `xmtf_jax.infer` feeds them."
+                if inputs_end_with_eos else
+                "`tokenizer(text)` appends no `</s>`: the model was trained on inputs without EOS "
+                "(the paper's evaluation feeds none either), as `xmtf_jax.infer` feeds them. Do not "
+                "add one; HF's own mT5/mT0 tokenizers do, so use this folder's."), "",
             "With xmtf_jax: `model, params = xmtf_jax.load_pretrained(PATH)`."]
   if card.notes:
     lines += ["", card.notes]

@@ -26,6 +26,7 @@ from xmtf_jax.checkpoint.model_path import HF_FOLDER, ModelPath, open_model_path
 from xmtf_jax.errors import UserError
 from xmtf_jax.hf import mapping
 from xmtf_jax.hf import reader as hf_reader
+from xmtf_jax.hf import tokenizer as hf_tokenizer
 from xmtf_jax.model import layer_stacking
 from xmtf_jax.model.config import T5Config
 from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
@@ -48,6 +49,9 @@ class ParamSource:
   # True when `read` is a collective (arrays spanning processes): then every process must read every
   # tensor in step with process 0. Otherwise only process 0 reads.
   collective_reads: bool = False
+  # Whether the model was trained on inputs ending in EOS: the exported tokenizer then appends it, and
+  # only then (hf/tokenizer.py), so `tokenizer(text)` gives the ids training and `xmtf_jax.infer` use.
+  inputs_end_with_eos: bool = False
 
   def read(self, path: Path) -> np.ndarray:
     raise NotImplementedError
@@ -84,8 +88,10 @@ def _check_shapes(found: Mapping[Path, Optional[tuple]], config: T5Config, origi
 class InMemoryParams(ParamSource):
   """A params tree that is already loaded; `model` (optional) is used for verification."""
 
-  def __init__(self, config: T5Config, params: Mapping, model: Any = None):
+  def __init__(self, config: T5Config, params: Mapping, model: Any = None,
+               inputs_end_with_eos: bool = False):
     self.config, self.params, self.model = config, params, model
+    self.inputs_end_with_eos = inputs_end_with_eos
     self.collective_reads = any(isinstance(x, jax.Array) and not x.is_fully_addressable
                                 for x in jax.tree.leaves(params))
 
@@ -109,7 +115,8 @@ class InMemoryParams(ParamSource):
 
 
 class HFFolderParams(ParamSource):
-  """An HF mT5/mT0 folder read lazily tensor by tensor (to re-shard it or change its dtype)."""
+  """An HF mT5/mT0 folder read lazily tensor by tensor (to re-shard it or change its dtype). Its
+  tokenizer's EOS behaviour is kept (`hf_tokenizer.folder_appends_eos`)."""
 
   def __init__(self, folder: Union[str, ModelPath]):
     opened = open_model_path(folder)
@@ -121,6 +128,9 @@ class HFFolderParams(ParamSource):
                   in hf_reader.read_plan(self._weights, self.config, self.folder)}
     self.vocabulary_path = (paths.join(self.folder, "spiece.model") if "spiece.model" in opened.names
                             else None)
+    self.inputs_end_with_eos = hf_tokenizer.folder_appends_eos(
+        {name: paths.read_text(paths.join(self.folder, name))
+         for name in ("tokenizer_config.json", "tokenizer.json") if name in opened.names})
 
   def read(self, path):
     name, layout, shape = self._plan[path]
@@ -146,6 +156,7 @@ class CheckpointParams(ParamSource):
     self.step_dir, self.metadata = opened.step_dir, opened.metadata
     self.config = self._reader.config
     self.vocabulary_path = self.metadata.get("vocabulary_path")
+    self.inputs_end_with_eos = opened.inputs_end_with_eos  # recorded by training (add_eos_to_inputs)
 
   def check(self) -> None:
     tree = self._reader.params_tree_metadata()

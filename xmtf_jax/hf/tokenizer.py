@@ -7,10 +7,18 @@ trained like mT5's (nmt_nfkc normalisation, extra whitespace removed, no byte fa
 others: with byte fallback, characters outside the vocabulary become `<unk>` instead of byte pieces;
 with whitespace kept, spaces are lost. So:
 
-  - compatible models get `tokenizer_class: T5Tokenizer` (what every mT5/mT0 folder uses);
+  - compatible models trained on inputs ending in EOS get `tokenizer_class: T5Tokenizer` (what every
+    mT5/mT0 folder uses);
   - the others get a `tokenizer.json` that spells out SentencePiece's pipeline for the `tokenizers`
     library (written here as JSON: no runtime dependency) and `tokenizer_class:
     PreTrainedTokenizerFast`, which loads that file as is.
+
+EOS: `tokenizer(text)` must give the ids the model was trained on (and `xmtf_jax.infer` feeds), so
+the folder appends EOS only for a model trained with `add_eos_to_inputs` (`add_eos`). T5Tokenizer
+always appends it (transformers 5.23 hard-codes its post-processor and ignores `add_eos_token`), so a
+model trained without EOS gets the tokenizer.json, whose post-processor appends nothing (transformers
+drops `add_eos_token` from tokenizer_config.json whenever a tokenizer.json is present, so the
+post-processor is the one place that decides).
 
 Either way `tokenizer_config.json` says `extra_ids: 0`: mT5's 100 sentinels are inside its vocabulary,
 and T5Tokenizer's default would append 100 more. The tests compare encodings with seqio's
@@ -77,8 +85,9 @@ def read_sentencepiece(model_bytes: bytes, origin: str = "spiece.model") -> Sent
   return info
 
 
-def tokenizer_files(info: SentencePieceInfo) -> dict[str, str]:
-  """{file name: JSON text} to write beside `spiece.model` (which the caller copies)."""
+def tokenizer_files(info: SentencePieceInfo, add_eos: bool) -> dict[str, str]:
+  """{file name: JSON text} to write beside `spiece.model` (which the caller copies); `add_eos`:
+  whether `tokenizer(text)` appends EOS (the model was trained on inputs ending in it)."""
   pad, eos, unk = (info.pieces[i][0] for i in (info.pad_id, info.eos_id, info.unk_id))
   special = {"eos_token": eos, "unk_token": unk, "pad_token": pad}
   config: dict[str, Any] = {
@@ -87,11 +96,11 @@ def tokenizer_files(info: SentencePieceInfo) -> dict[str, str]:
                                enumerate(info.pieces[:3])},
   }
   files = {"special_tokens_map.json": _dumps(special)}
-  if info.t5_tokenizer_compatible:
+  if info.t5_tokenizer_compatible and add_eos:
     config.update(tokenizer_class="T5Tokenizer", extra_ids=0, additional_special_tokens=[])
   else:
     config.update(tokenizer_class="PreTrainedTokenizerFast")
-    files["tokenizer.json"] = _dumps(tokenizer_json(info))
+    files["tokenizer.json"] = _dumps(tokenizer_json(info, add_eos))
   files["tokenizer_config.json"] = _dumps(config)
   return files
 
@@ -105,12 +114,12 @@ def _added_token(content: str) -> dict:
               special=True)
 
 
-def tokenizer_json(info: SentencePieceInfo) -> dict:
+def tokenizer_json(info: SentencePieceInfo, add_eos: bool = True) -> dict:
   """SentencePiece's encoding as a `tokenizers` pipeline (the library's JSON format, version 1.0).
 
   normalise (charsmap; if the model removes extra whitespace: drop leading/trailing spaces and collapse
   runs; a "▁" prefix if it adds one; spaces -> "▁") -> split before each "▁" -> Unigram with byte
-  fallback -> append EOS. Decoding undoes it: "▁" -> space, byte pieces -> bytes, drop the prefix.
+  fallback -> append EOS (if `add_eos`). Decoding undoes it: "▁" -> space, byte pieces -> bytes, drop the prefix.
   """
   normalizers: list[dict] = []
   if info.precompiled_charsmap:
@@ -128,15 +137,15 @@ def tokenizer_json(info: SentencePieceInfo) -> dict:
     decoders.append({"type": "Strip", "content": " ", "start": 1, "stop": 0})
   sequence = lambda name: {"Sequence": {"id": name, "type_id": 0}}
   eos_piece = info.pieces[info.eos_id][0]
-  eos = {"SpecialToken": {"id": eos_piece, "type_id": 0}}
+  ends = [{"SpecialToken": {"id": eos_piece, "type_id": 0}}] if add_eos else []
   return {
       "version": "1.0", "truncation": None, "padding": None,
       "added_tokens": [dict(_added_token(piece), id=i) for i, (piece, _, _) in enumerate(info.pieces[:3])],
       "normalizer": {"type": "Sequence", "normalizers": normalizers},
       "pre_tokenizer": {"type": "Metaspace", "replacement": SPACE, "prepend_scheme": "never",
                         "split": True},
-      "post_processor": {"type": "TemplateProcessing", "single": [sequence("A"), eos],
-                         "pair": [sequence("A"), eos, sequence("B"), eos],
+      "post_processor": {"type": "TemplateProcessing", "single": [sequence("A"), *ends],
+                         "pair": [sequence("A"), *ends, sequence("B"), *ends],
                          "special_tokens": {eos_piece: {"id": eos_piece, "ids": [info.eos_id],
                                                         "tokens": [eos_piece]}}},
       "decoder": {"type": "Sequence", "decoders": decoders},
@@ -148,3 +157,20 @@ def tokenizer_json(info: SentencePieceInfo) -> dict:
 
 def _replace(pattern: dict, content: str) -> dict:
   return {"type": "Replace", "pattern": pattern, "content": content}
+
+
+def folder_appends_eos(files: dict[str, str]) -> bool:
+  """Whether transformers' tokenizer of an HF folder appends EOS to `tokenizer(text)`, from the
+  folder's `tokenizer_config.json` and `tokenizer.json` texts ({name: text}, absent ones left out), so
+  a re-export keeps what the folder did. T5Tokenizer / MT5Tokenizer (and a folder without tokenizer
+  files, which such a folder's users load as T5Tokenizer) always append it; otherwise a tokenizer.json's
+  post-processor decides (none: no EOS, as transformers builds it)."""
+  config = json.loads(files.get("tokenizer_config.json") or "{}")
+  if config.get("tokenizer_class") in (None, "T5Tokenizer", "T5TokenizerFast", "MT5Tokenizer",
+                                       "MT5TokenizerFast"):
+    return True
+  if "tokenizer.json" in files:
+    post = json.loads(files["tokenizer.json"]).get("post_processor")
+    if post:
+      return any("SpecialToken" in item for item in post.get("single", ()))
+  return False

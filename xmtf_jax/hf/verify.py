@@ -122,13 +122,14 @@ def _greedy_ours(model, params, encoder_tokens: np.ndarray, max_new_tokens: int)
 
 def verify(folder: str, model: Any, params: Any, *, dtype: str = "float32",
            vocabulary_path: Optional[str] = None, texts=SAMPLE_TEXTS, num_random_rows: int = 2,
-           max_new_tokens: int = 12, rtol: float = 1e-4, seed: int = 0
-           ) -> VerifyReport:
+           max_new_tokens: int = 12, rtol: float = 1e-4, seed: int = 0,
+           inputs_end_with_eos: Optional[bool] = None) -> VerifyReport:
   """Compares the folder, loaded by transformers, with `model`/`params` (see the module docstring).
 
   The logit tolerance is rtol x max(1, max |logit|): float32 sums over d_model terms per layer grow
   with the logits' scale. vocabulary_path defaults to the folder's spiece.model. Teacher-forced
   decoder inputs are `max_new_tokens` long, so the fallback greedy loop reuses the same compilation.
+  inputs_end_with_eos (when given): `tokenizer(text)` must end in EOS exactly then, as training fed it.
   """
   require_dependencies()
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -196,6 +197,11 @@ def verify(folder: str, model: Any, params: Any, *, dtype: str = "float32",
     want, got = list(vocab.encode(text)), tokenizer(text, add_special_tokens=False)["input_ids"]
     if want != got:
       mismatches.append(f"{text!r}: seqio {want} vs transformers {got}")
+    elif inputs_end_with_eos is not None:
+      full = tokenizer(text)["input_ids"]
+      if full != want + [1] * inputs_end_with_eos:
+        mismatches.append(f"{text!r}: tokenizer(text) gives {full}; the model was trained "
+                          f"{'with' if inputs_end_with_eos else 'without'} EOS after its inputs")
   return VerifyReport(max_abs_logit_diff=diff, logit_tolerance=rtol * max(1.0, scale),
                       max_abs_logit=scale, generations_equal=ours_rows == theirs_rows, ours=ours_rows,
                       theirs=theirs_rows, decoder=decoder_name, tokenizer_mismatches=mismatches,
