@@ -5,7 +5,8 @@ through PYTHONPATH, as `pip install -e .` would give it; `python` is this interp
 
 Also the traps that recipe fell into: a mixture of tasks with different vocabularies (reported by
 name before any vocabulary is loaded; seqio compared loaded models, i.e. first downloaded mT5's from
-gs:// with a minute of retries, then said only "same output features").
+gs:// with a minute of retries, then said only "same output features"); a UserError raised while
+tf.data traces (a vocabulary on an unreachable bucket) shown as one paragraph.
 """
 import json
 import os
@@ -122,3 +123,20 @@ def test_one_vocabulary_given_two_ways_is_one():
   with pytest.raises(UserError, match="vocab_same_a uses .*; vocab_same_c uses gs://"):
     tasks.check_one_vocabulary("vocab_other",
                                tasks.tasks_of(tasks.get_mixture_or_task("vocab_other")))
+
+
+def test_a_user_error_raised_while_tf_data_traces_is_one_paragraph():
+  """A vocabulary is loaded when tf.data first traces `tokenize`: its UserError (an unreachable
+  bucket) arrives wrapped in TensorFlow's StagingError, which the entry points showed as a traceback."""
+  import tensorflow as tf
+  from xmtf_jax.cli import errors
+
+  def load(_):
+    raise UserError("cannot reach the storage endpoint http://x:9 for gs://b/spiece.model")
+
+  with pytest.raises(Exception) as raised:
+    tf.data.Dataset.range(1).map(load)
+  assert not isinstance(raised.value, UserError)  # what the entry point catches: TF's wrapper
+  assert errors.user_message(raised.value) == (
+      "cannot reach the storage endpoint http://x:9 for gs://b/spiece.model")
+  assert errors.user_message(RuntimeError("a bug")) is None

@@ -65,10 +65,11 @@ def _raised_by_gin(error: BaseException) -> bool:
 def _raised_while_tracing(error: BaseException) -> Optional[UserError]:
   """The UserError behind TensorFlow's StagingError: raised while tf.data traced a preprocessor
   (e.g. a vocabulary on an unreachable bucket, loaded when `tokenize` is first traced)."""
-  seen = error.__cause__ or error.__context__
-  while seen is not None and not isinstance(seen, UserError):
-    seen = seen.__cause__ or seen.__context__
-  return seen
+  chain, seen = error.__cause__ or error.__context__, set()
+  while chain is not None and not isinstance(chain, UserError) and id(chain) not in seen:
+    seen.add(id(chain))
+    chain = chain.__cause__ or chain.__context__
+  return chain if isinstance(chain, UserError) else None
 
 
 def _is_tf_error(error: BaseException) -> bool:
