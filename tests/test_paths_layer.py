@@ -10,6 +10,7 @@ import os
 import pytest
 
 from xmtf_jax import paths
+from xmtf_jax.errors import UserError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("xmtf_jax", "mixtures")
@@ -111,3 +112,47 @@ def test_local_paths_round_trip_through_the_layer(tmp_path):
   assert paths.listdir(str(tmp_path)) == ["a"]
   assert paths.abspath("gs://b/x/") == "gs://b/x/" and paths.basename("gs://b/x/") == "x"
   assert paths.dirname("gs://b/x/y.txt") == "gs://b/x" and paths.join("gs://b", "x") == "gs://b/x"
+
+
+def test_an_unreachable_bucket_fails_at_once_in_one_paragraph(monkeypatch):
+  """No network (or a stopped emulator): a UserError naming the path, the endpoint and what to do,
+  raised before gcsfs is asked (which retried six times with backoff, ~1 min, then logged a page)."""
+  monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://nonexistent.invalid:9")
+  import fsspec
+  asked = []
+  monkeypatch.setattr(fsspec.core, "url_to_fs", lambda *a, **k: asked.append(a))
+  path = "gs://t5-data/vocabs/mc4.250000.100extra/sentencepiece.model"
+  for call in (paths.exists, paths.read_bytes, paths.cached_local_copy):
+    with pytest.raises(UserError) as raised:
+      call(path)
+    message = str(raised.value)
+    assert f"cannot reach the storage endpoint http://nonexistent.invalid:9 for {path}" in message
+    assert "network" in message and "VOCABULARY_PATH" in message and "\n" not in message
+  assert asked == []
+  paths.check_reachable("memory://x/y")  # other schemes have no storage endpoint to check
+  paths.check_reachable("/local/x")
+
+
+def test_a_reachable_endpoint_is_checked_once_and_failures_are_not_remembered(monkeypatch):
+  import socket
+  listener = socket.socket()
+  listener.bind(("127.0.0.1", 0))
+  listener.listen(8)
+  port = listener.getsockname()[1]
+  connects = []
+  real = socket.create_connection
+  monkeypatch.setattr(paths.socket, "create_connection",
+                      lambda address, timeout: connects.append(address) or real(address, timeout))
+  try:
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"127.0.0.1:{port}")  # gcsfs adds http:// too
+    assert paths.storage_endpoint() == f"http://127.0.0.1:{port}"
+    paths.check_reachable("gs://bucket/a")
+    paths.check_reachable("gcs://bucket/b")
+    assert connects == [("127.0.0.1", port)]
+  finally:
+    listener.close()
+  monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://nonexistent.invalid:9")
+  for _ in range(2):
+    with pytest.raises(UserError):
+      paths.check_reachable("gs://bucket/a")
+  assert connects[1:] == [("nonexistent.invalid", 9)] * 2

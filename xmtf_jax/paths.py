@@ -10,6 +10,7 @@ repository (gin files, bundled data) are found with `repo_path`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob as _glob
 import io
 import logging
@@ -17,7 +18,11 @@ import os
 import posixpath
 import re
 import shutil
+import socket
+import urllib.parse
 from typing import IO, Iterator, Optional
+
+from xmtf_jax.errors import UserError
 
 # Before anything asks etils.epath which backend serves gs:// (it reads this variable on every call):
 # orbax's metadata files then go through fsspec like ours, not through tf.io.gfile.
@@ -49,8 +54,55 @@ def repo_path(path: str) -> str:
 def _fs(path: str):
   """(fsspec filesystem, path without the scheme). Listing caches are off: another process (a
   resumed run, orbax's writer, a second host) changes the bucket behind this one's back."""
+  check_reachable(path)
   import fsspec
   return fsspec.core.url_to_fs(str(path), use_listings_cache=False)
+
+
+# ---- reaching a bucket ------------------------------------------------------------------------------
+
+GCS_PROTOCOLS = ("gs", "gcs")
+CONNECT_TIMEOUT_S = 5.0
+
+
+def storage_endpoint() -> str:
+  """The URL gcsfs sends gs:// requests to: STORAGE_EMULATOR_HOST when set (tests/gcs_emulator.py),
+  else Google Cloud Storage (gcsfs's own choice, universe domain included)."""
+  emulator = os.environ.get("STORAGE_EMULATOR_HOST", "")
+  if emulator not in ("", "default"):
+    return emulator if emulator.startswith(("http://", "https://")) else f"http://{emulator}"
+  try:
+    from gcsfs.core import _location
+    return _location()
+  except Exception:  # noqa: BLE001  another gcsfs version: its documented default
+    return "https://storage.googleapis.com"
+
+
+@functools.lru_cache(maxsize=None)
+def _connect(endpoint: str) -> None:
+  """Opens (and closes) one TCP connection to `endpoint`; raises OSError when that fails. Only
+  successes are cached (lru_cache keeps no exceptions): a later call tries again."""
+  url = urllib.parse.urlsplit(endpoint)
+  port = url.port or (443 if url.scheme == "https" else 80)
+  socket.create_connection((url.hostname, port), timeout=CONNECT_TIMEOUT_S).close()
+
+
+def check_reachable(path: str) -> None:
+  """For a gs:// path: a UserError within seconds when the storage endpoint cannot be reached (no
+  network, DNS failure, emulator down). Without this check gcsfs retries the connection six times
+  with backoff (about a minute) and then logs a page-long traceback per call. Other schemes pass."""
+  if not is_remote(path) or str(path).split("://", 1)[0] not in GCS_PROTOCOLS:
+    return
+  endpoint = storage_endpoint()
+  try:
+    _connect(endpoint)
+  except OSError as e:
+    raise UserError(
+        f"cannot reach the storage endpoint {endpoint} for {path} ({e.strerror or e}). Check the "
+        f"network connection (and, for a private bucket, credentials: `gcloud auth "
+        f"application-default login`), or give a local path instead: copy the file or folder to "
+        f"local disk and name that copy (e.g. --gin.VOCABULARY_PATH=\"'/path/to/spiece.model'\" "
+        f"instead of mT5's gs:// vocabulary).") from None
 
 
 def _with_scheme(like: str, stripped: str) -> str:

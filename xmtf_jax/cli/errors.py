@@ -32,7 +32,7 @@ gin settings (t5x style, repeatable):
 def user_message(error: BaseException) -> Optional[str]:
   """The paragraph to show for a user's mistake, or None for anything else (a bug)."""
   if _is_tf_error(error):
-    error = jsonl_source.unwrap_tf_error(error)
+    error = _raised_while_tracing(error) or jsonl_source.unwrap_tf_error(error)
     if _is_tf_error(error) and type(error).__name__ == "NotFoundError":  # a missing data file
       return "file not found: " + " ".join(re.sub(r"\{\{function_node [^}]*\}\}", "",
                                                   getattr(error, "message", str(error))).split())
@@ -60,6 +60,16 @@ def _raised_by_gin(error: BaseException) -> bool:
     traceback = traceback.tb_next
   module = traceback.tb_frame.f_globals.get("__name__", "")
   return module == "gin" or module.startswith("gin.")
+
+
+def _raised_while_tracing(error: BaseException) -> Optional[UserError]:
+  """The UserError behind TensorFlow's StagingError: raised while tf.data traced a preprocessor
+  (e.g. a vocabulary on an unreachable bucket, loaded when `tokenize` is first traced)."""
+  chain, seen = error.__cause__ or error.__context__, set()
+  while chain is not None and not isinstance(chain, UserError) and id(chain) not in seen:
+    seen.add(id(chain))
+    chain = chain.__cause__ or chain.__context__
+  return chain if isinstance(chain, UserError) else None
 
 
 def _is_tf_error(error: BaseException) -> bool:

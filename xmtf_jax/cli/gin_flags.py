@@ -4,8 +4,10 @@ gin binds only entry-point arguments and config dataclasses; library functions t
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib.util  # noqa: F401  gin 0.5.0 resolves `include` paths with it but never imports it
+import logging
 import os
 import re
 import sys
@@ -79,7 +81,8 @@ def parse_gin(argv: Sequence[str] | None = None, *, default_files: Sequence[str]
     gin.add_config_file_search_path(REPO_ROOT)
   where = f"gin files {', '.join(files) or 'none'}" + (f"; bindings {bindings}" if bindings else "")
   try:
-    gin.parse_config_files_and_bindings(files, [], finalize_config=False)
+    with _quiet_include_lookup():
+      gin.parse_config_files_and_bindings(files, [], finalize_config=False)
     check_macros(bindings, defined_macros(), files)
     gin.parse_config_files_and_bindings([], bindings, finalize_config=False)
     gin.finalize()
@@ -105,6 +108,25 @@ def parse_gin(argv: Sequence[str] | None = None, *, default_files: Sequence[str]
                      r"the macro \1 is required: set it with --gin.\1=...", message)
     raise UserError(f"gin configuration failed ({where}): {message}") from e
   return rest
+
+
+class _DropIncludeLookups(logging.Filter):
+  """gin logs "ERROR:root:Path not found: gin/mixtures/x.gin" for each place it tries an `include`
+  before finding it under the repository root (its search path): noise whenever the working
+  directory is not the repository. An include found nowhere is parse_gin's own error."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.module == "resource_reader" and str(record.msg).startswith("Path not found"))
+
+
+@contextlib.contextmanager
+def _quiet_include_lookup():
+  root, dropper = logging.getLogger(), _DropIncludeLookups()
+  root.addFilter(dropper)
+  try:
+    yield
+  finally:
+    root.removeFilter(dropper)
 
 
 def parse_gin_only(argv: Sequence[str] | None = None, *, default_files: Sequence[str] = ()) -> None:

@@ -95,13 +95,57 @@ def tasks_of(provider) -> list[seqio.Task]:
 
 def configure_tasks(name: str, config: DataConfig) -> None:
   """Hands `config` to the tasks of mixture or task `name`: their JSON-lines sources follow its
-  strictness where they set none, their `run_vocabulary()` resolves to its vocabulary path."""
-  for task in tasks_of(get_mixture_or_task(name)):
+  strictness where they set none, their `run_vocabulary()` resolves to its vocabulary path. Then
+  checks that a mixture's tasks share one vocabulary (`check_one_vocabulary`)."""
+  provider = get_mixture_or_task(name)
+  for task in tasks_of(provider):
     if isinstance(task.source, JsonlDataSource):
       task.source.configure(config)
     for feature in task.output_features.values():
       if isinstance(feature.vocabulary, RunVocabulary):
         feature.vocabulary.bind(config.vocabulary_path)
+  check_one_vocabulary(name, tasks_of(provider))
+
+
+def _vocabulary_key(vocab: seqio.Vocabulary) -> Optional[tuple[str, int]]:
+  """(SentencePiece model file, extra ids) of a vocabulary, named, not loaded; None for other kinds."""
+  path = getattr(vocab, "sentencepiece_model_file", None)
+  return (path, getattr(vocab, "extra_ids", 0)) if path else None
+
+
+def check_one_vocabulary(name: str, task_list: Sequence[seqio.Task]) -> None:
+  """A UserError naming the tasks of mixture `name` and the vocabularies they use when these differ.
+
+  Compares the model files' names without loading them: seqio would compare the loaded models
+  (downloading a gs:// file first, mT5's by default) and then say only "same output features"."""
+  by_vocabulary: dict[tuple[str, int], list[str]] = {}
+  follows_run: set[tuple[str, int]] = set()
+  for task in task_list:
+    for feature in task.output_features.values():
+      key = _vocabulary_key(feature.vocabulary)
+      if key is None:
+        return  # not SentencePiece: seqio's own comparison decides
+      if isinstance(feature.vocabulary, RunVocabulary):
+        follows_run.add(key)
+      names = by_vocabulary.setdefault(key, [])
+      if task.name not in names:
+        names.append(task.name)
+  if len(by_vocabulary) <= 1:
+    return
+
+  def described(key, names):
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    path, extra = key
+    return (f"{shown} {'uses' if len(names) == 1 else 'use'} {path}" + (f" + {extra} extra ids" if extra else "")
+            + (" (the run's VOCABULARY_PATH)" if key in follows_run else ""))
+
+  uses = "; ".join(described(key, names) for key, names in by_vocabulary.items())
+  fixed = [key[0] for key in by_vocabulary if key not in follows_run]
+  hint = f" (here: --gin.VOCABULARY_PATH=\"'{fixed[0]}'\")" if follows_run and len(fixed) == 1 else ""
+  raise UserError(
+      f"the tasks of mixture {name!r} use different vocabularies: {uses}. All tasks of a mixture "
+      f"must share one vocabulary: give your tasks the vocabulary of the tasks you mix them with; "
+      f"tasks made with vocab=run_vocabulary() follow VOCABULARY_PATH{hint}.")
 
 
 def output_features(vocab: seqio.Vocabulary, add_eos_to_inputs: bool = False) -> dict:
