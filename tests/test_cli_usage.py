@@ -141,3 +141,19 @@ def test_verifying_our_export_does_not_warn_about_tied_weights(tmp_path, capfd):
   assert result.verification is not None and result.verification.ok, result.verification.summary()
   captured = capfd.readouterr()
   assert "tie_word_embeddings" not in captured.out + captured.err, captured.err[-2000:]
+
+
+def test_a_model_dir_that_is_a_file_is_one_paragraph(tmp_path, capsys):
+  from xmtf_jax.cli import errors, train
+  model_dir = tmp_path / "afile"
+  model_dir.write_text("")
+  gin.clear_config()
+  try:
+    code = errors.run(train.main, train.__doc__, [
+        "--gin_file=gin/runs/demo.gin", f"--gin.MODEL_DIR='{model_dir}'", "--gin.EVAL_BATCHES=0"])
+  finally:
+    gin.clear_config()
+  err = capsys.readouterr().err
+  assert code == 2 and "is a file, not a directory" in " ".join(err.split()), err
+  assert "Traceback" not in err
+  assert model_dir.read_text() == ""

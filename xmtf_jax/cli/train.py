@@ -31,6 +31,7 @@ from xmtf_jax import paths  # noqa: E402
 from xmtf_jax.cli import configurables, gin_flags, runtime  # noqa: E402
 from xmtf_jax.parallel import distributed  # noqa: E402
 from xmtf_jax.data import tasks as data_tasks  # noqa: E402
+from xmtf_jax.errors import UserError  # noqa: E402
 from xmtf_jax.train import checkpoints, loop  # noqa: E402
 
 
@@ -66,6 +67,10 @@ def main(argv=None) -> int:
   runtime.register_tasks(config.mixture_or_task_name)
   data_tasks.get_mixture_or_task(config.mixture_or_task_name)
   created_dir = not paths.exists(config.model_dir)
+  if not created_dir and not paths.isdir(config.model_dir):
+    raise UserError(f"MODEL_DIR={config.model_dir!r} is a file, not a directory: give the folder the run "
+                    "writes its checkpoints, metrics and config.gin to (a new path, or an earlier run's "
+                    "MODEL_DIR to resume it), e.g. --gin.MODEL_DIR=\"'/tmp/my_run'\"")
   write_gin_config(config.model_dir)
   try:
     result = loop.train(config, configurables.T5Config(), configurables.PartitioningConfig(),

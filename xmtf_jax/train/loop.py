@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from xmtf_jax import paths
-from xmtf_jax.checkpoint.model_path import open_model_path
+from xmtf_jax.checkpoint.model_path import ModelPathError, open_model_path
 from xmtf_jax.data import batch_source, source_factory, truncation
 from xmtf_jax.errors import UserError
 from xmtf_jax.model.config import T5Config
@@ -129,7 +129,10 @@ def initial_params(config: TrainConfig, model: EncoderDecoderModel) -> Any:
   if not path:
     logging.info("initialising parameters randomly (init_seed %d)", config.init_seed)
     return model.init_params(jax.random.key(config.init_seed, impl=config.rng_impl))
-  opened = open_model_path(path)
+  try:
+    opened = open_model_path(path)
+  except ModelPathError as e:  # name the setting the path came from
+    raise ModelPathError(f"INITIAL_CHECKPOINT_PATH={path!r}: {e}") from None
   check_same_shapes(pretrained.read_config(opened), model.config, path)
   logging.info("initial parameters from %s", opened.describe())
   _, params = pretrained.load_params(opened, model.mesh, model.logical_axis_rules,
