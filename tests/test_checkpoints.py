@@ -181,6 +181,10 @@ def test_resume_with_no_step_that_restores_lists_each(saved_tiny_model, tmp_path
     _resume(model_dir, model)
   assert "\n" not in str(error.value)
   assert checkpoints.list_steps(model_dir) == [5, 10]  # nothing renamed
+  # Export reads the tree's metadata first (orbax logs that failure and returns nothing).
+  with pytest.raises(checkpoints.DamagedCheckpointError,
+                     match=r"checkpoint_5 could not be read \(params: NOT_FOUND.*params/d/"):
+    open_model_path(model_dir, step=5).reader().params_tree_metadata()
 
 
 def test_resume_onto_another_model_size_is_an_error_not_a_fallback(saved_tiny_model, tmp_path):

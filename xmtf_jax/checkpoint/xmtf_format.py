@@ -19,14 +19,16 @@ import contextlib
 import dataclasses
 import json
 import re
+import sys
 from typing import Any, Iterable, Mapping, Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from xmtf_jax import paths
-from xmtf_jax.errors import UserError
+from xmtf_jax.errors import MissingPathError
 from xmtf_jax.model import layer_stacking
 from xmtf_jax.model.config import T5Config
 from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
@@ -83,9 +85,10 @@ def list_steps(model_dir: str) -> list[int]:
 DAMAGE_STATUS = ("NOT_FOUND", "DATA_LOSS", "OUT_OF_RANGE")
 
 
-class DamagedCheckpointError(UserError):
-  """A step directory whose files are missing or unreadable. `reason` is one line: what failed to
-  read, relative to the step directory."""
+class DamagedCheckpointError(MissingPathError):
+  """A step directory whose files are missing or unreadable (a MissingPathError: a file the folder
+  must hold, so callers catching FileNotFoundError keep working). `reason` is one line: what failed
+  to read, relative to the step directory."""
 
   def __init__(self, step_dir: str, reason: str):
     self.step_dir, self.reason = step_dir, reason
@@ -127,7 +130,26 @@ def reading(step_dir: str, what: str):
     if reason is None:
       raise
     prefix = "" if reason.startswith(what) else f"{what}: "
+    _drop_closed_loop_reports()
     raise DamagedCheckpointError(step_dir, prefix + reason) from error
+
+
+def _drop_closed_loop_reports() -> None:
+  """After one read fails, orbax closes its event loop while tensorstore's other reads of that step
+  are still running; each then reports "RuntimeError: Event loop is closed" as an unraisable
+  exception (a 5-line traceback per array, harmless: nobody awaits them). Drops exactly those, so a
+  damaged step is reported once; every other unraisable exception goes to the previous hook."""
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_closed_loop_reports", False):
+    return
+
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed"):
+      previous(unraisable)
+
+  hook.drops_closed_loop_reports = True
+  sys.unraisablehook = hook
 
 
 # ---- metadata ---------------------------------------------------------------------------------------
@@ -227,8 +249,13 @@ class StepReader:
 
   def params_tree_metadata(self) -> Any:
     """The stored parameter tree's metadata (leaves have `.shape`), without reading arrays."""
+    params_dir = paths.join(self.step_dir, "params")
     with reading(self.step_dir, "params"):
-      metadata = self._orbax().metadata(paths.join(self.step_dir, "params"))
+      metadata = self._orbax().metadata(params_dir)
+      if getattr(metadata, "item_metadata", "") is None:
+        # orbax logs and drops the read error here; its handler raises it (named by `reading`)
+        ocp.PyTreeCheckpointHandler().metadata(epath.Path(params_dir))
+        raise DamagedCheckpointError(self.step_dir, "params: the tree metadata could not be read")
     tree = getattr(getattr(metadata, "item_metadata", metadata), "tree", None)
     return metadata if tree is None else tree  # older orbax: the tree itself
 
