@@ -17,6 +17,11 @@ a checkpoint written on a 4x2 mesh restores onto 2x4, onto one device, or onto a
 Either parameter layout (`T5Config.scan_layers`, recorded in the metadata) restores into either: the
 arrays are read as written and converted to the target's layout afterwards (`model/layer_stacking.py`).
 
+A step whose files are missing or unreadable raises `DamagedCheckpointError` on restore; a resume
+that skips it renames it `checkpoint_<step>.damaged-<UTC time>` (`Checkpointer.set_aside`): neither
+orbax nor `list_steps` counts that name, so max_to_keep never deletes it and a new save of that step
+does not collide with it.
+
 Reading goes through the shared reader, `xmtf_jax.checkpoint.xmtf_format` (what evaluation, inference,
 export and `load_pretrained` read with); this module adds saving and a run's resume (optimizer state,
 input position) on top of it.

@@ -6,7 +6,9 @@ step_assembly.py) -> this process's batches -> resume or initialise the state ->
 here: progress line, checkpoint, evaluation; the stop check has the same shape}.
 
 A restart with the same MODEL_DIR resumes from its latest checkpoint (state, data position, step) and
-continues exactly as if never stopped. SIGTERM / Ctrl-C: finish the step, save, exit 0. A non-finite
+continues exactly as if never stopped. A latest checkpoint whose files are missing or unreadable is
+skipped for the newest one that restores, renamed to `checkpoint_<N>.damaged-<time>` and named in one
+warning line (`restore_newest_intact`). SIGTERM / Ctrl-C: finish the step, save, exit 0. A non-finite
 loss stops the run with exit code 3, keeping the last good checkpoint. See README "Training".
 """
 from __future__ import annotations
