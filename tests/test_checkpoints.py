@@ -1,5 +1,6 @@
 """Checkpoints: a kill in the middle of an asynchronous save leaves the previous checkpoint as the
-latest; load_pretrained rebuilds a model from a checkpoint without gin; per-process positions."""
+latest; load_pretrained rebuilds a model from a checkpoint without gin; per-process positions; a
+damaged step is skipped on resume (never a step that does not fit the model) and named when read."""
 import os
 import subprocess
 import sys
