@@ -4,7 +4,8 @@ Runs go through `python -m xmtf_jax.train` in subprocesses where the behaviour n
 several processes): a run stopped by SIGTERM and one killed by SIGKILL after a completed checkpoint
 resume to the same per-step losses as an uninterrupted run; a run saved by two processes with 4
 devices each and continued by one with 8 matches one process with 8 devices. A
-non-finite loss stops the run keeping the last good checkpoint.
+non-finite loss stops the run keeping the last good checkpoint; a damaged latest checkpoint is
+skipped for the one before it.
 """
 import json
 import logging
