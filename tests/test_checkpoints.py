@@ -1,5 +1,6 @@
 """Checkpoints: a kill in the middle of an asynchronous save leaves the previous checkpoint as the
-latest; load_pretrained rebuilds a model from a checkpoint without gin; per-process positions."""
+latest; load_pretrained rebuilds a model from a checkpoint without gin; per-process positions; a
+damaged step is skipped on resume (never a step that does not fit the model) and named when read."""
 import os
 import subprocess
 import sys
@@ -114,3 +115,84 @@ def test_missing_checkpoint_and_missing_process_position_errors(saved_tiny_model
   finally:
     os.rename(os.path.join(position, "process_00000_of_00002.json"),
               os.path.join(position, "process_00000_of_00001.json"))
+
+
+def _two_step_run(model_dir, model, params, later_config=None):
+  """Steps 5 and 10 of `model` (step 10's parameters doubled; its metadata may name another config)."""
+  checkpointer = checkpoints.Checkpointer(model_dir, save_period=5, async_save=False)
+  for step, tree, config in [(5, params, model.config),
+                             (10, jax.tree.map(lambda x: 2 * x, params), later_config or model.config)]:
+    checkpointer.save(step, tree, {"count": jax.numpy.full((), step, np.float32)},
+                      {"t5_config": config.to_dict()}, [{"position": step}])
+  checkpointer.close()
+
+
+def _resume(model_dir, model):
+  import types
+  from xmtf_jax.train import loop
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                          model.abstract_params())
+  assembly = types.SimpleNamespace(model=model, abstract_state=types.SimpleNamespace(
+      params=abstract, opt_state={"count": jax.ShapeDtypeStruct((), np.float32, sharding=device)}))
+  config = types.SimpleNamespace(model_dir=model_dir, restore_input_position=True)
+  checkpointer = checkpoints.Checkpointer(model_dir, save_period=5)
+  try:
+    return loop.restore_newest_intact(config, assembly, checkpointer)
+  finally:
+    checkpointer.close()
+
+
+def test_resume_skips_a_damaged_step_and_load_pretrained_names_it(saved_tiny_model, tmp_path, caplog):
+  _, model, params = saved_tiny_model
+  model_dir = str(tmp_path / "run")
+  _two_step_run(model_dir, model, params)
+  with open(os.path.join(checkpoints.step_directory(model_dir, 10), "metadata", "metadata"), "w") as f:
+    f.write('{"step": 10, "t5_co')  # cut short
+  # Reading the run for inference/export: one paragraph naming the step and the file.
+  with pytest.raises(xmtf_jax.UserError, match=r"checkpoint_10 could not be read \(metadata/metadata: "
+                                                r"not valid JSON.*--step=N"):
+    xmtf_jax.load_pretrained(model_dir)
+  with caplog.at_level("WARNING"):
+    restored = _resume(model_dir, model)
+  # Everything from step 5: parameters, optimizer state and data position.
+  assert restored.step == 5 and restored.input_position == [[{"position": 5}]]
+  assert float(restored.opt_state["count"]) == 5
+  for a, b in zip(jax.tree.leaves(restored.params), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  (line,) = [r.getMessage() for r in caplog.records if "could not be restored" in r.getMessage()]
+  assert line.startswith("checkpoint_10 could not be restored (metadata/metadata: not valid JSON")
+  assert "; resuming from checkpoint_5 (the damaged step kept as checkpoint_10.damaged-" in line
+  assert checkpoints.list_steps(model_dir) == [5]
+  assert [n for n in os.listdir(model_dir) if n.startswith("checkpoint_10.damaged-")]
+
+
+def test_resume_with_no_step_that_restores_lists_each(saved_tiny_model, tmp_path):
+  _, model, params = saved_tiny_model
+  model_dir = str(tmp_path / "run")
+  _two_step_run(model_dir, model, params)
+  os.remove(os.path.join(checkpoints.step_directory(model_dir, 10), "input_position",
+                         "process_00000_of_00001.json"))
+  data = os.path.join(checkpoints.step_directory(model_dir, 5), "params", "d")
+  for name in os.listdir(data):
+    os.remove(os.path.join(data, name))
+  with pytest.raises(xmtf_jax.UserError, match=r"no checkpoint could be restored: checkpoint_10: "
+                                                r"input_position.*incomplete.*; checkpoint_5: params: "
+                                                r"NOT_FOUND.*params/d/") as error:
+    _resume(model_dir, model)
+  assert "\n" not in str(error.value)
+  assert checkpoints.list_steps(model_dir) == [5, 10]  # nothing renamed
+  # Export reads the tree's metadata first (orbax logs that failure and returns nothing).
+  with pytest.raises(checkpoints.DamagedCheckpointError,
+                     match=r"checkpoint_5 could not be read \(params: NOT_FOUND.*params/d/"):
+    open_model_path(model_dir, step=5).reader().params_tree_metadata()
+
+
+def test_resume_onto_another_model_size_is_an_error_not_a_fallback(saved_tiny_model, tmp_path):
+  _, model, params = saved_tiny_model
+  model_dir = str(tmp_path / "run")
+  _two_step_run(model_dir, model, params, later_config=model.config.replace(d_ff=64))
+  with pytest.raises(xmtf_jax.UserError, match=r"checkpoint_10 does not match the gin model.*d_ff: "
+                                                r"64 there vs 48 in gin"):
+    _resume(model_dir, model)
+  assert checkpoints.list_steps(model_dir) == [5, 10]

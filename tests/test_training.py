@@ -4,7 +4,8 @@ Runs go through `python -m xmtf_jax.train` in subprocesses where the behaviour n
 several processes): a run stopped by SIGTERM and one killed by SIGKILL after a completed checkpoint
 resume to the same per-step losses as an uninterrupted run; a run saved by two processes with 4
 devices each and continued by one with 8 matches one process with 8 devices. A
-non-finite loss stops the run keeping the last good checkpoint.
+non-finite loss stops the run keeping the last good checkpoint; a damaged latest checkpoint is
+skipped for the one before it.
 """
 import json
 import logging
@@ -160,6 +161,36 @@ def test_sigterm_and_sigkill_then_resume_give_the_same_losses(reference_run, com
   np.testing.assert_allclose([v for _, v in board], [resumed[s] for s, _ in board], rtol=1e-6)
   assert sorted(resumed) == sorted(reference)
   np.testing.assert_allclose([resumed[s] for s in sorted(resumed)],
+                             [reference[s] for s in sorted(reference)], rtol=1e-6, atol=1e-7)
+
+
+def test_damaged_latest_checkpoint_resumes_from_the_previous_one(reference_run, compilation_cache,
+                                                                 tmp_path):
+  """A file missing inside the latest checkpoint's params/: the rerun says in one line which step it
+  skipped and why, resumes from the step before (params and data position of that step), keeps the
+  damaged folder under another name and saves that step again; the losses are the reference's."""
+  model_dir = str(tmp_path / "run")
+  shutil.copytree(reference_run[0], model_dir)
+  data_dir = os.path.join(checkpoints.step_directory(model_dir, TRAIN_STEPS), "params", "d")
+  removed = os.listdir(data_dir)
+  for name in removed:
+    os.remove(os.path.join(data_dir, name))
+  assert removed
+
+  _, output = run_train(model_dir, compilation_cache, ["--gin.TRAIN_STEPS=14"])
+  lines = [l for l in output.splitlines() if "could not be restored" in l]
+  assert len(lines) == 1, output[-5000:]
+  assert f"checkpoint_{TRAIN_STEPS} could not be restored (params: NOT_FOUND" in lines[0]
+  assert "params/d/" in lines[0] and "; resuming from checkpoint_8 " in lines[0], lines[0]
+  assert "resumed from " + checkpoints.step_directory(model_dir, 8) in output
+  kept = [n for n in os.listdir(model_dir) if n.startswith(f"checkpoint_{TRAIN_STEPS}.damaged-")]
+  assert len(kept) == 1 and kept[0] in lines[0]
+  assert not os.listdir(os.path.join(model_dir, kept[0], "params", "d"))  # left as it was found
+  assert checkpoints.list_steps(model_dir) == [8, TRAIN_STEPS, 14]  # step 12 saved again
+  reference = train_losses(reference_run[0])
+  resumed = train_losses(model_dir)
+  assert [r["step"] for r in reporting.read_metrics(model_dir, "train")] == list(range(1, 15))
+  np.testing.assert_allclose([resumed[s] for s in sorted(reference)],
                              [reference[s] for s in sorted(reference)], rtol=1e-6, atol=1e-7)
 
 

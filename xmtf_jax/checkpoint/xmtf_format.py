@@ -15,16 +15,20 @@ read into either: arrays are restored as written and converted to the target's l
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import json
 import re
+import sys
 from typing import Any, Iterable, Mapping, Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from xmtf_jax import paths
+from xmtf_jax.errors import MissingPathError
 from xmtf_jax.model import layer_stacking
 from xmtf_jax.model.config import T5Config
 from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
@@ -73,11 +77,87 @@ def list_steps(model_dir: str) -> list[int]:
   return sorted(s for s in steps if s is not None and is_step_directory(step_directory(model_dir, s)))
 
 
+# ---- damage -----------------------------------------------------------------------------------------
+
+# tensorstore's status codes (the start of the ValueError it raises) that mean the stored bytes are
+# missing or unreadable. Others (INVALID_ARGUMENT, UNAVAILABLE: a bucket's hiccup, ...) and orbax's
+# own ValueErrors ("Requested shape ... is not compatible": a target that does not fit) are not damage.
+DAMAGE_STATUS = ("NOT_FOUND", "DATA_LOSS", "OUT_OF_RANGE")
+
+
+class DamagedCheckpointError(MissingPathError):
+  """A step directory whose files are missing or unreadable (a MissingPathError: a file the folder
+  must hold, so callers catching FileNotFoundError keep working). `reason` is one line: what failed
+  to read, relative to the step directory."""
+
+  def __init__(self, step_dir: str, reason: str):
+    self.step_dir, self.reason = step_dir, reason
+    super().__init__(f"{step_dir} could not be read ({reason}): the checkpoint is damaged. Read "
+                     "another step of that run (its MODEL_DIR with --step=N, or step=N in "
+                     "load_pretrained) or move this one aside.")
+
+
+def damage_reason(error: BaseException, step_dir: str) -> Optional[str]:
+  """One line saying what could not be read, when `error` is a read failure of the step's files
+  (a missing or unreadable file, a JSON file that does not parse, a tensorstore NOT_FOUND/DATA_LOSS);
+  None for anything else (a bug or a mismatch, which must not pass for damage)."""
+  if isinstance(error, DamagedCheckpointError):
+    return error.reason
+  root = paths.abspath(step_dir).rstrip("/") + "/"
+  if isinstance(error, json.JSONDecodeError):
+    return f"not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"
+  if isinstance(error, OSError) and getattr(error, "filename", None):
+    return f"{error.strerror or type(error).__name__}: {str(error.filename).replace(root, '')}"
+  if isinstance(error, OSError):
+    return str(error).replace(root, "")
+  text = str(error)
+  code = text.split(":", 1)[0]
+  if isinstance(error, ValueError) and code in DAMAGE_STATUS:
+    detail = text.split(" [tensorstore_spec", 1)[0].split(": ")[-1]  # the innermost cause
+    return f"{code}: {detail.replace(root, '')}"
+  return None
+
+
+@contextlib.contextmanager
+def reading(step_dir: str, what: str):
+  """Turns a read failure of `what` (a file or item of `step_dir`) into a DamagedCheckpointError."""
+  try:
+    yield
+  except DamagedCheckpointError:
+    raise
+  except Exception as error:  # noqa: BLE001  (classified; anything else is re-raised as it is)
+    reason = damage_reason(error, step_dir)
+    if reason is None:
+      raise
+    prefix = "" if reason.startswith(what) else f"{what}: "
+    _drop_closed_loop_reports()
+    raise DamagedCheckpointError(step_dir, prefix + reason) from error
+
+
+def _drop_closed_loop_reports() -> None:
+  """After one read fails, orbax closes its event loop while tensorstore's other reads of that step
+  are still running; each then reports "RuntimeError: Event loop is closed" as an unraisable
+  exception (a 5-line traceback per array, harmless: nobody awaits them). Drops exactly those, so a
+  damaged step is reported once; every other unraisable exception goes to the previous hook."""
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_closed_loop_reports", False):
+    return
+
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed"):
+      previous(unraisable)
+
+  hook.drops_closed_loop_reports = True
+  sys.unraisablehook = hook
+
+
 # ---- metadata ---------------------------------------------------------------------------------------
 
 def read_metadata(step_dir: str) -> dict:
-  """The metadata JSON of one step directory."""
-  return json.loads(paths.read_text(paths.join(step_dir, *METADATA_FILE)))
+  """The metadata JSON of one step directory (DamagedCheckpointError when it is missing or unreadable)."""
+  with reading(step_dir, "/".join(METADATA_FILE)):
+    return json.loads(paths.read_text(paths.join(step_dir, *METADATA_FILE)))
 
 
 def t5_config_from_metadata(metadata: Mapping[str, Any], **overrides) -> T5Config:
@@ -144,8 +224,9 @@ class StepReader:
     return self._checkpointer
 
   def _restore(self, item_name: str, item: Any, restore_args: Any, partial: bool) -> Any:
-    return self._orbax().restore(paths.join(self.step_dir, item_name), args=ocp.args.PyTreeRestore(
-        item=item, restore_args=restore_args, partial_restore=partial))
+    with reading(self.step_dir, item_name):
+      return self._orbax().restore(paths.join(self.step_dir, item_name), args=ocp.args.PyTreeRestore(
+          item=item, restore_args=restore_args, partial_restore=partial))
 
   def restore(self, abstract: Any, item_name: str = "params") -> Any:
     """A whole item (`params` or `opt_state`) placed with the shardings of `abstract`
@@ -168,7 +249,13 @@ class StepReader:
 
   def params_tree_metadata(self) -> Any:
     """The stored parameter tree's metadata (leaves have `.shape`), without reading arrays."""
-    metadata = self._orbax().metadata(paths.join(self.step_dir, "params"))
+    params_dir = paths.join(self.step_dir, "params")
+    with reading(self.step_dir, "params"):
+      metadata = self._orbax().metadata(params_dir)
+      if getattr(metadata, "item_metadata", "") is None:
+        # orbax logs and drops the read error here; its handler raises it (named by `reading`)
+        ocp.PyTreeCheckpointHandler().metadata(epath.Path(params_dir))
+        raise DamagedCheckpointError(self.step_dir, "params: the tree metadata could not be read")
     tree = getattr(getattr(metadata, "item_metadata", metadata), "tree", None)
     return metadata if tree is None else tree  # older orbax: the tree itself
 

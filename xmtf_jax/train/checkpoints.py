@@ -17,6 +17,11 @@ a checkpoint written on a 4x2 mesh restores onto 2x4, onto one device, or onto a
 Either parameter layout (`T5Config.scan_layers`, recorded in the metadata) restores into either: the
 arrays are read as written and converted to the target's layout afterwards (`model/layer_stacking.py`).
 
+A step whose files are missing or unreadable raises `DamagedCheckpointError` on restore; a resume
+that skips it renames it `checkpoint_<step>.damaged-<UTC time>` (`Checkpointer.set_aside`): neither
+orbax nor `list_steps` counts that name, so max_to_keep never deletes it and a new save of that step
+does not collide with it.
+
 Reading goes through the shared reader, `xmtf_jax.checkpoint.xmtf_format` (what evaluation, inference,
 export and `load_pretrained` read with); this module adds saving and a run's resume (optimizer state,
 input position) on top of it.
@@ -27,6 +32,7 @@ import dataclasses
 import json
 import logging
 import re
+import time
 from typing import Any, Mapping, Optional
 
 import jax
@@ -36,7 +42,8 @@ from etils import epath
 from xmtf_jax import paths
 from xmtf_jax.checkpoint import model_path, xmtf_format
 # The layout's names, as the training side uses them (the reader owns them).
-from xmtf_jax.checkpoint.xmtf_format import STEP_PREFIX, list_steps, step_directory, t5_config_from_metadata
+from xmtf_jax.checkpoint.xmtf_format import (STEP_PREFIX, DamagedCheckpointError, list_steps, step_directory,
+                                             t5_config_from_metadata)
 from xmtf_jax.errors import MissingPathError
 
 FORMAT_VERSION = 1
@@ -128,6 +135,23 @@ class Checkpointer:
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
 
+  def all_steps(self) -> list[int]:
+    """The committed steps, oldest first."""
+    return sorted(self._manager.all_steps())
+
+  def set_aside(self, step: int) -> str:
+    """Renames a damaged step to `checkpoint_<step>.damaged-<UTC time>` (kept for inspection; neither
+    a step for orbax nor for `list_steps`, so it is never deleted by `max_to_keep` and a new save of
+    `step` does not collide with it). Returns the new path."""
+    target = f"{step_directory(self.model_dir, step)}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    if jax.process_index() == 0:
+      paths.rename(step_directory(self.model_dir, step), target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f"set aside {target}")
+    self._manager.reload()
+    return target
+
   def should_save(self, step: int) -> bool:
     """Every `save_period` steps (orbax's own policy would also save the first step)."""
     return step % self.save_period == 0
@@ -153,22 +177,25 @@ class Checkpointer:
     return saved
 
   def restore(self, step: int, abstract_params: Any, abstract_opt_state: Any = None, *,
-              input_position: bool = True) -> Restored:
+              input_position: bool = True, metadata: Optional[Mapping[str, Any]] = None) -> Restored:
     """Restores `step` onto the shardings of the abstract targets (ShapeDtypeStructs with .sharding).
 
     Pass `abstract_opt_state=None` to skip the optimizer state and `input_position=False` to skip the
-    data position (e.g. on another number of hosts).
+    data position (e.g. on another number of hosts); `metadata` when already read. Raises
+    DamagedCheckpointError (naming the file or item) when the step's files are missing or unreadable.
     """
     step_dir = step_directory(self.model_dir, step)
-    reader = xmtf_format.StepReader(step_dir)
+    reader = xmtf_format.StepReader(step_dir, metadata)
     try:
       params = reader.restore(abstract_params, "params")
       opt_state = (reader.restore(abstract_opt_state, "opt_state") if abstract_opt_state is not None
                    else None)
     finally:
       reader.close()
-    position = (ProcessLocalJsonHandler().restore(epath.Path(step_dir) / "input_position")
-                if input_position else None)
+    position = None
+    if input_position:
+      with xmtf_format.reading(step_dir, "input_position"):
+        position = ProcessLocalJsonHandler().restore(epath.Path(step_dir) / "input_position")
     return Restored(step=step, params=params, opt_state=opt_state, metadata=reader.metadata,
                     input_position=position)
 

@@ -6,7 +6,9 @@ step_assembly.py) -> this process's batches -> resume or initialise the state ->
 here: progress line, checkpoint, evaluation; the stop check has the same shape}.
 
 A restart with the same MODEL_DIR resumes from its latest checkpoint (state, data position, step) and
-continues exactly as if never stopped. SIGTERM / Ctrl-C: finish the step, save, exit 0. A non-finite
+continues exactly as if never stopped. A latest checkpoint whose files are missing or unreadable is
+skipped for the newest one that restores, renamed to `checkpoint_<N>.damaged-<time>` and named in one
+warning line (`restore_newest_intact`). SIGTERM / Ctrl-C: finish the step, save, exit 0. A non-finite
 loss stops the run with exit code 3, keeping the last good checkpoint. See README "Training".
 """
 from __future__ import annotations
@@ -20,6 +22,7 @@ import jax
 import numpy as np
 
 from xmtf_jax import paths
+from xmtf_jax.checkpoint import xmtf_format
 from xmtf_jax.checkpoint.model_path import ModelPathError, open_model_path
 from xmtf_jax.data import batch_source, source_factory, truncation
 from xmtf_jax.errors import UserError
@@ -247,21 +250,58 @@ def make_meter(config: TrainConfig, model_config: T5Config) -> reporting.Progres
 
 def restore_or_initialize(config, assembly: step_assembly.StepAssembly, checkpointer, data,
                           metrics_log) -> trainer.TrainState:
-  latest = checkpointer.latest_step()
-  if latest is None:
+  """The state to train from: MODEL_DIR's newest checkpoint that restores (params, optimizer state
+  and data position all of that one step), else the initial parameters when MODEL_DIR holds none."""
+  restored = restore_newest_intact(config, assembly, checkpointer)
+  if restored is None:
     metrics_log.truncate_after(0)  # a run killed before its first checkpoint starts over
     return assembly.init_state(initial_params(config, assembly.model))
-  abstract = assembly.abstract_state
-  restored = checkpointer.restore(latest, abstract.params, abstract.opt_state,
-                                  input_position=config.restore_input_position)
-  check_same_shapes(checkpoints.t5_config_from_metadata(restored.metadata), assembly.model.config,
-                    checkpoints.step_directory(config.model_dir, latest))
   if restored.input_position is not None:
     data.set_state(restored.input_position)
-  metrics_log.truncate_after(latest)
-  logging.info("resumed from %s", checkpoints.step_directory(config.model_dir, latest))
-  return trainer.TrainState(step=replicated_step(latest, assembly.state_shardings.step),
+  metrics_log.truncate_after(restored.step)
+  logging.info("resumed from %s", checkpoints.step_directory(config.model_dir, restored.step))
+  return trainer.TrainState(step=replicated_step(restored.step, assembly.state_shardings.step),
                             params=restored.params, opt_state=restored.opt_state)
+
+
+def restore_newest_intact(config, assembly: step_assembly.StepAssembly,
+                          checkpointer) -> Optional[checkpoints.Restored]:
+  """Restores the newest step whose files read (None when MODEL_DIR holds no step).
+
+  A step whose files are missing or unreadable (`xmtf_format.DamagedCheckpointError`) is skipped and
+  then renamed to `checkpoint_<N>.damaged-<time>` (kept, and out of the way of the next save of N),
+  in one warning line. A step that reads but does not fit the gin model is the user's mistake
+  (UserError), never a reason to go back to an older step. When no step restores: one UserError
+  listing each step and why.
+  """
+  abstract = assembly.abstract_state
+  damaged: list[checkpoints.DamagedCheckpointError] = []
+  for step in reversed(checkpointer.all_steps()):
+    step_dir = checkpoints.step_directory(config.model_dir, step)
+    try:
+      metadata = xmtf_format.read_metadata(step_dir)
+      check_same_shapes(checkpoints.t5_config_from_metadata(metadata), assembly.model.config, step_dir)
+      restored = checkpointer.restore(step, abstract.params, abstract.opt_state,
+                                      input_position=config.restore_input_position, metadata=metadata)
+    except checkpoints.DamagedCheckpointError as error:
+      damaged.append(error)
+      continue
+    if damaged:
+      moved = [paths.basename(checkpointer.set_aside(_step_of(e))) for e in damaged]
+      logging.warning("%s; resuming from %s (the damaged step kept as %s)", "; ".join(
+          f"{paths.basename(e.step_dir)} could not be restored ({e.reason})" for e in damaged),
+          paths.basename(step_dir), ", ".join(moved))
+    return restored
+  if damaged:
+    raise UserError(
+        f"{config.model_dir}: no checkpoint could be restored: " + "; ".join(
+            f"{paths.basename(e.step_dir)}: {e.reason}" for e in damaged) + ". Move the damaged "
+        "checkpoint_<N> folders aside to start from the beginning, or use another MODEL_DIR.")
+  return None
+
+
+def _step_of(error: checkpoints.DamagedCheckpointError) -> int:
+  return xmtf_format.step_of_name(paths.basename(error.step_dir))
 
 
 def build_eval_hooks(config, model, vocabulary_path, num_data_shards, loss_config):
