@@ -8,9 +8,10 @@ from tensorboard.backend.event_processing import event_accumulator
 from xmtf_jax.train import reporting
 
 
-def _metrics(loss, token_loss, tokens=10.0):
-  return {"loss": loss, "token_loss": token_loss, "accuracy": 0.5, "num_target_tokens": tokens,
-          "num_input_tokens": tokens, "learning_rate": 1e-3}
+def _metrics(loss, token_loss, tokens=10.0, z_loss=0.0):
+  return {"loss": loss + z_loss, "cross_entropy": loss, "z_loss": z_loss, "token_loss": token_loss,
+          "accuracy": 0.5, "num_target_tokens": tokens, "num_input_tokens": tokens,
+          "learning_rate": 1e-3}
 
 
 def test_progress_line_shows_the_per_token_loss_when_the_normalisation_hides_it():
@@ -21,8 +22,9 @@ def test_progress_line_shows_the_per_token_loss_when_the_normalisation_hides_it(
   assert summary["token_loss"] == pytest.approx((3.6 * 10 + 3.0 * 30) / 40)
   line = meter.line(2, summary)
   assert "loss 0.0030 (per token 3.1500)" in line, line
-  meter.add(_metrics(2.5, 2.5))
-  assert "per token" not in meter.line(3, meter.summary(3))  # per-token normalisation: said once
+  meter.add(_metrics(2.5, 2.5, z_loss=0.01))
+  # Per-token normalisation: said once (the z-loss in `loss` is no reason to repeat it).
+  assert "per token" not in meter.line(3, meter.summary(3))
 
 
 def _scalar_steps(log_dir, tag="loss"):

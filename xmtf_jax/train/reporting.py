@@ -161,7 +161,7 @@ class ProgressMeter:
   def _reset(self, now: float) -> None:
     self._start = now
     self._steps = 0
-    self._sums = {"loss": 0.0, "token_loss": 0.0, "correct": 0.0, "target_tokens": 0.0,
+    self._sums = {"loss": 0.0, "cross_entropy": 0.0, "token_loss": 0.0, "correct": 0.0, "target_tokens": 0.0,
                   "tokens": 0.0}
     self._last = {}
 
@@ -176,6 +176,7 @@ class ProgressMeter:
   def add(self, metrics: Mapping[str, float]) -> None:
     self._steps += 1
     self._sums["loss"] += metrics["loss"]
+    self._sums["cross_entropy"] += metrics.get("cross_entropy", metrics["loss"])
     self._sums["token_loss"] += metrics.get("token_loss", metrics["loss"]) * metrics["num_target_tokens"]
     self._sums["correct"] += metrics["accuracy"] * metrics["num_target_tokens"]
     self._sums["target_tokens"] += metrics["num_target_tokens"]
@@ -190,6 +191,7 @@ class ProgressMeter:
     seconds_per_step = seconds / n
     out = {
         "loss": self._sums["loss"] / n,
+        "cross_entropy": self._sums["cross_entropy"] / n,
         "token_loss": self._sums["token_loss"] / max(self._sums["target_tokens"], 1.0),
         "accuracy": self._sums["correct"] / max(self._sums["target_tokens"], 1.0),
         "learning_rate": self._last.get("learning_rate", float("nan")),
@@ -205,10 +207,13 @@ class ProgressMeter:
   def line(self, step: int, summary: Mapping[str, float]) -> str:
     mfu = f"{100 * summary['mfu']:.1f}%" if "mfu" in summary else "n/a"
     width = len(str(self.total_steps))
-    # With 'fixed' or per-sequence normalisation the optimised loss is not per token: show both.
+    # With 'fixed' or per-sequence normalisation the optimised loss is not per token: show both. (Its
+    # cross-entropy part equals the per-token loss exactly when the normalisation is per token; the
+    # z-loss alone is no reason to show it.)
     token_loss = summary.get("token_loss", summary["loss"])
-    per_token = ("" if math.isclose(token_loss, summary["loss"], rel_tol=1e-3, abs_tol=1e-6)
-                 else f" (per token {token_loss:.4f})")
+    same = math.isclose(token_loss, summary.get("cross_entropy", summary["loss"]), rel_tol=1e-4,
+                        abs_tol=1e-6)
+    per_token = "" if same else f" (per token {token_loss:.4f})"
     return (f"step {step:>{width}}/{self.total_steps}  loss {summary['loss']:.4f}{per_token}  "
             f"acc {summary['accuracy']:.3f}  lr {summary['learning_rate']:.2e}  "
             f"tokens/s {_si(summary['tokens_per_second'])}  s/step {summary['seconds_per_step']:.3f}  "
@@ -237,7 +242,7 @@ def plot_loss_curve(model_dir: str, output: Optional[str] = None) -> Optional[st
   if evals:
     handles += ax.plot([r["step"] for r in evals], [r["loss"] for r in evals], "o-",
                        label="validation loss per token")
-  if train and any(not math.isclose(r["loss"], t, rel_tol=1e-3, abs_tol=1e-6)
+  if train and any(not math.isclose(r.get("cross_entropy", r["loss"]), t, rel_tol=1e-4, abs_tol=1e-6)
                    for r, t in zip(train, token_loss)):
     objective = ax.twinx()
     handles += objective.plot(steps, [r["loss"] for r in train], lw=0.6, color="tab:gray",
