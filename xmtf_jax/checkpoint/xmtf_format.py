@@ -18,6 +18,7 @@ import ast
 import contextlib
 import dataclasses
 import json
+import logging
 import re
 import sys
 from typing import Any, Iterable, Mapping, Optional
@@ -118,9 +119,25 @@ def damage_reason(error: BaseException, step_dir: str) -> Optional[str]:
   return None
 
 
+class _DropMissingItemMetadata(logging.Filter):
+  """orbax's item-level checkpointer looks for `_CHECKPOINT_METADATA` inside an item (`params/`), where
+  a CheckpointManager never writes it (it lies one folder up), and logs a warning on every read."""
+
+  def __init__(self, item_dir: str):
+    super().__init__()
+    self.line = f"Metadata file does not exist: {item_dir.rstrip('/')}/_CHECKPOINT_METADATA"
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.getMessage() != self.line
+
+
 @contextlib.contextmanager
 def reading(step_dir: str, what: str):
-  """Turns a read failure of `what` (a file or item of `step_dir`) into a DamagedCheckpointError."""
+  """Turns a read failure of `what` (a file or item of `step_dir`) into a DamagedCheckpointError, and
+  keeps orbax's missing-item-metadata warning for that item out of the log."""
+  drop = _DropMissingItemMetadata(paths.join(step_dir, what))
+  absl_logger = logging.getLogger("absl")  # orbax logs through absl.logging
+  absl_logger.addFilter(drop)
   try:
     yield
   except DamagedCheckpointError:
@@ -132,6 +149,8 @@ def reading(step_dir: str, what: str):
     prefix = "" if reason.startswith(what) else f"{what}: "
     _drop_closed_loop_reports()
     raise DamagedCheckpointError(step_dir, prefix + reason) from error
+  finally:
+    absl_logger.removeFilter(drop)
 
 
 def _drop_closed_loop_reports() -> None:
