@@ -9,7 +9,7 @@ import textwrap
 import gin
 import pytest
 
-from xmtf_jax import paths
+from xmtf_jax.checkpoint import hub_ids
 from xmtf_jax.cli import quiet_start, usage
 from xmtf_jax.hf import safetensors_writer
 from xmtf_jax.train import pretrained
@@ -89,12 +89,12 @@ def test_a_command_shows_its_error_but_not_tensorflows_startup_lines():
 # ---- Hub ids ----------------------------------------------------------------------------------------
 
 def test_hub_ids_are_told_apart_from_paths(tmp_path, monkeypatch):
-  assert paths.looks_like_hub_id("google/mt5-small") and paths.looks_like_hub_id("bigscience/mt0-xxl")
+  assert hub_ids.looks_like_hub_id("google/mt5-small") and hub_ids.looks_like_hub_id("bigscience/mt0-xxl")
   for path in ("/models/mt5", "models", "./google/mt5-small", "gs://b/mt5", "a/b/c", "~/mt5/x", ""):
-    assert not paths.looks_like_hub_id(path), path
+    assert not hub_ids.looks_like_hub_id(path), path
   monkeypatch.chdir(tmp_path)
   (tmp_path / "google" / "mt5-small").mkdir(parents=True)
-  assert not paths.looks_like_hub_id("google/mt5-small")  # a local folder of that name wins
+  assert not hub_ids.looks_like_hub_id("google/mt5-small")  # a local folder of that name wins
 
 
 def test_a_hub_id_says_it_is_not_fetched_and_how_to_get_the_folder():

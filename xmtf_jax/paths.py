@@ -16,7 +16,6 @@ import io
 import logging
 import os
 import posixpath
-import re
 import shutil
 import socket
 import urllib.parse
@@ -113,25 +112,6 @@ def _with_scheme(like: str, stripped: str) -> str:
 
 
 # ---- Hugging Face Hub ids ---------------------------------------------------------------------------
-
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
-
-
-def looks_like_hub_id(path: str) -> bool:
-  """'google/mt5-small': an HF Hub model id (owner/name) rather than a path: no scheme, one '/', not
-  starting with '.', '/' or '~', and nothing of that name on the local disk."""
-  text = str(path)
-  return bool(_HUB_ID.fullmatch(text)) and not text.startswith(".") and not os.path.exists(text)
-
-
-def hub_id_message(hub_id: str) -> str:
-  """Why a Hub id is refused and how to get its folder (one paragraph)."""
-  local = f"models/{hub_id.rpartition('/')[2]}"
-  return (f"{hub_id} looks like a Hugging Face Hub id, and xmtf_jax does not download from the Hub "
-          f"(yet): give a local folder (or gs:// URL) instead. Download it first with "
-          f"`huggingface-cli download {hub_id} --local-dir {local}` or, in Python, "
-          f"`huggingface_hub.snapshot_download('{hub_id}', local_dir='{local}')`, then pass {local}.")
-
 
 # ---- names ------------------------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ import functools
 from typing import Any, Callable, Optional
 
 from xmtf_jax import paths
-from xmtf_jax.checkpoint import xmtf_format
+from xmtf_jax.checkpoint import hub_ids, xmtf_format
 from xmtf_jax.errors import MissingPathError, UserError
 
 HF_FOLDER = "hf_folder"
@@ -169,8 +169,8 @@ def open_model_path(path: Any, step: Optional[int] = None) -> ModelPath:
     if found is not None:
       return found
   # (a bucket lists a file as an empty folder)
-  if listing.names is None and paths.looks_like_hub_id(str(path)):
-    raise ModelPathError(paths.hub_id_message(str(path)))
+  if listing.names is None and hub_ids.looks_like_hub_id(str(path)):
+    raise ModelPathError(hub_ids.hub_id_message(str(path)))
   if listing.names is None or (not listing.names and paths.isfile(listing.path)):
     what = "a file, not a folder" if paths.exists(listing.path) else "no such directory"
     raise ModelPathError(f"{path}: not a model path ({what}); expected a folder: an HF mT5/mT0 folder "
