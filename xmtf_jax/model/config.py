@@ -6,6 +6,7 @@ from HF folders reads one-to-one. Sizes live in `gin/models/mt5_*.gin`.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 
 @dataclasses.dataclass(frozen=True)
@@ -15,6 +16,8 @@ class T5Config:
   `dtype` is the activation dtype; parameters are always float32 and softmax, logits and the loss are
   computed in float32 whatever it is.
   """
+  family: ClassVar[str] = "mt5"
+
   vocab_size: int = 250112
   d_model: int = 512
   d_kv: int = 64
