@@ -1,8 +1,15 @@
-"""Adafactor (optax) with t5x's finetuning defaults, and learning-rate schedules.
+"""The two optimizers of the paper's recipes, and learning-rate schedules.
 
-Defaults are the mT0 recipe's inherited t5x setup: second-moment decay 1 - step^-0.8, no momentum,
-update clipping at RMS 1.0, step size relative to each parameter's RMS ("parameter scale"), factored
-second moments for matrices whose two largest dimensions are >= 128, and a constant learning rate 1e-3.
+`OptimizerConfig.name` picks one: 'adafactor' (the mT0 recipe, t5x's finetuning setup, the default) or
+'adamw' (the BLOOMZ recipe, Megatron-DeepSpeed's apex FusedAdam: decoupled weight decay times the
+learning rate, no decay on biases and LayerNorm parameters (`weight_decay_mask`), gradients clipped
+to a global norm first). Both are optax chains whose state mirrors the parameter tree, so the
+trainer shards it by path (`trainer.train_state_shardings`).
+
+Adafactor's defaults are the mT0 recipe's inherited t5x setup: second-moment decay 1 - step^-0.8,
+no momentum, update clipping at RMS 1.0, step size relative to each parameter's RMS ("parameter
+scale"), factored second moments for matrices whose two largest dimensions are >= 128, and a constant
+learning rate 1e-3.
 
 Factoring: optax factors the two largest dimensions of a parameter when both are >= 128. Our attention
 kernels are 3-D ([embed, heads, kv], [heads, kv, embed]) and kv is 64, so optax alone would keep a full
@@ -34,12 +41,19 @@ from xmtf_jax.errors import UserError
 from xmtf_jax.model import layer_stacking
 
 SCHEDULES = ("constant", "linear_warmup", "rsqrt", "cosine")
+OPTIMIZERS = ("adafactor", "adamw")
+# 'except_bias_and_norm': Megatron's _get_params_for_weight_decay_optimization (see `weight_decay_mask`).
+WEIGHT_DECAY_MASKS = ("except_bias_and_norm", "all")
+# Leaf names that get no weight decay: every `bias` (Dense and LayerNorm) and LayerNorm's `scale`.
+NO_DECAY_LEAF_NAMES = ("bias", "scale")
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-  """Adafactor and its learning-rate schedule (gin: `OptimizerConfig.*`, macro LEARNING_RATE).
+  """The optimizer and its learning-rate schedule (gin: `OptimizerConfig.*`, macro LEARNING_RATE).
 
+  name: 'adafactor' (the fields from decay_rate to factor_joined_heads) or 'adamw' (the adam_* and
+    weight_decay* fields); max_grad_norm and the schedule apply to both.
   learning_rate: the peak (or constant) rate.
   schedule: 'constant'; 'linear_warmup' (0 -> learning_rate over warmup_steps, then constant);
     'rsqrt' (learning_rate * sqrt(warmup_steps / max(step, warmup_steps)): t5x's pretraining
@@ -52,6 +66,13 @@ class OptimizerConfig:
     1 - (s + decay_offset + 1) ** -decay_rate.
   max_grad_norm: clip gradients to this global norm before Adafactor (None: off, as in t5x).
   factor_joined_heads: factor attention kernels as [embed, heads*kv] matrices (see module docstring).
+  adam_beta1, adam_beta2, adam_epsilon: AdamW's moment decays and the epsilon added to sqrt(v_hat)
+    (Megatron's --adam-beta1/--adam-beta2/--adam-eps; torch's and optax's defaults here).
+  weight_decay: AdamW's decoupled decay, multiplied by the learning rate as in torch.optim.AdamW and
+    apex FusedAdam (p -= lr * (adam update + weight_decay * p)); 0 turns it off. Adafactor's own
+    (not multiplied by the learning rate) is weight_decay_rate.
+  weight_decay_mask: which parameters AdamW decays: 'except_bias_and_norm' (Megatron's rule: all but
+    biases and LayerNorm parameters) or 'all'.
   """
   learning_rate: float = 1e-3
   schedule: str = "constant"
@@ -69,8 +90,16 @@ class OptimizerConfig:
   weight_decay_rate: Optional[float] = None
   max_grad_norm: Optional[float] = None
   factor_joined_heads: bool = True
+  name: str = "adafactor"
+  adam_beta1: float = 0.9
+  adam_beta2: float = 0.999
+  adam_epsilon: float = 1e-8
+  weight_decay: float = 0.0
+  weight_decay_mask: str = "except_bias_and_norm"
 
   def __post_init__(self):
+    if self.name not in OPTIMIZERS:
+      raise UserError(f"OptimizerConfig.name={self.name!r}: choose one of {OPTIMIZERS}")
     if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
       raise UserError(f"OptimizerConfig.learning_rate={self.learning_rate} must be finite and > 0")
     if self.schedule not in SCHEDULES:
@@ -82,6 +111,21 @@ class OptimizerConfig:
                       "the initial checkpoint was trained for, e.g. 1000000 for mT5)")
     if self.schedule == "cosine" and not self.decay_steps:
       raise UserError("OptimizerConfig.schedule='cosine' needs decay_steps (e.g. %TRAIN_STEPS)")
+    if self.weight_decay_mask not in WEIGHT_DECAY_MASKS:
+      raise UserError(f"OptimizerConfig.weight_decay_mask={self.weight_decay_mask!r}: choose one of "
+                      f"{WEIGHT_DECAY_MASKS}")
+    for field in ("adam_beta1", "adam_beta2"):
+      if not 0.0 <= getattr(self, field) < 1.0:
+        raise UserError(f"OptimizerConfig.{field}={getattr(self, field)} must be in [0, 1)")
+    if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+      raise UserError(f"OptimizerConfig.weight_decay={self.weight_decay} must be finite and >= 0")
+    # Each optimizer ignores the other's weight decay: say so rather than train without it.
+    if self.name == "adafactor" and self.weight_decay:
+      raise UserError(f"OptimizerConfig.weight_decay={self.weight_decay} is AdamW's (name='adamw'); "
+                      "Adafactor's weight decay is OptimizerConfig.weight_decay_rate")
+    if self.name == "adamw" and self.weight_decay_rate is not None:
+      raise UserError(f"OptimizerConfig.weight_decay_rate={self.weight_decay_rate} is Adafactor's; "
+                      "AdamW's weight decay is OptimizerConfig.weight_decay")
 
 
 def learning_rate_schedule(config: OptimizerConfig) -> Callable[[jnp.ndarray], jnp.ndarray]:
@@ -210,26 +254,64 @@ def layer_blocks_adafactor(config: OptimizerConfig) -> optax.GradientTransformat
   return optax.GradientTransformation(init, chain.update)
 
 
+def _leaf_name(path) -> str:
+  last = path[-1]
+  return str(getattr(last, "key", getattr(last, "name", last)))
+
+
+def weight_decay_mask(params: Any) -> Any:
+  """True for the parameters AdamW decays: every leaf but biases and LayerNorm parameters.
+
+  Megatron-DeepSpeed's `_get_params_for_weight_decay_optimization` (what BLOOMZ trained with) exempts
+  all parameters of LayerNorm modules and every parameter named `bias`, and decays the rest: kernels
+  and the (tied) word embedding. In our trees that is the leaf name: LayerNorm's `scale` and `bias`,
+  Dense's `bias`. Not by rank: BLOOM's fused QKV bias is [heads, qkv, kv] and scanned layers stack
+  every LayerNorm parameter to [layers, embed], so a "1-D parameters" rule would decay both.
+  """
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: _leaf_name(path) not in NO_DECAY_LEAF_NAMES, params)
+
+
+def adamw(config: OptimizerConfig) -> optax.GradientTransformation:
+  """optax.adamw following `config` (weight decay on `weight_decay_mask`'s leaves only).
+
+  Elementwise, so scanned and per-layer layouts give the same step; mu and nu mirror the parameters.
+  """
+  mask = weight_decay_mask if config.weight_decay_mask == "except_bias_and_norm" else None
+  return optax.adamw(learning_rate_schedule(config), b1=config.adam_beta1, b2=config.adam_beta2,
+                     eps=config.adam_epsilon, weight_decay=config.weight_decay, mask=mask)
+
+
 def make_optimizer(config: OptimizerConfig, param_logical_axes: Any = None,
                    abstract_params: Any = None) -> optax.GradientTransformation:
-  """Adafactor (optionally after global-norm clipping) following `config`.
+  """Adafactor or AdamW (config.name), after global-norm clipping when config.max_grad_norm is set.
 
   Pass the model's `param_logical_axes()` and `abstract_params()` to factor attention kernels as
-  [embed, heads*kv] (config.factor_joined_heads); without them every parameter is taken as it is.
+  [embed, heads*kv] (config.factor_joined_heads, Adafactor only); without them every parameter is
+  taken as it is.
   """
-  adafactor = layer_blocks_adafactor(config)
-  if config.factor_joined_heads and param_logical_axes is not None:
-    adafactor = on_reshaped_views(adafactor, joined_heads_shapes(param_logical_axes, abstract_params))
+  if config.name == "adamw":
+    optimizer = adamw(config)
+  else:
+    optimizer = layer_blocks_adafactor(config)
+    if config.factor_joined_heads and param_logical_axes is not None:
+      optimizer = on_reshaped_views(optimizer, joined_heads_shapes(param_logical_axes, abstract_params))
   if config.max_grad_norm is None:
-    return adafactor
-  return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), adafactor)
+    return optimizer
+  return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optimizer)
 
 
 def describe(config: OptimizerConfig) -> str:
   """One line for the run log, e.g. 'Adafactor(decay 0.8, clip 1.0, ...) lr constant 0.001'."""
+  schedule = config.schedule + (f" (warmup {config.warmup_steps})" if config.warmup_steps else "")
+  if config.name == "adamw":
+    decayed = {"except_bias_and_norm": " except biases and norms", "all": ""}[config.weight_decay_mask]
+    parts = [f"b1 {config.adam_beta1}", f"b2 {config.adam_beta2}", f"eps {config.adam_epsilon:g}",
+             f"weight decay {config.weight_decay:g}{decayed}" if config.weight_decay else "no weight decay",
+             f"grad norm clip {config.max_grad_norm}" if config.max_grad_norm else "no grad clip"]
+    return f"AdamW({', '.join(parts)}) learning rate {config.learning_rate:g} {schedule}"
   parts = [f"decay {config.decay_rate}", f"clip {config.clipping_threshold}",
            "param-scale" if config.multiply_by_parameter_scale else "no param-scale",
            "factored" if config.factored else "unfactored",
            f"momentum {config.momentum}" if config.momentum else "no momentum"]
-  schedule = config.schedule + (f" (warmup {config.warmup_steps})" if config.warmup_steps else "")
   return f"Adafactor({', '.join(parts)}) learning rate {config.learning_rate:g} {schedule}"
