@@ -14,6 +14,7 @@ from xmtf_jax.data.config import DataConfig as _DataConfig
 from xmtf_jax.evaluation import during_training
 from xmtf_jax.evaluation.heldout_tasks import HeldoutSuite as _HeldoutSuite
 from xmtf_jax.inference.generation import DecodingConfig as _DecodingConfig
+from xmtf_jax.model.bloom_config import BloomConfig as _BloomConfig
 from xmtf_jax.model.config import T5Config as _T5Config
 from xmtf_jax.parallel.partitioning import PartitioningConfig as _PartitioningConfig
 from xmtf_jax.train.loop import TrainConfig as _TrainConfig
@@ -21,6 +22,7 @@ from xmtf_jax.train.losses import LossConfig as _LossConfig
 from xmtf_jax.train.optim import OptimizerConfig as _OptimizerConfig
 
 T5Config = gin.external_configurable(_T5Config, name="T5Config")
+BloomConfig = gin.external_configurable(_BloomConfig, name="BloomConfig")
 TrainConfig = gin.external_configurable(_TrainConfig, name="TrainConfig")
 PartitioningConfig = gin.external_configurable(_PartitioningConfig, name="PartitioningConfig")
 OptimizerConfig = gin.external_configurable(_OptimizerConfig, name="OptimizerConfig")
@@ -31,3 +33,9 @@ DataConfig = gin.external_configurable(_DataConfig, name="DataConfig", module="m
 zero_shot_eval_hook = gin.external_configurable(during_training.zero_shot_eval_hook,
                                                 name="zero_shot_eval_hook", denylist=["context"])
 
+
+@gin.configurable
+def model_config(config=None):
+  """The run's model config: what `model_config.config` names (`@BloomConfig()` in
+  gin/models/bloom_*.gin), else `T5Config()` as gin binds it (the mT5 files bind only T5Config)."""
+  return T5Config() if config is None else config
