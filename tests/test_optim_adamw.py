@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests import bloom_param_tree
-from tests.test_trainer import packed_batch
+from test_trainer import packed_batch
 from xmtf_jax.errors import UserError
 from xmtf_jax.model.bloom_config import BloomConfig
 from xmtf_jax.model.config import T5Config
@@ -246,3 +246,30 @@ def test_adamw_state_checkpoint_round_trip_and_resume(tmp_path):
   for key in ("loss", "grad_norm", "param_norm"):
     assert metrics[key] == pytest.approx(reference[key], rel=1e-6), key
   checkpointer.close()
+
+
+def test_adamw_state_written_scanned_restores_per_layer(tmp_path):
+  """The moments of a scanned run's checkpoint restore into the per-layer layout, layer by layer."""
+  config = optim.OptimizerConfig(name="adamw", learning_rate=1e-3, weight_decay=0.1)
+  scanned = T5_TINY.replace(num_decoder_layers=2, scan_layers=True)
+  assemble = lambda model_config: step_assembly.assemble_step(
+      model_config, partitioning.PartitioningConfig(num_partitions=2), config,
+      losses.LossConfig("average_per_sequence"))
+  writer = assemble(scanned)
+  params = writer.model.init_params(jax.random.key(1, impl="rbg"))
+  state = writer.init_state(jax.device_put(params, writer.state_shardings.params))
+  state, _ = writer.train_step(state, partitioning.host_local_to_global(packed_batch(seed=3),
+                                                                         writer.mesh))
+  saved = jax.device_get(state.opt_state)
+  checkpointer = checkpoints.Checkpointer(str(tmp_path), save_period=1, async_save=False)
+  checkpointer.save(1, state.params, state.opt_state, {"t5_config": scanned.to_dict()}, [{}], force=True)
+  abstract = assemble(scanned.replace(scan_layers=False)).abstract_state
+  restored = jax.device_get(checkpointer.restore(1, abstract.params, abstract.opt_state).opt_state)
+  checkpointer.close()
+  for moment in ("mu", "nu"):
+    stacked = getattr(saved[0], moment)["decoder"]["layers"]["mlp"]["wi_0"]["kernel"]
+    for i in range(2):
+      per_layer = getattr(restored[0], moment)["decoder"][f"layers_{i}"]["mlp"]["wi_0"]["kernel"]
+      np.testing.assert_array_equal(per_layer, stacked[i])
+    assert np.any(stacked != 0)
+  assert int(restored[0].count) == 1
