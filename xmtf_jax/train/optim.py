@@ -64,7 +64,8 @@ class OptimizerConfig:
     decay_offset: the steps an initial checkpoint's optimizer had taken (1_000_000 for the mT5
     checkpoints), so the second-moment decay at our step s is t5x's at step s + decay_offset:
     1 - (s + decay_offset + 1) ** -decay_rate.
-  max_grad_norm: clip gradients to this global norm before Adafactor (None: off, as in t5x).
+  max_grad_norm: clip gradients to this global norm before the optimizer (None: off, as in t5x;
+    BLOOMZ: 1.0).
   factor_joined_heads: factor attention kernels as [embed, heads*kv] matrices (see module docstring).
   adam_beta1, adam_beta2, adam_epsilon: AdamW's moment decays and the epsilon added to sqrt(v_hat)
     (Megatron's --adam-beta1/--adam-beta2/--adam-eps; torch's and optax's defaults here).
@@ -298,6 +299,7 @@ def make_optimizer(config: OptimizerConfig, param_logical_axes: Any = None,
       optimizer = on_reshaped_views(optimizer, joined_heads_shapes(param_logical_axes, abstract_params))
   if config.max_grad_norm is None:
     return optimizer
+  # Scales by max_grad_norm / norm; Megatron's (and torch's) clip_grad_norm by max / (norm + 1e-6).
   return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optimizer)
 
 
