@@ -1,4 +1,4 @@
-"""Parameter counts and bytes per device of an mT5 config on a mesh, from abstract shapes (no allocation).
+"""Parameter counts and bytes per device of a model config (mT5 or BLOOM) on a mesh, from abstract shapes (no allocation).
 
   python -m xmtf_jax.param_count --gin_file=gin/models/mt5_xxl.gin --mesh=data:4,model:8
   python -m xmtf_jax.param_count --gin_file=gin/models/mt5_xl.gin \
@@ -6,11 +6,13 @@
       --num_devices=64 --optimizer=adafactor
 
 Without --mesh the mesh comes from `PartitioningConfig` (gin/partitioning/*.gin) over --num_devices
-(default: this host's device count). Bytes are float32 parameters (and, with --optimizer=adafactor,
-the training optimizer's state: Adafactor as `OptimizerConfig` in gin sets it) on the most loaded device.
+(default: this host's device count). Bytes are float32 parameters (and, with --optimizer=adafactor or
+adamw, that optimizer's state as `OptimizerConfig` in gin sets its other fields) on the most loaded
+device. The model is `model_config` in gin: T5Config, or BloomConfig with gin/models/bloom_*.gin.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from typing import Any, Optional
 
@@ -20,19 +22,22 @@ import numpy as np
 from xmtf_jax.cli import configurables
 from xmtf_jax.cli import gin_flags, usage
 from xmtf_jax.errors import UserError
-from xmtf_jax.model.config import T5Config
+from xmtf_jax.model import family
 from xmtf_jax.parallel import partitioning
 from xmtf_jax.train import optim, step_assembly
 
 
 def parameter_group(path: tuple[str, ...]) -> str:
-  """token_embedder, lm_head, or <stack>/<sublayer kind> (attention, mlp, layer_norms, relpos_bias)."""
-  if path[0] == "token_embedder":
+  """token_embedder (mT5's shared embedding, BLOOM's tied one), lm_head, or <stack>/<sublayer kind>
+  (attention, mlp, layer_norms, relpos_bias; BLOOM's embedding LayerNorm is `embedding_layer_norm`)."""
+  if path[0] in ("token_embedder", "word_embeddings"):
     return "token_embedder"
+  if path[0] == "word_embeddings_layernorm":
+    return "embedding_layer_norm"
   if path[-2] == "logits_dense":
     return "lm_head"
   part = path[2] if path[1].startswith("layers") else path[1]  # layers_{i}, or stacked `layers`
-  if part.endswith("_norm"):
+  if part.endswith("_norm") or part.endswith("layernorm") or part == "ln_f":
     part = "layer_norms"
   return f"{path[0]}/{part}"
 
@@ -46,7 +51,7 @@ def _shard_bytes(leaf: jax.ShapeDtypeStruct) -> int:
   return int(np.prod(leaf.sharding.shard_shape(tuple(leaf.shape)), dtype=np.int64)) * leaf.dtype.itemsize
 
 
-def count(config: T5Config, mesh: Any,
+def count(config: family.ModelConfig, mesh: Any,
           partitioning_config: Optional[partitioning.PartitioningConfig] = None,
           optimizer: Optional[str] = None,
           optimizer_config: Optional[optim.OptimizerConfig] = None) -> dict[str, Any]:
@@ -56,8 +61,12 @@ def count(config: T5Config, mesh: Any,
   will do): parameters sharded by `partitioning_config`'s rules and, with optimizer='adafactor', the
   optimizer's state (attention kernels factored as [embed, heads*kv]) sharded as the trainer shards it.
   """
-  if optimizer not in (None, "adafactor"):
-    raise UserError(f"--optimizer={optimizer!r}: only 'adafactor' is known")
+  if optimizer not in (None, "adafactor", "adamw"):
+    raise UserError(f"--optimizer={optimizer!r}: 'adafactor' or 'adamw'")
+  if optimizer is not None:
+    optimizer_config = dataclasses.replace(optimizer_config or optim.OptimizerConfig(), name=optimizer)
+    if optimizer == "adamw":  # Adafactor's decay field must not leak into AdamW's check
+      optimizer_config = dataclasses.replace(optimizer_config, weight_decay_rate=None)
   state = step_assembly.assemble_step(config, partitioning_config, optimizer_config,
                                       mesh=mesh).abstract_state
   groups: dict[str, list[int]] = defaultdict(lambda: [0, 0])
@@ -67,7 +76,7 @@ def count(config: T5Config, mesh: Any,
     group[1] += _shard_bytes(leaf)
   result = {"groups": {k: tuple(v) for k, v in groups.items()},
             "total": (sum(v[0] for v in groups.values()), sum(v[1] for v in groups.values()))}
-  if optimizer == "adafactor":
+  if optimizer is not None:
     result["optimizer_bytes_per_device"] = sum(_shard_bytes(leaf)
                                                for leaf in jax.tree.leaves(state.opt_state))
   return result
@@ -92,7 +101,7 @@ def main(argv: Optional[list[str]] = None) -> None:
   parser = usage.param_count_parser()
   args = parser.parse_args(rest)
 
-  config = configurables.T5Config()
+  config = configurables.model_config()
   part = configurables.PartitioningConfig()
   if args.mesh:
     data, model = _parse_mesh(args.mesh)
@@ -103,8 +112,9 @@ def main(argv: Optional[list[str]] = None) -> None:
   mesh = partitioning.abstract_mesh(data, model)
   result = count(config, mesh, part, args.optimizer, configurables.OptimizerConfig())
 
-  print(f"T5Config: d_model={config.d_model} d_kv={config.d_kv} d_ff={config.d_ff} heads={config.num_heads} "
-        f"layers={config.num_encoder_layers}/{config.num_decoder_layers} vocab={config.vocab_size}")
+  print(f"{type(config).__name__}: d_model={config.d_model} d_kv={config.d_kv} d_ff={config.d_ff} "
+        f"heads={config.num_heads} layers={config.num_encoder_layers}/{config.num_decoder_layers} "
+        f"vocab={config.vocab_size}")
   print(f"mesh: data={data} x model={model} ({data * model} devices); 2-D parameter sharding: "
         f"{part.parameter_sharding_2d}")
   print(f"{'group':<38}{'parameters':>16}{'float32 bytes/device':>24}")
@@ -115,6 +125,6 @@ def main(argv: Optional[list[str]] = None) -> None:
   print(f"{'total':<38}{params:>16,}{_gib(nbytes):>24}")
   if "optimizer_bytes_per_device" in result:
     opt = result["optimizer_bytes_per_device"]
-    print(f"{'Adafactor state':<38}{'':>16}{_gib(opt):>24}")
+    print(f"{ {'adafactor': 'Adafactor', 'adamw': 'AdamW'}[args.optimizer] + ' state':<38}{'':>16}{_gib(opt):>24}")
     print(f"{'params + optimizer state':<38}{'':>16}{_gib(nbytes + opt):>24}")
 

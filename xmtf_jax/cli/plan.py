@@ -99,7 +99,7 @@ def run(argv: list[str]) -> train_plan.Plan:
     raise UserError(str(e)) from None
   hbm_bytes = int(args.hbm_gib * topologies.GIB) if args.hbm_gib else target.hbm_bytes_per_device
   plan = train_plan.plan_train_step(
-      configurables.T5Config(), configurables.OptimizerConfig(), configurables.LossConfig(),
+      configurables.model_config(), configurables.OptimizerConfig(), configurables.LossConfig(),
       configurables.PartitioningConfig(), shape, devices, hbm_bytes=hbm_bytes, target=target.name)
   if args.output_json:
     paths.write_text(args.output_json, json.dumps(plan.to_dict(), indent=1))

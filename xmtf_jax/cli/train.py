@@ -73,7 +73,7 @@ def main(argv=None) -> int:
                     "MODEL_DIR to resume it), e.g. --gin.MODEL_DIR=\"'/tmp/my_run'\"")
   write_gin_config(config.model_dir)
   try:
-    result = loop.train(config, configurables.T5Config(), configurables.PartitioningConfig(),
+    result = loop.train(config, configurables.model_config(), configurables.PartitioningConfig(),
                         configurables.OptimizerConfig(), configurables.LossConfig(),
                         describe_run=gin.operative_config_str)
   except loop.NonFiniteLossError as e:

@@ -60,8 +60,9 @@ def param_count_parser() -> argparse.ArgumentParser:
   parser.add_argument("--mesh", help="data:N,model:M (default: PartitioningConfig from gin)")
   parser.add_argument("--num_devices", type=int, default=None,
                       help="devices for a gin PartitioningConfig mesh with data=-1 (default: this host's)")
-  parser.add_argument("--optimizer", choices=["adafactor"], default=None,
-                      help="also count the optimizer state per device")
+  parser.add_argument("--optimizer", choices=["adafactor", "adamw"], default=None,
+                      help="also count this optimizer's state per device (OptimizerConfig in gin "
+                           "sets its other fields)")
   return parser
 
 

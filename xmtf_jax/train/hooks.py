@@ -25,7 +25,6 @@ import numpy as np
 from xmtf_jax.data import batch_source, source_factory
 from xmtf_jax.train import losses
 from xmtf_jax.train import trainer
-from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
 
 EvalHook = Callable[[int, Any], Mapping[str, float]]
 
@@ -34,7 +33,7 @@ EvalHook = Callable[[int, Any], Mapping[str, float]]
 class EvalContext:
   """What a hook factory may need: the model (with its mesh and rules), where the run writes, the
   vocabulary, and the run's data settings."""
-  model: EncoderDecoderModel
+  model: Any  # the family's task-level model (model/family.py)
   model_dir: str
   vocabulary_path: Optional[str]
   mixture_or_task_name: str

@@ -26,8 +26,7 @@ from xmtf_jax.checkpoint import xmtf_format
 from xmtf_jax.checkpoint.model_path import ModelPathError, open_model_path
 from xmtf_jax.data import batch_source, source_factory, truncation
 from xmtf_jax.errors import UserError
-from xmtf_jax.model.config import T5Config
-from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
+from xmtf_jax.model import family
 from xmtf_jax.parallel import partitioning
 from xmtf_jax.train import checkpoints, hooks, losses, optim, pretrained, preemption, reporting, step_assembly, trainer
 from xmtf_jax.train.run_checks import TaskFeatures, check_same_shapes, task_features
@@ -125,7 +124,7 @@ def setup_runtime(config: TrainConfig) -> None:
     jax.config.update("jax_compilation_cache_dir", paths.abspath(config.compilation_cache_dir))
 
 
-def initial_params(config: TrainConfig, model: EncoderDecoderModel) -> Any:
+def initial_params(config: TrainConfig, model: Any) -> Any:
   """Parameters to start from: INITIAL_CHECKPOINT_PATH (any model path: `checkpoint.open_model_path`)
   or random."""
   path = config.initial_checkpoint_path
@@ -147,9 +146,9 @@ def replicated_step(step: int, sharding) -> jax.Array:
   return jax.make_array_from_callback((), sharding, lambda _: np.asarray(step, np.int32))
 
 
-def checkpoint_metadata(config: TrainConfig, model_config: T5Config, features: TaskFeatures,
+def checkpoint_metadata(config: TrainConfig, model_config: family.ModelConfig, features: TaskFeatures,
                         optimizer_config: optim.OptimizerConfig) -> dict:
-  return {"t5_config": model_config.to_dict(), "vocabulary_path": features.vocabulary_path,
+  return {"t5_config": family.config_to_dict(model_config), "vocabulary_path": features.vocabulary_path,
           "add_eos_to_inputs": features.add_eos_to_inputs,
           "mixture_or_task_name": config.mixture_or_task_name,
           "initial_checkpoint_path": config.initial_checkpoint_path,
@@ -159,7 +158,7 @@ def checkpoint_metadata(config: TrainConfig, model_config: T5Config, features: T
 
 # ---- the run ----------------------------------------------------------------------------------------
 
-def train(config: TrainConfig, model_config: T5Config,
+def train(config: TrainConfig, model_config: family.ModelConfig,
           partitioning_config: Optional[partitioning.PartitioningConfig] = None,
           optimizer_config: Optional[optim.OptimizerConfig] = None,
           loss_config: Optional[losses.LossConfig] = None,
@@ -240,7 +239,7 @@ def source_config(config: TrainConfig) -> batch_source.SourceConfig:
       num_data_shards=config.num_data_shards, line_index_dir=config.line_index_dir)
 
 
-def make_meter(config: TrainConfig, model_config: T5Config) -> reporting.ProgressMeter:
+def make_meter(config: TrainConfig, model_config: family.ModelConfig) -> reporting.ProgressMeter:
   lengths = config.task_feature_lengths
   flops = trainer.training_flops_per_step(model_config, config.batch_size, lengths["inputs"],
                                           lengths["targets"])

@@ -10,7 +10,7 @@ import seqio
 
 from xmtf_jax import paths
 from xmtf_jax.errors import UserError
-from xmtf_jax.model.config import T5Config
+from xmtf_jax.model import family
 
 # A fresh embedding this much larger than the vocabulary is almost certainly a gin mix-up (mT5's
 # 250112 rows for a demo-sized vocabulary), not padding to a multiple of 128.
@@ -24,7 +24,7 @@ class TaskFeatures:
   add_eos_to_inputs: bool
 
 
-def task_features(mixture_or_task_name: str, model_config: T5Config, fresh_model: bool
+def task_features(mixture_or_task_name: str, model_config: family.ModelConfig, fresh_model: bool
                   ) -> TaskFeatures:
   """The mixture's SentencePiece file and whether its inputs end in EOS; checks the vocabulary
   against the embedding: smaller is an error, much larger for a fresh model a warning."""
@@ -51,8 +51,12 @@ SHAPE_FIELDS = ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_encod
                 "num_decoder_layers", "relative_attention_num_buckets", "relative_attention_max_distance")
 
 
-def check_same_shapes(theirs: T5Config, ours: T5Config, origin: str) -> None:
+def check_same_shapes(theirs: family.ModelConfig, ours: family.ModelConfig, origin: str) -> None:
+  """A checkpoint of another family or other shapes than the gin model is one clear error."""
+  if family.family_of(theirs) != family.family_of(ours):
+    raise UserError(f"{origin} holds a {family.family_of(theirs)} model but the gin model is "
+                    f"{family.family_of(ours)} ({type(ours).__name__}): use the matching gin/models/*.gin")
   diffs = [f"{f}: {getattr(theirs, f)} there vs {getattr(ours, f)} in gin" for f in SHAPE_FIELDS
-           if getattr(theirs, f) != getattr(ours, f)]
+           if hasattr(ours, f) and getattr(theirs, f) != getattr(ours, f)]
   if diffs:
     raise UserError(f"{origin} does not match the gin model (gin/models/*.gin): " + "; ".join(diffs))

@@ -14,8 +14,7 @@ import jax
 import optax
 from jax.sharding import AbstractMesh, Mesh, NamedSharding
 
-from xmtf_jax.model.config import T5Config
-from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
+from xmtf_jax.model import family
 from xmtf_jax.parallel import partitioning
 from xmtf_jax.train import losses, optim, trainer
 
@@ -44,7 +43,7 @@ class StepAssembly:
   (state, metrics)`, state donated (`trainer.make_train_step`).
   """
   mesh: Mesh | AbstractMesh
-  model: EncoderDecoderModel
+  model: Any  # the family's task-level model (model/family.py)
   optimizer: optax.GradientTransformation
   state_shardings: trainer.TrainState
   abstract_state: trainer.TrainState
@@ -57,7 +56,7 @@ class StepAssembly:
     return trainer.init_train_state(params, self.optimizer, self.state_shardings)
 
 
-def assemble_step(model_config: T5Config,
+def assemble_step(model_config: family.ModelConfig,
                   partitioning_config: Optional[partitioning.PartitioningConfig] = None,
                   optimizer_config: Optional[optim.OptimizerConfig] = None,
                   loss_config: Optional[losses.LossConfig] = None,
@@ -78,7 +77,7 @@ def assemble_step(model_config: T5Config,
     mesh = partitioning_config.make_mesh(devices)
   elif devices is not None:
     raise ValueError("assemble_step: pass devices or a mesh, not both")
-  model = EncoderDecoderModel(model_config, mesh, partitioning_config.rules())
+  model = family.model_for(model_config, mesh, partitioning_config.rules())
   optimizer = trainer.make_optimizer(model, optimizer_config)
   state_shardings = trainer.train_state_shardings(model, optimizer, mesh)
   abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),

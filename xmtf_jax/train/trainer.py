@@ -23,12 +23,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from xmtf_jax.train import losses
 from xmtf_jax.train import optim
 from xmtf_jax.parallel import partitioning
-from xmtf_jax.model.config import T5Config
-from xmtf_jax.model.encoder_decoder import EncoderDecoderModel, model_inputs
+from xmtf_jax.model import family
 
 Array = Any
 Params = Any
 Batch = Mapping[str, Array]
+Model = Any  # a family's task-level model (model/family.py)
 
 @flax.struct.dataclass
 class TrainState:
@@ -61,7 +61,7 @@ def _dict_keys(path) -> tuple:
   return tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
 
 
-def train_state_shardings(model: EncoderDecoderModel, optimizer: optax.GradientTransformation,
+def train_state_shardings(model: Model, optimizer: optax.GradientTransformation,
                           mesh: Mesh) -> TrainState:
   """NamedShardings of every leaf of the train state on `mesh` (parameters by their logical axes).
 
@@ -88,13 +88,13 @@ def train_state_shardings(model: EncoderDecoderModel, optimizer: optax.GradientT
                     opt_state=opt_shardings)
 
 
-def make_optimizer(model: EncoderDecoderModel, config: optim.OptimizerConfig
+def make_optimizer(model: Model, config: optim.OptimizerConfig
                    ) -> optax.GradientTransformation:
   """`optim.make_optimizer` with the model's logical axes (attention kernels factored as matrices)."""
   return optim.make_optimizer(config, model.param_logical_axes(), model.abstract_params())
 
 
-def abstract_train_state(model: EncoderDecoderModel, optimizer: optax.GradientTransformation,
+def abstract_train_state(model: Model, optimizer: optax.GradientTransformation,
                          mesh: Optional[Mesh] = None) -> TrainState:
   """ShapeDtypeStructs of the train state (with shardings when `mesh` is given): restore targets."""
   params = model.abstract_params()
@@ -133,7 +133,7 @@ def _split_microbatches(batch: Batch, num_microbatches: int, mesh: Optional[Mesh
   return {k: split(v) for k, v in batch.items()}
 
 
-def make_train_step(model: EncoderDecoderModel, optimizer: optax.GradientTransformation,
+def make_train_step(model: Model, optimizer: optax.GradientTransformation,
                     loss_config: losses.LossConfig, learning_rate_fn: Callable[[Array], Array], *,
                     dropout_seed: int = 0, num_microbatches: int = 1, rng_impl: str = "rbg",
                     state_shardings: Optional[TrainState] = None) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
@@ -150,7 +150,7 @@ def make_train_step(model: EncoderDecoderModel, optimizer: optax.GradientTransfo
   enable_dropout = model.config.dropout_rate > 0
 
   def loss_fn(params, microbatch, weights, factor, rng):
-    logits = model.forward(params, **model_inputs(microbatch), enable_dropout=enable_dropout,
+    logits = model.forward(params, **model.model_inputs(microbatch), enable_dropout=enable_dropout,
                            dropout_rng=rng if enable_dropout else None)
     sums = losses.loss_sums(logits, microbatch["decoder_target_tokens"], weights, loss_config)
     return (sums["cross_entropy_sum"] + sums["z_loss_sum"]) / factor, sums
@@ -189,7 +189,7 @@ def make_train_step(model: EncoderDecoderModel, optimizer: optax.GradientTransfo
         # Per real target token, whatever the normalisation: 'fixed' makes `loss` tiny.
         "token_loss": sums["token_cross_entropy_sum"] / jnp.maximum(sums["num_tokens"], 1.0),
         "num_target_tokens": sums["num_tokens"],
-        "num_input_tokens": jnp.sum(batch["encoder_input_tokens"] != 0).astype(jnp.float32),
+        "num_input_tokens": jnp.asarray(model.input_token_count(batch), jnp.float32),
         "normalizing_factor": factor,
         "learning_rate": jnp.asarray(learning_rate_fn(state.step), jnp.float32),
         "grad_norm": optax.tree.norm(grads),
@@ -206,7 +206,7 @@ def make_train_step(model: EncoderDecoderModel, optimizer: optax.GradientTransfo
                  out_shardings=(state_shardings, replicated))
 
 
-def make_eval_step(model: EncoderDecoderModel, loss_config: losses.LossConfig
+def make_eval_step(model: Model, loss_config: losses.LossConfig
                    ) -> Callable[[Params, Batch], dict]:
   """jit-compiled `(params, batch) -> sums` of teacher-forced validation, no dropout.
 
@@ -214,7 +214,7 @@ def make_eval_step(model: EncoderDecoderModel, loss_config: losses.LossConfig
   cross_entropy_sum, z_loss_sum, num_correct, num_tokens. Sum them over batches, then divide.
   """
   def eval_step(params, batch):
-    logits = model.forward(params, **model_inputs(batch), enable_dropout=False)
+    logits = model.forward(params, **model.model_inputs(batch), enable_dropout=False)
     weights = jnp.asarray(batch["decoder_loss_weights"], jnp.float32)
     return losses.loss_sums(logits, batch["decoder_target_tokens"], weights, loss_config)
   if model.mesh is None:
@@ -224,15 +224,23 @@ def make_eval_step(model: EncoderDecoderModel, loss_config: losses.LossConfig
 
 # ---- cost model ------------------------------------------------------------------------------------
 
-def training_flops_per_step(config: T5Config, batch_size: int, inputs_length: int,
+def training_flops_per_step(config: family.ModelConfig, batch_size: int, inputs_length: int,
                             targets_length: int) -> float:
   """Matmul FLOPs of one training step on padded shapes (forward + backward = 3 x forward).
 
-  Counts the projections, MLPs, attention scores and values, and the LM head; embeddings lookups,
-  norms and softmaxes are negligible. This is what the hardware executes, so it is what MFU divides.
+  Counts the projections, MLPs, attention scores and values (full squares, as executed), and the LM
+  head; embedding lookups, norms and softmaxes are negligible. This is what the hardware executes, so it
+  is what MFU divides. A decoder-only row is `inputs_length + targets_length` positions, all through
+  the decoder and the head.
   """
   d, ff, hk, vocab = config.d_model, config.d_ff, config.num_heads * config.d_kv, config.vocab_size
   li, lt = inputs_length, targets_length
+  if family.is_decoder_only(config):
+    mlp = 2 * d * ff  # dense_h_to_4h, dense_4h_to_h
+    positions = li + lt
+    layer = positions * (4 * d * hk + mlp + 2 * positions * hk)
+    multiply_accumulates = batch_size * (config.num_decoder_layers * layer + positions * d * vocab)
+    return 3.0 * 2.0 * multiply_accumulates
   mlp = 3 * d * ff  # wi_0, wi_1, wo (multiply-accumulates per token)
   encoder = config.num_encoder_layers * li * (4 * d * hk + mlp + 2 * li * hk)
   decoder = config.num_decoder_layers * (
