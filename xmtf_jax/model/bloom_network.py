@@ -66,7 +66,8 @@ def alibi_slopes(num_heads: int) -> np.ndarray:
 
   c = the largest power of 2 <= num_heads: slopes (2^(-8/c))^i, i = 1..c; for other head counts the
   odd powers of 2^(-8/(2c)) follow (every other slope of the 2c-head series), so 112 heads are not
-  monotone. Powers of a float32 base, in float32, as `torch.pow` computes them.
+  monotone. Powers of a float32 base in float32, as HF computes them (HF's vectorised `torch.pow` can
+  differ in the last bit; here each power is correctly rounded).
   """
   closest = 2**math.floor(math.log2(num_heads))
   base = np.float32(2**(-(2**-(math.log2(closest) - 3))))
