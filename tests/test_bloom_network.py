@@ -76,7 +76,8 @@ def test_logits_match_hf_with_left_padding(models, num_heads):
   np.testing.assert_allclose(got[real], want[real], atol=TOL, rtol=0)
   assert np.abs(want[real]).max() > 0.1  # the comparison is not of near-zero logits
   # Without segment ids every token is real: the first row (no padding) is unchanged.
-  np.testing.assert_allclose(np.asarray(DecoderOnlyModel(config).logits(params, tokens))[0], got[0], atol=1e-6)
+  unsegmented = np.asarray(DecoderOnlyModel(config).logits(params, tokens))
+  np.testing.assert_allclose(unsegmented[0], got[0], atol=1e-6)
 
 
 def test_packed_row_gives_each_example_its_logits_alone(models):
@@ -101,8 +102,10 @@ def test_scanned_equals_per_layer_and_stacking_round_trips(models):
   stacked = layer_stacking.stack_layers(params, scanned_config)
   scanned = DecoderOnlyModel(scanned_config)
   assert jax.tree.map(lambda x: x.shape, scanned.abstract_params()) == jax.tree.map(np.shape, stacked)
-  assert stacked["decoder"]["layers"]["self_attention"]["query_key_value"]["kernel"].shape == (LAYERS, HIDDEN, 8, 3, 12)
-  assert scanned.param_logical_axes()["decoder"]["layers"]["mlp"]["dense_h_to_4h"]["kernel"] == P("layers", "embed", "mlp")
+  qkv = stacked["decoder"]["layers"]["self_attention"]["query_key_value"]["kernel"]
+  assert qkv.shape == (LAYERS, HIDDEN, 8, 3, 12)
+  mlp_axes = scanned.param_logical_axes()["decoder"]["layers"]["mlp"]["dense_h_to_4h"]["kernel"]
+  assert mlp_axes == P("layers", "embed", "mlp")
   tokens, segments = padded_batch()
   want = np.asarray(DecoderOnlyModel(config).logits(params, tokens, segments))
   np.testing.assert_allclose(np.asarray(scanned.logits(stacked, tokens, segments)), want, atol=1e-6)
@@ -110,9 +113,13 @@ def test_scanned_equals_per_layer_and_stacking_round_trips(models):
   assert jax.tree.all(jax.tree.map(np.array_equal, back, params))
   converted = layer_stacking.convert_like(params, scanned.abstract_params(), scanned_config)
   assert jax.tree.all(jax.tree.map(np.array_equal, converted, stacked))
+  per_layer_target = layer_stacking.abstract_in_layout(scanned.abstract_params(), config, stacked=False)
+  assert (jax.tree.map(lambda x: x.shape, per_layer_target)
+          == jax.tree.map(lambda x: x.shape, DecoderOnlyModel(config).abstract_params()))
   # The HF mapping reads a stacked tree through layer_leaf and writes stacked params when scanned.
   state = bloom_mapping.params_to_hf(stacked, scanned_config)
-  assert jax.tree.all(jax.tree.map(np.array_equal, bloom_mapping.params_from_hf(state, scanned_config), stacked))
+  read = bloom_mapping.params_from_hf(state, scanned_config)
+  assert jax.tree.all(jax.tree.map(np.array_equal, read, stacked))
 
 
 @pytest.mark.parametrize("scan_layers", [False, True])
@@ -127,7 +134,8 @@ def test_cached_decoding_equals_the_full_forward(models, scan_layers):
   prompt = 7
   cache = model.init_cache(ROWS, LENGTH)
   assert cache["decoder"]["key_valid"].shape == (ROWS, LENGTH)
-  layer_key = (cache["decoder"]["layers"] if scan_layers else cache["decoder"]["layers_0"])["self_attention"]["cached_key"]
+  layer_cache = cache["decoder"]["layers" if scan_layers else "layers_0"]
+  layer_key = layer_cache["self_attention"]["cached_key"]
   assert layer_key.shape == ((ROWS, LAYERS, LENGTH, 12, 8) if scan_layers else (ROWS, LENGTH, 12, 8))
   logits, cache = model.prefill(params, cache, tokens[:, :prompt], segments[:, :prompt])
   real = segments[:, :prompt] > 0
@@ -158,7 +166,8 @@ def test_dropout_draws_from_the_rng_and_changes_the_logits(models):
   key = jax.random.key(3)
   first = np.asarray(model.logits(params, tokens, segments, enable_dropout=True, dropout_rng=key))
   again = np.asarray(model.logits(params, tokens, segments, enable_dropout=True, dropout_rng=key))
-  other = np.asarray(model.logits(params, tokens, segments, enable_dropout=True, dropout_rng=jax.random.key(4)))
+  other = np.asarray(model.logits(params, tokens, segments, enable_dropout=True,
+                                  dropout_rng=jax.random.key(4)))
   np.testing.assert_array_equal(first, again)
   assert np.abs(first - plain).max() > 1e-3 and np.abs(first - other).max() > 1e-3
   with pytest.raises(ValueError, match="dropout_rng"):
@@ -170,7 +179,9 @@ def test_remat_keeps_the_gradients(models):
   tokens, segments = padded_batch()
 
   def grads(cfg, p):
-    loss = lambda p: jnp.sum(jnp.where(segments[..., None] > 0, DecoderOnlyModel(cfg).forward(p, tokens, segments), 0) ** 2)
+    def loss(p):
+      logits = DecoderOnlyModel(cfg).forward(p, tokens, segments)
+      return jnp.sum(jnp.where(segments[..., None] > 0, logits, 0) ** 2)
     return jax.jit(jax.grad(loss))(p)
 
   want = grads(config, params)
@@ -207,8 +218,9 @@ def test_init_params_follow_the_contract_tree(models):
   config = models[8][2]
   model = DecoderOnlyModel(config)
   params = model.init_params(jax.random.key(0))
-  axes = {layer_stacking.path_keys(path): spec for path, spec in
-          jax.tree_util.tree_flatten_with_path(model.param_logical_axes(), is_leaf=lambda x: isinstance(x, P))[0]}
+  flat_axes = jax.tree_util.tree_flatten_with_path(model.param_logical_axes(),
+                                                   is_leaf=lambda x: isinstance(x, P))[0]
+  axes = {layer_stacking.path_keys(path): spec for path, spec in flat_axes}
   seen = set()
   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
     keys = layer_stacking.path_keys(path)
@@ -267,8 +279,10 @@ def test_config_conversion():
          "n_layer": 70, "layer_norm_epsilon": 1e-5, "hidden_dropout": 0.0, "attention_dropout": 0.0,
          "slow_but_exact": False, "pretraining_tp": 4}
   config = bloom_mapping.bloom_config_from_hf(old, dtype="bfloat16")
-  assert (config.hidden_size, config.n_head, config.n_layer, config.d_kv, config.dtype) == (14336, 112, 70, 128, "bfloat16")
-  assert bloom_mapping.bloom_config_from_hf({"vocab_size": 9, "hidden_size": 8, "num_hidden_layers": 2, "n_head": 2}).n_layer == 2
+  assert ((config.hidden_size, config.n_head, config.n_layer, config.d_kv, config.dtype)
+          == (14336, 112, 70, 128, "bfloat16"))
+  newer = {"vocab_size": 9, "hidden_size": 8, "num_hidden_layers": 2, "n_head": 2}
+  assert bloom_mapping.bloom_config_from_hf(newer).n_layer == 2
   hf_dict = bloom_mapping.bloom_config_to_hf(config)
   assert bloom_mapping.bloom_config_from_hf(hf_dict, dtype="bfloat16") == config
   hf_config = transformers.BloomConfig(**hf_dict)
@@ -294,8 +308,7 @@ def test_alibi_slopes_match_hf(num_heads):
   assert slopes.dtype == np.float32 and slopes.shape == (num_heads,)
   np.testing.assert_array_max_ulp(slopes, alibi[:, 0, 1].numpy(), maxulp=1)
   if num_heads == 112:  # not monotone: 64 slopes 2^(-i/8), then 2^(-p/16) for odd p
-    np.testing.assert_allclose(bloom_network.alibi_slopes(112)[[63, 64, 111]], [2**-8, 2**(-1 / 16), 2**(-95 / 16)],
-                               rtol=1e-6)
+    np.testing.assert_allclose(slopes[[63, 64, 111]], [2**-8, 2**(-1 / 16), 2**(-95 / 16)], rtol=1e-6)
 
 
 def test_sharded_forward_equals_unsharded(models):
@@ -305,7 +318,8 @@ def test_sharded_forward_equals_unsharded(models):
   mesh = partitioning.make_mesh(num_partitions=2, num_data_partitions=4)
   model = DecoderOnlyModel(config, mesh)
   shardings = model.param_shardings()
-  assert shardings["decoder"]["layers_0"]["self_attention"]["query_key_value"]["kernel"].spec == P(None, "model", None, None)
+  qkv = shardings["decoder"]["layers_0"]["self_attention"]["query_key_value"]
+  assert qkv["kernel"].spec == P(None, "model", None, None) and qkv["bias"].spec == P("model", None, None)
   assert shardings["word_embeddings"]["embedding"].spec == P("model", None)
   sharded = jax.device_put(params, shardings)
   batch = model.shard_batch({"decoder_input_tokens": tokens, "decoder_segment_ids": segments})
@@ -319,10 +333,12 @@ def test_family_interface():
   model = family.model_for(config)
   assert isinstance(model, DecoderOnlyModel) and model.is_encoder_decoder is False
   assert EncoderDecoderModel.is_encoder_decoder is True
-  batch = {"decoder_input_tokens": np.array([[5, 6, 7, 8, 3]]), "decoder_target_tokens": np.array([[6, 7, 8, 2, 3]]),
-           "decoder_loss_weights": np.array([[0, 0, 1, 1, 0]]), "decoder_segment_ids": np.array([[1, 1, 1, 1, 0]]),
-           "decoder_positions": np.array([[0, 1, 2, 3, 0]])}
-  assert set(model.model_inputs(batch)) == {"decoder_input_tokens", "decoder_segment_ids", "decoder_positions"}
+  batch = {"decoder_input_tokens": [[5, 6, 7, 8, 3]], "decoder_target_tokens": [[6, 7, 8, 2, 3]],
+           "decoder_loss_weights": [[0, 0, 1, 1, 0]], "decoder_segment_ids": [[1, 1, 1, 1, 0]],
+           "decoder_positions": [[0, 1, 2, 3, 0]]}
+  batch = {k: np.array(v, np.int32) for k, v in batch.items()}
+  want_inputs = {"decoder_input_tokens", "decoder_segment_ids", "decoder_positions"}
+  assert set(model.model_inputs(batch)) == want_inputs
   assert int(model.input_token_count(batch)) == 2  # real positions whose target is not a target token
   mt5_batch = {"encoder_input_tokens": np.array([[4, 5, 1, 0]]), "decoder_input_tokens": np.array([[0, 7]])}
   mt5 = EncoderDecoderModel(T5Config(vocab_size=32, d_model=8, d_kv=4, d_ff=8, num_heads=2,

@@ -157,7 +157,8 @@ class BloomBlock(nn.Module):
     cfg = self.config
     dropout = Dropout(cfg.dropout_rate)
     y = LayerNorm(cfg.layer_norm_epsilon, name="input_layernorm")(x)
-    y = BloomAttention(cfg, self.deterministic, self.decode, name="self_attention")(y, alibi, mask, cache_index)
+    attention = BloomAttention(cfg, self.deterministic, self.decode, name="self_attention")
+    y = attention(y, alibi, mask, cache_index)
     x = x + dropout(y, deterministic=self.deterministic)
     y = LayerNorm(cfg.layer_norm_epsilon, name="post_attention_layernorm")(x)
     y = BloomMlp(cfg, name="mlp")(y)
