@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 PREFIX = "transformer."
 EMBEDDING = PREFIX + "word_embeddings.weight"
 LM_HEAD = "lm_head.weight"  # tied to EMBEDDING; never written, accepted when equal to it
+# Tensors transformers drops on load without a word: none for BLOOM (no `_keys_to_ignore_on_load_*`);
+# kept for the same API as `mapping.IGNORED_HF_TENSORS`.
+IGNORED_HF_TENSORS: tuple[str, ...] = ()
 
 
 # ----------------------------------------------------------------------------------------------------
