@@ -54,8 +54,6 @@ class EncoderDecoderModel:
   """mT5 with its partitioning. `mesh=None` runs on the default device with no sharding constraints."""
   is_encoder_decoder = True
 
-  is_encoder_decoder = True
-
   def __init__(self, config: T5Config, mesh: Optional[Mesh] = None,
                logical_axis_rules: Optional[partitioning.LogicalRules] = None):
     self.config = config
@@ -83,14 +81,6 @@ class EncoderDecoderModel:
   def partitioning_context(self):
     """Context under which tracing sees this model's mesh and rules (entered by every method here)."""
     return partitioning.axis_rules_context(self.mesh, self.logical_axis_rules)
-
-  def model_inputs(self, batch: dict[str, Array]) -> dict[str, Array]:
-    """The network's inputs among a batch's features (`model_inputs` of this module)."""
-    return model_inputs(batch)
-
-  def input_token_count(self, batch: dict[str, Array]) -> Array:
-    """Real encoder tokens of a batch (padding is id 0): the `num_input_tokens` metric."""
-    return jnp.sum(jnp.asarray(batch["encoder_input_tokens"]) != 0)
 
   # ---- parameters -------------------------------------------------------------------------------
 
