@@ -166,32 +166,14 @@ def test_describe_names_the_recipe():
 
 # ---- shardings and checkpoints ------------------------------------------------------------------------
 
-class BloomShapedModel:
-  """What `trainer.train_state_shardings` asks of a model, for BLOOM's tree (contract shapes)."""
-
-  def __init__(self, config, scanned, rules):
-    self.config, self.scanned, self.rules = config, scanned, rules
-
-  def abstract_params(self):
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s, jnp.float32),
-                        bloom_param_tree.shapes(self.config, self.scanned),
-                        is_leaf=lambda x: isinstance(x, tuple))
-
-  def param_shardings(self, mesh):
-    return partitioning.param_shardings(bloom_param_tree.logical_axes(self.config, self.scanned),
-                                        mesh, self.rules, self.abstract_params())
-
-
 @pytest.mark.parametrize("scanned", [False, True])
 def test_adamw_moments_are_sharded_as_their_parameters_on_8_devices(scanned):
-  mesh = partitioning.make_mesh(num_partitions=4)  # data 2 x model 4
-  assert mesh.devices.size == 8
-  rules = partitioning.logical_axis_rules(extra_rules=[("qkv", None)])
-  config = BloomConfig(vocab_size=64, hidden_size=16, n_layer=2, n_head=4)
-  model = BloomShapedModel(config, scanned, rules)
-  optimizer = optim.make_optimizer(optim.OptimizerConfig(name="adamw", weight_decay=1e-4,
-                                                         max_grad_norm=1.0))
-  shardings = trainer.train_state_shardings(model, optimizer, mesh)
+  config = BloomConfig(vocab_size=64, hidden_size=16, n_layer=2, n_head=4, scan_layers=scanned)
+  assembly = step_assembly.assemble_step(  # data 2 x model 4
+      config, partitioning.PartitioningConfig(num_partitions=4),
+      optim.OptimizerConfig(name="adamw", weight_decay=1e-4, max_grad_norm=1.0))
+  assert assembly.mesh.devices.size == 8
+  shardings = assembly.state_shardings
   params = specs(shardings.params)
   adam_state = shardings.opt_state[1][0]  # chain(clip, adamw = chain(scale_by_adam, decay, lr))
   for moment in (adam_state.mu, adam_state.nu):
