@@ -1,9 +1,13 @@
-"""Train-step throughput: our jit-compiled step against HF transformers' PyTorch MT5, same workload.
+"""Train-step throughput: our jit-compiled step against HF transformers' PyTorch model, same workload.
 
-Both sides: float32, dropout 0.1 in training mode, Adafactor with the t5x finetuning settings (decay
-0.8, update clipping 1.0, parameter scale, no momentum, learning rate 1e-3; HF's
-transformers.optimization.Adafactor with relative_step=False), random tokens with no padding, an
-untied LM head on both sides (transformers 5.x ties it on construction: we replace it). The two sides
+mT5 workloads (`small`, `tiny`) against `MT5ForConditionalGeneration`: float32, dropout 0.1 in
+training mode, Adafactor with the t5x finetuning settings (decay 0.8, update clipping 1.0, parameter
+scale, no momentum, learning rate 1e-3; HF's transformers.optimization.Adafactor with
+relative_step=False), random tokens with no padding, an untied LM head on both sides (transformers 5.x
+ties it on construction: we replace it). BLOOM workloads (`bloom-tiny`, `bloom-560m`: bloom-560m's
+shapes, 250880 vocabulary) against `BloomForCausalLM`: float32, hidden and attention dropout 0.1, the
+BLOOMZ recipe's AdamW (b2 0.95, weight decay 1e-4 off biases and norms, clip 1.0; torch.optim.AdamW
+with the same groups and clip_grad_norm_), a tied head, one row of random tokens per example. The two sides
 run interleaved in one process (`--rounds` rounds of `--steps` steps each), PyTorch on all cores;
 after `--warmup` untimed steps each, the median step time of each side gives tokens/s (input + target
 tokens per second).
@@ -15,6 +19,7 @@ this process. `--malloc=default` keeps glibc's defaults (what a plain Python pro
     python benchmarks/train_step.py                       # mt5-small shapes and the tiny model
     python benchmarks/train_step.py --malloc=default      # glibc's default malloc settings
     python benchmarks/train_step.py --workloads=tiny --rounds=5
+    python benchmarks/train_step.py --workloads=bloom-tiny,bloom-560m   # BLOOM (560m: ~20 GB RAM)
     python benchmarks/train_step.py --profile=/tmp/trace  # also writes a JAX profiler trace
 """
 from __future__ import annotations
@@ -49,20 +54,33 @@ if __name__ == "__main__" and parse_args().malloc == "tuned":
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from xmtf_jax.model import family  # noqa: E402
+from xmtf_jax.model.bloom_config import BloomConfig  # noqa: E402
 from xmtf_jax.model.config import T5Config  # noqa: E402
 from xmtf_jax.train import losses, optim, step_assembly  # noqa: E402
 
 WORKLOADS = {
-    # name: (T5Config, batch, inputs length, targets length)
+    # name: (model config, batch, inputs length, targets length); a BLOOM row is inputs + targets long
     "small": (T5Config(dropout_rate=0.1, dtype="float32"), 8, 512, 128),
     "tiny": (T5Config(vocab_size=2048, d_model=64, d_kv=16, d_ff=128, num_heads=4,
                       num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.1,
                       dtype="float32"), 8, 512, 128),
+    "bloom-tiny": (BloomConfig(vocab_size=2048, hidden_size=64, n_layer=2, n_head=4, dropout_rate=0.1,
+                               attention_dropout_rate=0.1), 8, 512, 128),
+    "bloom-560m": (BloomConfig(dropout_rate=0.1, attention_dropout_rate=0.1), 1, 192, 64),
 }
+# The BLOOMZ recipe's AdamW (gin/runs/bloomz_recipe.gin) with a visible learning rate.
+ADAMW = optim.OptimizerConfig(name="adamw", learning_rate=1e-4, adam_beta2=0.95, weight_decay=1e-4,
+                              max_grad_norm=1.0, schedule="constant", warmup_steps=0)
 
 
-def make_batch(config: T5Config, batch: int, inputs: int, targets: int, seed: int = 0):
+def make_batch(config, batch: int, inputs: int, targets: int, seed: int = 0):
   rng = np.random.default_rng(seed)
+  if family.is_decoder_only(config):
+    row = rng.integers(4, config.vocab_size, (batch, inputs + targets + 1)).astype(np.int32)
+    return {"decoder_input_tokens": row[:, :-1], "decoder_target_tokens": row[:, 1:],
+            "decoder_loss_weights": np.ones_like(row[:, 1:]),
+            "decoder_segment_ids": np.ones_like(row[:, 1:])}
   encoder = rng.integers(2, config.vocab_size, (batch, inputs)).astype(np.int32)
   target = rng.integers(2, config.vocab_size, (batch, targets)).astype(np.int32)
   decoder = np.concatenate([np.zeros((batch, 1), np.int32), target[:, :-1]], axis=1)
@@ -71,10 +89,11 @@ def make_batch(config: T5Config, batch: int, inputs: int, targets: int, seed: in
 
 
 class Ours:
-  def __init__(self, config: T5Config, batch: dict):
+  def __init__(self, config, batch: dict):
     # HF's loss is the mean token cross-entropy without z-loss: the same here.
+    optimizer = ADAMW if family.is_decoder_only(config) else optim.OptimizerConfig(learning_rate=1e-3)
     assembly = step_assembly.assemble_step(
-        config, optimizer_config=optim.OptimizerConfig(learning_rate=1e-3),
+        config, optimizer_config=optimizer,
         loss_config=losses.LossConfig("per_target_token", z_loss=0.0), devices=jax.devices()[:1])
     self.model = assembly.model
     self.state = assembly.init_state(self.model.init_params(jax.random.key(0, impl="rbg")))
@@ -86,7 +105,42 @@ class Ours:
     return float(jax.device_get(metrics["loss"]))
 
 
-class HuggingFace:
+def HuggingFace(config, batch: dict):
+  """The PyTorch side of a workload."""
+  return (HuggingFaceBloom if family.is_decoder_only(config) else HuggingFaceMT5)(config, batch)
+
+
+class HuggingFaceBloom:
+  def __init__(self, config: BloomConfig, batch: dict):
+    import torch
+    from transformers import BloomConfig as HFBloomConfig, BloomForCausalLM
+    torch.manual_seed(0)
+    hf_config = HFBloomConfig(vocab_size=config.vocab_size, hidden_size=config.hidden_size,
+                              n_layer=config.n_layer, n_head=config.n_head,
+                              hidden_dropout=config.dropout_rate,
+                              attention_dropout=config.attention_dropout_rate)
+    self.model = BloomForCausalLM(hf_config).train()
+    decay = [p for n, p in self.model.named_parameters() if not (n.endswith("bias") or "layernorm" in n
+                                                                 or "ln_f" in n)]
+    no_decay = [p for n, p in self.model.named_parameters() if n.endswith("bias") or "layernorm" in n
+                or "ln_f" in n]
+    self.torch = torch
+    self.optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": ADAMW.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=ADAMW.learning_rate, betas=(ADAMW.adam_beta1, ADAMW.adam_beta2), eps=ADAMW.adam_epsilon)
+    tokens = torch.from_numpy(batch["decoder_input_tokens"]).long()
+    self.inputs = {"input_ids": tokens, "labels": tokens}
+
+  def step(self) -> float:
+    loss = self.model(**self.inputs).loss
+    loss.backward()
+    self.torch.nn.utils.clip_grad_norm_(self.model.parameters(), ADAMW.max_grad_norm)
+    self.optimizer.step()
+    self.optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
+class HuggingFaceMT5:
   def __init__(self, config: T5Config, batch: dict):
     import torch
     from transformers import MT5Config, MT5ForConditionalGeneration
@@ -145,7 +199,7 @@ def run(name: str, rounds: int, steps: int, warmup: int, profile: str | None) ->
   config, batch_size, inputs, targets = WORKLOADS[name]
   batch = make_batch(config, batch_size, inputs, targets)
   tokens = batch_size * (inputs + targets)
-  print(f"\n[{name}] d_model {config.d_model}, vocab {config.vocab_size}, layers "
+  print(f"\n[{name}] {type(config).__name__}: d_model {config.d_model}, vocab {config.vocab_size}, layers "
         f"{config.num_encoder_layers}/{config.num_decoder_layers}; batch {batch_size} x "
         f"({inputs}, {targets}); torch threads {torch.get_num_threads()}; load {load_average()}",
         flush=True)
