@@ -325,3 +325,30 @@ def test_data_report_on_the_decoder_only_layout(tiny_task, hf_tokenizer, pipelin
   assert packing["packed"]["efficiency"] == pytest.approx(real / (12 * rows))
   assert packing["packed"]["inputs_efficiency"] == pytest.approx((real - targets) / (12 * rows))
   assert "dod_tiny" in report.markdown(built)
+
+
+def test_a_tokenizer_json_on_a_bucket(gcs_bucket, bpe_tokenizer_path):
+  from xmtf_jax import paths
+  url = f"{gcs_bucket}/bloom_tokenizer/tokenizer.json"
+  paths.write_bytes(url, open(bpe_tokenizer_path, "rb").read())
+  remote = tasks.vocabulary(url)
+  assert isinstance(remote, bpe_vocabulary.BpeVocabulary) and remote.tokenizer_file == url
+  assert remote.encode(" le chat dort") == tasks.vocabulary(bpe_tokenizer_path).encode(" le chat dort")
+  assert tasks.vocabulary(paths.dirname(url)) is remote  # the folder gives its tokenizer.json
+
+
+def test_the_indexed_global_batch_does_not_depend_on_the_process_count(tiny_task):
+  def batches(index, count):
+    config = batch_source.SourceConfig("dod_tiny", LENGTHS, 4, use_packing=True, seed=5,
+                                       feature_layout="decoder_only")
+    source = source_factory.make_batch_source(config, "train", process_index=index,
+                                              process_count=count)
+    try:
+      return [next(source) for _ in range(3)]
+    finally:
+      source.close()
+  whole, halves = batches(0, 1), [batches(0, 2), batches(1, 2)]
+  for step, batch in enumerate(whole):
+    for k in decoder_only.FEATURES:
+      np.testing.assert_array_equal(
+          batch[k], np.concatenate([halves[0][step][k], halves[1][step][k]]), err_msg=k)
