@@ -173,7 +173,15 @@ def test_run_vocabulary_bound_to_a_tokenizer_json_is_that_vocabulary(bpe_tokeniz
   assert tasks.path_of(spm_run) == os.path.abspath(data_spm_path)
 
 
-def test_a_mixture_of_bpe_and_sentencepiece_tasks_is_refused(tiny_task, data_spm_path):
+def test_a_mixture_of_bpe_and_sentencepiece_tasks_is_refused(tiny_task, data_spm_path,
+                                                             bpe_tokenizer_path):
+  tasks.add_jsonl_task("dod_same_file", {"train": [tiny_task]},
+                       vocab=tasks.RunVocabulary(bpe_tokenizer_path), overwrite=True)
+  for order in [("dod_tiny", "dod_same_file"), ("dod_same_file", "dod_tiny")]:
+    tasks.add_mixture("dod_one_file", [(t, 1.0) for t in order], overwrite=True)
+    mixture = tasks.get_mixture_or_task("dod_one_file")
+    tasks.check_one_vocabulary("dod_one_file", tasks.tasks_of(mixture))
+    mixture._check_compatible_features()  # seqio's own check (get_dataset's) agrees
   spm_task = tasks.add_jsonl_task("dod_spm", {"train": [tiny_task]},
                                   vocab=tasks.vocabulary(data_spm_path), overwrite=True)
   with pytest.raises(UserError, match="different vocabularies.*tokenizer.json"):
@@ -314,6 +322,11 @@ def test_data_report_on_the_decoder_only_layout(tiny_task, hf_tokenizer, pipelin
   built = report.build_report("dod_tiny", LENGTHS, split="validation", max_examples_per_task=None,
                               input_pipeline=pipeline, feature_layout="decoder_only")
   assert built["feature_layout"] == "decoder_only"
+  row = built["tasks"][0]
+  encode = lambda text: hf_tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+  assert row["inputs_tokens"]["max"] == max(len(encode(i)) for i, _ in RECORDS)
+  assert row["targets_tokens"]["max"] == max(len(encode(" " + t)) + 1 for _, t in RECORDS)
+  assert row["inputs_truncated_share"] == row["targets_truncated_share"] == 0.25
   packing = built["tasks"][0]["packing"]
   assert packing["unpacked"]["rows"] == 4 and packing["unpacked"]["examples"] == 4
   assert packing["unpacked"]["efficiency"] == pytest.approx(real / 48)
@@ -352,3 +365,21 @@ def test_the_indexed_global_batch_does_not_depend_on_the_process_count(tiny_task
     for k in decoder_only.FEATURES:
       np.testing.assert_array_equal(
           batch[k], np.concatenate([halves[0][step][k], halves[1][step][k]]), err_msg=k)
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_a_mixture_in_the_decoder_only_layout(tiny_task, bpe_tokenizer_path, pipeline):
+  tasks.add_jsonl_task("dod_other", {"train": [tiny_task]},
+                       vocab=tasks.vocabulary(bpe_tokenizer_path), overwrite=True)
+  tasks.add_mixture("dod_mix", [("dod_tiny", 1.0), ("dod_other", 1.0)], overwrite=True)
+  source = _source(pipeline, packing=True, batch_size=4, single_pass=False, split="train",
+                   name="dod_mix")
+  batches = [next(source) for _ in range(3)]
+  counted = source.stats()["truncation"]
+  source.close()
+  assert all(b[k].shape == (4, 12) for b in batches for k in decoder_only.FEATURES)
+  assert set(counted) == {"dod_tiny", "dod_other"}  # each task's own counter
+  used = sum(int(b["decoder_segment_ids"].max(axis=1).sum()) for b in batches)
+  examples = sum(c["examples"] for c in counted.values())
+  # the indexed pipeline counts the examples handed out, tf.data those produced (it reads ahead)
+  assert examples == used if pipeline == "indexed" else examples >= used

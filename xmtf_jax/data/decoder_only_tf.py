@@ -22,7 +22,8 @@ TEXT_FEATURES = ("inputs_pretokenized", "targets_pretokenized")
 TOKEN_FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")
 
 
-def _vocabulary(task: seqio.Task) -> seqio.Vocabulary:
+def vocabulary_of(task: seqio.Task) -> seqio.Vocabulary:
+  """The task's `targets` vocabulary (what a RunVocabulary stands for), which the layout uses."""
   vocab = task.output_features["targets"].vocabulary
   return vocab.resolve() if isinstance(vocab, data_tasks.RunVocabulary) else vocab
 
@@ -36,7 +37,7 @@ def task_examples(ds: tf.data.Dataset, task: seqio.Task, task_feature_lengths: M
         f"task {task.name!r}: its preprocessors keep no {' and '.join(sorted(missing))} (the text "
         "seqio's tokenize copies), which the decoder-only layout tokenizes itself. Tokenize with "
         "seqio.preprocessors.tokenize (copy_pretokenized=True, the default).")
-  vocab = _vocabulary(task)
+  vocab = vocabulary_of(task)
   limit_in, limit_out = int(task_feature_lengths["inputs"]), int(task_feature_lengths["targets"])
   eos = tf.constant([vocab.eos_id], tf.int32)
 
@@ -69,6 +70,8 @@ def mixed_examples(provider, task_feature_lengths: Mapping[str, int], split: str
   sink = stats.current()
   lengths = dict(task_feature_lengths)
   num_epochs = None if repeat else 1
+  if isinstance(provider, seqio.Mixture):
+    provider._check_compatible_features()  # noqa: SLF001  (as seqio's Mixture.get_dataset)
   tasks = [t for t in data_tasks.tasks_of(provider) if split in t.splits]
   if not tasks:
     raise UserError(f"no task of {provider.name!r} has a {split!r} split")
@@ -134,7 +137,7 @@ def dataset(provider, task_feature_lengths: Mapping[str, int], split: str, *, sh
             pack: bool) -> tf.data.Dataset:
   """Unbatched decoder-only rows of a task or mixture (what pipeline.make_dataset batches)."""
   task = data_tasks.tasks_of(provider)[0]
-  pad_id = int(_vocabulary(task).pad_id)
+  pad_id = int(vocabulary_of(task).pad_id)
   ds = mixed_examples(provider, task_feature_lengths, split, shuffle=shuffle, seed=seed,
                       shard_info=shard_info, repeat=repeat)
   return features(ds, task_feature_lengths, pad_id, pack)

@@ -20,7 +20,8 @@ import seqio
 import tensorflow as tf
 
 from xmtf_jax import paths
-from xmtf_jax.data import batch_source, decoder_only, jsonl_source, mixture_shares, source_factory, stats
+from xmtf_jax.data import batch_source, decoder_only, decoder_only_tf, jsonl_source, mixture_shares
+from xmtf_jax.data import source_factory, stats
 from xmtf_jax.data import xp3_family
 from xmtf_jax.data import tasks as data_tasks
 from xmtf_jax.progress import to_stderr
@@ -36,15 +37,23 @@ def length_stats(lengths: np.ndarray) -> dict:
 
 
 def untrimmed_lengths(task: seqio.Task, split: str, max_examples: Optional[int],
-                      label: str = "") -> dict[str, np.ndarray]:
-  """Token counts per example (EOS included where the task adds one), before any trimming."""
+                      label: str = "", feature_layout: str = decoder_only.ENCODER_DECODER
+                      ) -> dict[str, np.ndarray]:
+  """Token counts per example (EOS included where the task adds one), before any trimming; for the
+  decoder-only layout as it tokenizes: inputs, and " " + targets plus EOS."""
   ds = task.get_dataset(sequence_length=None, split=split, shuffle=False, num_epochs=1,
                         trim_output_features=False)
   if max_examples:
     ds = ds.take(max_examples)
   lengths = {k: [] for k in FEATURES}
   start = time.time()
+  vocab = decoder_only_tf.vocabulary_of(task)
   for i, ex in enumerate(ds.as_numpy_iterator(), start=1):
+    if feature_layout == decoder_only.DECODER_ONLY:
+      lengths["inputs"].append(len(vocab.encode(ex["inputs_pretokenized"].decode("utf-8"))))
+      lengths["targets"].append(len(vocab.encode(decoder_only.target_text(
+          ex["targets_pretokenized"].decode("utf-8")))) + 1)
+      continue
     for k in FEATURES:
       lengths[k].append(len(ex[k]))
     if i % 5000 == 0:
@@ -131,7 +140,7 @@ def task_report(task: seqio.Task, split: str, task_feature_lengths: Mapping[str,
                 feature_layout: str = decoder_only.ENCODER_DECODER) -> dict:
   read = stats.DataStats(split)  # what this report's reading of the task skipped
   with stats.collecting(read):
-    lengths = untrimmed_lengths(task, split, max_examples, label)
+    lengths = untrimmed_lengths(task, split, max_examples, label, feature_layout)
   n = int(lengths["inputs"].size)
   row = {"task": task.name, "language": language, "examples_read": n,
          "examples_in_files": task.num_input_examples(split), "mixing_rate": rate}
