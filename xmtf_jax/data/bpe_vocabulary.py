@@ -99,9 +99,10 @@ class BpeVocabulary(seqio.Vocabulary):
     s = tf.convert_to_tensor(s, tf.string)
     if s.shape.rank != 0:
       raise ValueError(f"BpeVocabulary.encode_tf takes one string (a scalar), not shape {s.shape}")
-    ids = tf.numpy_function(
-        lambda text: np.asarray(self._encode(np.asarray(text).item().decode("utf-8")), np.int32), [s], tf.int32,
-        stateful=False)
+    def encode(text):
+      return np.asarray(self._encode(np.asarray(text).item().decode("utf-8")), np.int32)
+
+    ids = tf.numpy_function(encode, [s], tf.int32, stateful=False)
     ids.set_shape([None])
     return ids
 

@@ -67,7 +67,7 @@ def _write(out: Mapping[str, np.ndarray], r: int, at: int, example, segment: int
   out["decoder_input_tokens"][r, at:at + n] = s[:-1]
   out["decoder_target_tokens"][r, at:at + n] = s[1:]
   weights = np.ones(n, np.int32)
-  weights[:max(len(inputs) - 1, 0)] = 0  # target position j predicts s[j+1]: a target from len(inputs)-1
+  weights[:max(len(inputs) - 1, 0)] = 0  # position j predicts s[j+1], a target from len(inputs) - 1
   out["decoder_loss_weights"][r, at:at + n] = weights
   out["decoder_segment_ids"][r, at:at + n] = segment
   out["decoder_positions"][r, at:at + n] = np.arange(n)

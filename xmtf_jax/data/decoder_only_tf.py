@@ -24,8 +24,7 @@ TOKEN_FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss
 
 def vocabulary_of(task: seqio.Task) -> seqio.Vocabulary:
   """The task's `targets` vocabulary (what a RunVocabulary stands for), which the layout uses."""
-  vocab = task.output_features["targets"].vocabulary
-  return vocab.resolve() if isinstance(vocab, data_tasks.RunVocabulary) else vocab
+  return data_tasks.resolved(task.output_features["targets"].vocabulary)
 
 
 def task_examples(ds: tf.data.Dataset, task: seqio.Task, task_feature_lengths: Mapping[str, int],

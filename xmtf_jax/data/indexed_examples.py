@@ -227,12 +227,7 @@ class TaskTokenizer:
 
 def pad_id_of(task: seqio.Task) -> int:
   """The pad id of the task's `targets` vocabulary (BLOOM's <pad> = 3, SentencePiece's 0)."""
-  return int(_resolved(task.output_features["targets"].vocabulary).pad_id)
-
-
-def _resolved(vocabulary: seqio.Vocabulary) -> seqio.Vocabulary:
-  """The vocabulary a `data.tasks.RunVocabulary` stands for (others as they are)."""
-  return vocabulary.resolve() if isinstance(vocabulary, data_tasks.RunVocabulary) else vocabulary
+  return int(data_tasks.resolved(task.output_features["targets"].vocabulary).pad_id)
 
 
 def _has_standard_steps(task: seqio.Task) -> bool:
@@ -246,9 +241,10 @@ def _has_standard_steps(task: seqio.Task) -> bool:
 
 def _is_standard(task: seqio.Task) -> bool:
   """Whether the task's steps are exactly `data.tasks.preprocessors` with SentencePiece features."""
+  vocabularies = [data_tasks.resolved(task.output_features[k].vocabulary)
+                  for k in ("inputs", "targets")]
   return _has_standard_steps(task) and all(
-      isinstance(_resolved(task.output_features[k].vocabulary), seqio.SentencePieceVocabulary)
-      for k in ("inputs", "targets"))
+      isinstance(v, seqio.SentencePieceVocabulary) for v in vocabularies)
 
 
 class StandardTokenizer:
@@ -299,7 +295,7 @@ class DecoderOnlyTokenizer:
   def __init__(self, task: seqio.Task, sequence_length: Mapping[str, int],
                texts: Optional[TaskTokenizer] = None):
     self.name = task.name
-    self._vocabulary = _resolved(task.output_features["targets"].vocabulary)
+    self._vocabulary = data_tasks.resolved(task.output_features["targets"].vocabulary)
     self._lengths = dict(sequence_length)
     self._texts = texts
     self._pending: list[tuple[str, str]] = []

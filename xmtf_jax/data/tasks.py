@@ -71,11 +71,15 @@ def vocabulary(path: str) -> seqio.Vocabulary:
   return _shared_vocabulary(vocabulary_file(paths.abspath(paths.repo_path(path))))
 
 
+def resolved(vocab: seqio.Vocabulary) -> seqio.Vocabulary:
+  """The vocabulary a `RunVocabulary` stands for now (any other as it is)."""
+  return vocab.resolve() if isinstance(vocab, RunVocabulary) else vocab
+
+
 def path_of(vocab: seqio.Vocabulary) -> Optional[str]:
   """The file a vocabulary was loaded from (SentencePiece model or tokenizer.json), None for others:
   what a checkpoint records as its vocabulary path."""
-  if isinstance(vocab, RunVocabulary):
-    vocab = vocab.resolve()
+  vocab = resolved(vocab)
   return (getattr(vocab, "sentencepiece_model_file", None)
           or getattr(vocab, "tokenizer_file", None))
 
