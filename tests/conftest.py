@@ -83,6 +83,14 @@ def data_spm_path(tmp_path_factory):
   return data_fixtures.train_tiny_spm(str(tmp_path_factory.mktemp("spm") / "tiny.model"))
 
 
+@pytest.fixture(scope="session")
+def bpe_tokenizer_path(tmp_path_factory):
+  """A tiny BLOOM-style byte-level BPE tokenizer.json (unk/bos/eos/pad 0..3, ~300 ids; in an HF
+  tokenizer folder); built offline by tests/bpe_fixture.py."""
+  from tests import bpe_fixture
+  return bpe_fixture.write_tokenizer_folder(str(tmp_path_factory.mktemp("bpe_tokenizer")))
+
+
 def _register_fixture(tmp_path_factory, data_spm_path, make, variant, name):
   import mixtures
   root = str(tmp_path_factory.mktemp(name))

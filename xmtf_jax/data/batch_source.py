@@ -1,8 +1,8 @@
 """The one interface every input pipeline offers, and the pieces they share.
 
 A batch source hands out this process's rows of every global batch as host-local numpy dicts
-(features as seqio's `EncDecFeatureConverter` names them, int32, `shapes()` fixed), and knows its
-position and what it counted:
+(features as seqio's `EncDecFeatureConverter` names them, or the decoder-only layout's:
+data/decoder_only.py; int32, `shapes()` fixed), and knows its position and what it counted:
 
     source = source_factory.make_batch_source(config, "train")   # or single_pass=True
     batch = next(source)                  # {feature: np.ndarray [rows, length]}
@@ -24,6 +24,7 @@ from typing import Any, Iterator, Mapping, Optional, Protocol, Sequence, runtime
 import numpy as np
 
 from xmtf_jax.errors import UserError
+from xmtf_jax.data import decoder_only
 from xmtf_jax.data import tasks as data_tasks
 
 INDEXED = "indexed"
@@ -63,6 +64,9 @@ class SourceConfig:
   batch_size: global rows per batch; each process gets batch_size / process_count of them.
   num_data_shards: ('tf_data' only) shards of the stream, default one per process.
   line_index_dir: ('indexed' only) where line offsets are cached.
+  feature_layout: 'encoder_decoder' (mT5: seqio's EncDecFeatureConverter features) or
+    'decoder_only' (BLOOM: inputs ++ " " targets ++ EOS in rows of inputs + targets positions,
+    data/decoder_only.py); the model family decides.
   """
   mixture_or_task_name: str
   task_feature_lengths: Mapping[str, int]
@@ -72,6 +76,7 @@ class SourceConfig:
   pipeline: str = INDEXED
   num_data_shards: Optional[int] = None
   line_index_dir: Optional[str] = None
+  feature_layout: str = decoder_only.ENCODER_DECODER
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,13 +93,27 @@ class StreamSpec:
 
 
 def batch_shapes(task_feature_lengths: Mapping[str, int], local_batch_size: int,
-                 use_packing: bool) -> dict[str, tuple[int, int]]:
-  """Feature name -> (rows, length) of every batch, without reading any data (for jit/AOT)."""
+                 use_packing: bool, feature_layout: str = decoder_only.ENCODER_DECODER
+                 ) -> dict[str, tuple[int, int]]:
+  """Feature name -> (rows, length) of every batch, without reading any data (for jit/AOT).
+
+  decoder_only: every feature (segment ids and positions too, packed or not) is
+  [rows, inputs + targets]."""
+  if feature_layout == decoder_only.DECODER_ONLY:
+    length = decoder_only.row_length(task_feature_lengths)
+    return {k: (local_batch_size, length) for k in decoder_only.FEATURES}
+  check_layout(feature_layout)
   shapes = {k: (local_batch_size, task_feature_lengths["inputs"]) for k in ENCODER_FEATURES}
   shapes.update({k: (local_batch_size, task_feature_lengths["targets"]) for k in DECODER_FEATURES})
   if use_packing:
     shapes.update({k: (local_batch_size, task_feature_lengths[f]) for k, f in PACKING_FEATURES.items()})
   return shapes
+
+
+def check_layout(feature_layout: str) -> None:
+  if feature_layout not in decoder_only.LAYOUTS:
+    raise UserError(f"feature_layout={feature_layout!r}: choose one of "
+                     f"{', '.join(map(repr, decoder_only.LAYOUTS))}")
 
 
 def zero_batch(shapes: Mapping[str, Sequence[int]]) -> dict[str, np.ndarray]:

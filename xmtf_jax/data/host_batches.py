@@ -12,7 +12,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from xmtf_jax.data import batch_source, stats
+from xmtf_jax.data import batch_source, decoder_only, stats
 from xmtf_jax.data import pipeline as input_pipeline
 from xmtf_jax.errors import UserError
 
@@ -94,7 +94,8 @@ class HostBatches:
 def make_host_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], split: str,
                       batch_size: int, *, use_packing: bool, shuffle: bool, seed: int, repeat: bool,
                       num_data_shards: Optional[int] = None, process_index: Optional[int] = None,
-                      process_count: Optional[int] = None) -> HostBatches:
+                      process_count: Optional[int] = None,
+                      feature_layout: str = decoder_only.ENCODER_DECODER) -> HostBatches:
   """HostBatches of this process (default jax.process_index() of jax.process_count())."""
   index, count = batch_source.process_index_and_count(process_index, process_count)
   num_data_shards = num_data_shards or count
@@ -105,5 +106,6 @@ def make_host_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[s
   return HostBatches([
       input_pipeline.make_batch_iterator(
           mixture_or_task_name, task_feature_lengths, split, batch_size, use_packing=use_packing,
-          shuffle=shuffle, seed=seed, shard_index=shard, num_shards=num_data_shards, repeat=repeat)
+          shuffle=shuffle, seed=seed, shard_index=shard, num_shards=num_data_shards, repeat=repeat,
+          feature_layout=feature_layout)
       for shard in shards], index, count)

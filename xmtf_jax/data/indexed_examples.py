@@ -10,6 +10,7 @@ and line (strict), or is counted in the reader's `stats` and replaced by the tas
 the seqio Task lists) in one long-lived tf.data pipeline per task, fed record by record from a
 queue, so users' tasks and mixtures need no change. Preprocessors must be one-to-one (seqio's
 tokenize, append_eos, rekey, ...): a filtering preprocessor is reported instead of hanging.
+`DecoderOnlyTokenizer` makes the decoder-only layout's examples (data/decoder_only.py) instead.
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ import seqio
 import tensorflow as tf
 
 from xmtf_jax import paths
-from xmtf_jax.data import global_order, jsonl_source, line_index, stats, truncation
+from xmtf_jax.data import decoder_only, global_order, jsonl_source, line_index, stats, truncation
+from xmtf_jax.data import tasks as data_tasks
 from xmtf_jax.data.jsonl_source import HOW_TO_FIX, JsonlDataSource
 from xmtf_jax.errors import UserError
 
@@ -146,8 +148,11 @@ class TaskTokenizer:
   STALL_SECONDS = 60.0
 
   def __init__(self, task: seqio.Task, schema: jsonl_source.RecordSchema,
-               sequence_length: Mapping[str, int], seed: int):
+               sequence_length: Mapping[str, int], seed: int, text: bool = False):
+    """text: hand out the `inputs`/`targets` strings as tokenized (`*_pretokenized`) instead of
+    their ids (the decoder-only layout tokenizes them itself)."""
     self.name = task.name
+    self._text = text
     self._fields = tuple(schema.string_fields)
     self._list_fields = tuple(schema.list_fields)
     self._queue: queue.Queue = queue.Queue()
@@ -159,8 +164,18 @@ class TaskTokenizer:
     ds = task.preprocess_precache(ds, seed=seed)
     ds = task.preprocess_postcache(ds, sequence_length=dict(sequence_length), seed=seed)
     ds = seqio.utils.trim_dataset(ds, dict(sequence_length), task.output_features)
-    ds = ds.map(lambda ex: {"inputs": tf.cast(ex["inputs"], tf.int32),
-                            "targets": tf.cast(ex["targets"], tf.int32)})
+    if text:
+      missing = {"inputs_pretokenized", "targets_pretokenized"} - set(ds.element_spec)
+      if missing:
+        raise UserError(
+            f"task {task.name!r}: its preprocessors keep no {' and '.join(sorted(missing))} (the "
+            "text seqio's tokenize copies), which the decoder-only layout tokenizes itself. "
+            "Tokenize with seqio.preprocessors.tokenize (copy_pretokenized=True, the default).")
+      ds = ds.map(lambda ex: {"inputs": ex["inputs_pretokenized"],
+                              "targets": ex["targets_pretokenized"]})
+    else:
+      ds = ds.map(lambda ex: {"inputs": tf.cast(ex["inputs"], tf.int32),
+                              "targets": tf.cast(ex["targets"], tf.int32)})
     options = tf.data.Options()
     options.deterministic = True
     self._iterator = ds.with_options(options).as_numpy_iterator()
@@ -195,7 +210,10 @@ class TaskTokenizer:
     try:
       for _ in range(n):
         ex = next(self._iterator)
-        out.append(Example(ex["inputs"], ex["targets"], self.name))
+        if self._text:
+          out.append((ex["inputs"].decode("utf-8"), ex["targets"].decode("utf-8")))
+        else:
+          out.append(Example(ex["inputs"], ex["targets"], self.name))
     except tf.errors.OpError as e:
       bad = jsonl_source.unwrap_tf_error(e)
       raise bad if bad is not e else e
@@ -207,15 +225,26 @@ class TaskTokenizer:
     self._closed.set()
 
 
-def _is_standard(task: seqio.Task) -> bool:
-  """Whether the task's steps are exactly `data.tasks.preprocessors` with SentencePiece features."""
+def pad_id_of(task: seqio.Task) -> int:
+  """The pad id of the task's `targets` vocabulary (BLOOM's <pad> = 3, SentencePiece's 0)."""
+  return int(data_tasks.resolved(task.output_features["targets"].vocabulary).pad_id)
+
+
+def _has_standard_steps(task: seqio.Task) -> bool:
+  """Whether the task's steps are exactly `data.tasks.preprocessors` (its text is the record's)."""
   steps = list(task.preprocessors)
   return (len(steps) == 3 and steps[0] is seqio.preprocessors.tokenize
           and isinstance(steps[1], functools.partial)
           and steps[1].func is truncation.count_truncation
-          and steps[2] is seqio.preprocessors.append_eos_after_trim
-          and all(isinstance(task.output_features[k].vocabulary, seqio.SentencePieceVocabulary)
-                  for k in ("inputs", "targets")))
+          and steps[2] is seqio.preprocessors.append_eos_after_trim)
+
+
+def _is_standard(task: seqio.Task) -> bool:
+  """Whether the task's steps are exactly `data.tasks.preprocessors` with SentencePiece features."""
+  vocabularies = [data_tasks.resolved(task.output_features[k].vocabulary)
+                  for k in ("inputs", "targets")]
+  return _has_standard_steps(task) and all(
+      isinstance(v, seqio.SentencePieceVocabulary) for v in vocabularies)
 
 
 class StandardTokenizer:
@@ -257,6 +286,52 @@ class StandardTokenizer:
     pass
 
 
+class DecoderOnlyTokenizer:
+  """Examples of the decoder-only layout (data/decoder_only.py): inputs and " " + targets tokenized
+  separately with the task's `targets` vocabulary, EOS appended to the targets, both trimmed; each
+  carries its truncation counts. The text is the record's `inputs`/`targets` for standard tasks, else
+  what the task's own preprocessors hand to seqio's tokenize (`texts`: a TaskTokenizer(text=True))."""
+
+  def __init__(self, task: seqio.Task, sequence_length: Mapping[str, int],
+               texts: Optional[TaskTokenizer] = None):
+    self.name = task.name
+    self._vocabulary = data_tasks.resolved(task.output_features["targets"].vocabulary)
+    self._lengths = dict(sequence_length)
+    self._texts = texts
+    self._pending: list[tuple[str, str]] = []
+
+  def push(self, records: Sequence[dict]) -> None:
+    if self._texts is not None:
+      self._texts.push(records)
+    else:
+      self._pending.extend((r["inputs"], r["targets"]) for r in records)
+
+  def pull(self, n: int) -> list[Example]:
+    if self._texts is not None:
+      pairs = self._texts.pull(n)
+    else:
+      pairs, self._pending = self._pending[:n], self._pending[n:]
+    out = []
+    for inputs, targets in self.encode(pairs):
+      inputs, targets, counts = decoder_only.trim(inputs, targets, self._vocabulary.eos_id,
+                                                  self._lengths)
+      out.append(Example(inputs, targets, self.name, counts))
+    return out
+
+  def encode(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+    vocab = self._vocabulary
+    texts = [t for i, o in pairs for t in (i, decoder_only.target_text(o))]
+    if hasattr(vocab, "encode_batch"):  # BpeVocabulary: one call for all
+      ids = vocab.encode_batch(texts)
+    else:
+      ids = [list(vocab.encode(t)) for t in texts]
+    return list(zip(ids[0::2], ids[1::2]))
+
+  def close(self) -> None:
+    if self._texts is not None:
+      self._texts.close()
+
+
 class ExampleReader:
   """Tokenized examples of a mixture's tasks by (task number, example number).
 
@@ -267,8 +342,10 @@ class ExampleReader:
 
   def __init__(self, tasks: Sequence[seqio.Task], split: str, sequence_length: Mapping[str, int],
                *, seed: int, shuffle: bool, index_dir: Optional[str] = None,
-               fast_tokenizer: bool = True, sink: Optional[stats.DataStats] = None):
+               fast_tokenizer: bool = True, sink: Optional[stats.DataStats] = None,
+               feature_layout: str = decoder_only.ENCODER_DECODER):
     start = time.time()
+    self.feature_layout = feature_layout
     self.stats = sink if sink is not None else stats.DataStats(split)
     self.tasks = [TaskLines(t, split, seed=seed, shuffle=shuffle, index_dir=index_dir,
                             sink=self.stats) for t in tasks]
@@ -281,7 +358,13 @@ class ExampleReader:
   def _tokenizer(self, t: int):
     if t not in self._tokenizers:
       lines = self.tasks[t]
-      if self._fast and _is_standard(lines.task):
+      if self.feature_layout == decoder_only.DECODER_ONLY:
+        texts = None
+        if not _has_standard_steps(lines.task):
+          with stats.collecting(None):  # the layout counts truncation, not the task's steps
+            texts = TaskTokenizer(lines.task, lines.schema, self._lengths, self._seed, text=True)
+        self._tokenizers[t] = DecoderOnlyTokenizer(lines.task, self._lengths, texts)
+      elif self._fast and _is_standard(lines.task):
         self._tokenizers[t] = StandardTokenizer(lines.task, self._lengths)
       else:
         with stats.collecting(self.stats):  # its count_truncation step binds to our counters

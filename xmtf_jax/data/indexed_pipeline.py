@@ -5,7 +5,9 @@ example indices r, r + G, r + 2G, ... (G = global batch size). Global example i 
 `global_order.MixingOrder` (task and the task's example number, at the configured rates) and read by
 line offset (`indexed_examples`). Unpacked, row r of batch s is example s*G + r. Packed, a row takes
 the next examples of its stream while both features still fit (the first always fits: it is
-trimmed), so rows honour segment boundaries and never split an example.
+trimmed), so rows honour segment boundaries and never split an example. With
+`feature_layout='decoder_only'` the examples are data/decoder_only.py's, packed next-fit the same way
+into rows of inputs + targets positions.
 
 Process p of P builds rows [p*G/P, (p+1)*G/P). The state is, per row, how many examples of its
 stream were consumed (run-length encoded: unpacked runs store one pair); a restore reads the
@@ -37,7 +39,7 @@ from typing import Mapping, Optional, Sequence, Union
 import numpy as np
 import seqio
 
-from xmtf_jax.data import batch_source, global_order, indexed_examples, stats
+from xmtf_jax.data import batch_source, decoder_only, global_order, indexed_examples, stats
 from xmtf_jax.data import tasks as data_tasks
 from xmtf_jax.errors import UserError
 
@@ -50,6 +52,7 @@ class IndexedSpec(batch_source.StreamSpec):
   """What determines the global stream (saved with the position; the process count is not in it)."""
   block_size: int = 4096
   single_pass: bool = False
+  feature_layout: str = decoder_only.ENCODER_DECODER
 
 
 class ConcatOrder:
@@ -142,7 +145,11 @@ class IndexedBatches:
     self._stats = stats.DataStats(spec.split)
     self.reader = indexed_examples.ExampleReader(tasks, spec.split, spec.task_feature_lengths,
                                                  seed=spec.seed, shuffle=spec.shuffle,
-                                                 index_dir=index_dir, sink=self._stats)
+                                                 index_dir=index_dir, sink=self._stats,
+                                                 feature_layout=spec.feature_layout)
+    self._decoder_only = spec.feature_layout == decoder_only.DECODER_ONLY
+    if self._decoder_only:
+      self._pad_id = indexed_examples.pad_id_of(tasks[0])
     if spec.single_pass:
       self.order = ConcatOrder([t.size for t in self.reader.tasks])
     else:
@@ -170,7 +177,7 @@ class IndexedBatches:
 
   def shapes(self) -> dict[str, tuple[int, int]]:
     return batch_source.batch_shapes(self.spec.task_feature_lengths, self.local_batch_size,
-                                     self.spec.use_packing)
+                                     self.spec.use_packing, self.spec.feature_layout)
 
   def get_state(self) -> dict:
     return {"version": STATE_VERSION, "pipeline": PIPELINE, "spec": dataclasses.asdict(self.spec),
@@ -248,22 +255,28 @@ class IndexedBatches:
       taken = [[self._buffers[j].pop(0)] if self._buffers[j] else [] for j in range(n_rows)]
       self._next += np.array([len(t) for t in taken], np.int64)
       return taken
+    if self._decoder_only:  # one row of L = I + T positions; an example takes decoder_only.size
+      capacity = (decoder_only.row_length(lengths),)
+      size = lambda ex: (decoder_only.size(ex),)  # noqa: E731
+    else:
+      capacity = (lengths["inputs"], lengths["targets"])
+      size = lambda ex: (len(ex[0]), len(ex[1]))  # noqa: E731
     decided: dict[int, int] = {}
     while len(decided) < n_rows:
       undecided = []
       for j in range(n_rows):
         if j in decided:
           continue
-        buf, used_in, used_out, count = self._buffers[j], 0, 0, 0
-        for inputs, targets in buf:
-          if count and (used_in + len(inputs) > lengths["inputs"]
-                        or used_out + len(targets) > lengths["targets"]):
+        buf, used, count = self._buffers[j], (0,) * len(capacity), 0
+        for example in buf:
+          after = tuple(u + n for u, n in zip(used, size(example)))
+          if count and any(a > c for a, c in zip(after, capacity)):
             decided[j] = count
             break
-          used_in, used_out, count = used_in + len(inputs), used_out + len(targets), count + 1
+          used, count = after, count + 1
         else:
           # full (nothing more can fit: targets end with EOS), or the end of a single pass
-          if used_out >= lengths["targets"] or self._row_ended(j):
+          if used[-1] >= capacity[-1] or self._row_ended(j):
             decided[j] = count
           else:
             undecided.append(j)
@@ -283,6 +296,11 @@ class IndexedBatches:
       raise StopIteration  # single pass: every row of this process has ended
     counts = indexed_examples.truncation_of([ex for row in rows for ex in row])
     lengths = self.spec.task_feature_lengths
+    if self._decoder_only:
+      if self.spec.use_packing:
+        return decoder_only.packed_features(rows, lengths, self._pad_id), self._next.copy(), counts
+      return (decoder_only.unpacked_features([r[0] if r else _NO_EXAMPLE for r in rows], lengths,
+                                             self._pad_id), self._next.copy(), counts)
     if self.spec.use_packing:
       return packed_features(rows, lengths), self._next.copy(), counts
     return (unpacked_features([r[0] if r else _NO_EXAMPLE for r in rows], lengths),
@@ -341,8 +359,12 @@ def make_indexed_batches(mixture_or_task_name: str, task_feature_lengths: Mappin
                          split: str, global_batch_size: int, *, use_packing: bool, seed: int,
                          shuffle: bool = True, single_pass: bool = False,
                          process_index: Optional[int] = None, process_count: Optional[int] = None,
-                         index_dir: Optional[str] = None, prefetch: int = 2) -> IndexedBatches:
+                         index_dir: Optional[str] = None, prefetch: int = 2,
+                         feature_layout: str = decoder_only.ENCODER_DECODER) -> IndexedBatches:
   """This process's IndexedBatches (defaults: jax.process_index() of jax.process_count()).
+
+  feature_layout: 'encoder_decoder' (seqio's EncDecFeatureConverter features) or 'decoder_only'
+  (data/decoder_only.py).
 
   single_pass: read each task's split once, in a fixed order (implies shuffle=False), padding
   ended rows with zeros, then stop (validation).
@@ -352,7 +374,9 @@ def make_indexed_batches(mixture_or_task_name: str, task_feature_lengths: Mappin
   spec = IndexedSpec(mixture_or_task_name, {k: int(task_feature_lengths[k])
                                             for k in ("inputs", "targets")},
                      split, int(global_batch_size), bool(use_packing),
-                     bool(shuffle) and not single_pass, int(seed), single_pass=bool(single_pass))
+                     bool(shuffle) and not single_pass, int(seed), single_pass=bool(single_pass),
+                     feature_layout=feature_layout)
+  batch_source.check_layout(feature_layout)
   batches = IndexedBatches(spec, process_index, process_count, index_dir=index_dir,
                            prefetch=prefetch)
   logging.info("input pipeline (indexed): %d task(s), %d lines, set up in %.1fs",

@@ -30,7 +30,7 @@ import seqio
 import tensorflow as tf
 
 from xmtf_jax import paths
-from xmtf_jax.data import batch_source, jsonl_source, stats
+from xmtf_jax.data import batch_source, decoder_only, decoder_only_tf, jsonl_source, stats
 from xmtf_jax.data import tasks as data_tasks
 from xmtf_jax.errors import UserError
 
@@ -60,16 +60,21 @@ def empty_tasks(mixture_or_task_name: str, split: str) -> list[str]:
 def make_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], split: str,
                  local_batch_size: int, *, use_packing: bool = False, shuffle: bool = True,
                  seed: Optional[int] = None, shard_index: int = 0, num_shards: int = 1,
-                 repeat: bool = True) -> tf.data.Dataset:
+                 repeat: bool = True,
+                 feature_layout: str = decoder_only.ENCODER_DECODER) -> tf.data.Dataset:
   """The batched tf.data pipeline behind `make_batch_iterator` (int32 features, see
   batch_source.batch_shapes).
 
   With `repeat=False` the split is read once, every task to its end, and the last batch may be
-  short.
+  short. feature_layout 'decoder_only': data/decoder_only_tf.py instead of EncDecFeatureConverter.
   """
   provider = data_tasks.get_mixture_or_task(mixture_or_task_name)
   shard_info = seqio.ShardInfo(index=shard_index, num_shards=num_shards) if num_shards > 1 else None
   lengths = dict(task_feature_lengths)
+  if feature_layout == decoder_only.DECODER_ONLY:
+    ds = decoder_only_tf.dataset(provider, lengths, split, shuffle=shuffle, seed=seed,
+                                 shard_info=shard_info, repeat=repeat, pack=use_packing)
+    return _batched(ds, local_batch_size, repeat)
   if isinstance(provider, seqio.Mixture) and not repeat:
     # seqio's sampler stops at the first exhausted task; one pass over a split must instead read
     # every task to its end, so concatenate them (in name order).
@@ -89,6 +94,10 @@ def make_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, i
   if not isinstance(provider, seqio.Mixture):  # a mixture already keeps only inputs and targets
     ds = ds.map(_inputs_and_targets)  # drop *_pretokenized and metadata features
   ds = seqio.EncDecFeatureConverter(pack=use_packing)(ds, lengths)
+  return _batched(ds, local_batch_size, repeat)
+
+
+def _batched(ds: tf.data.Dataset, local_batch_size: int, repeat: bool) -> tf.data.Dataset:
   if any(spec.dtype != tf.int32 for spec in ds.element_spec.values()):
     ds = ds.map(lambda ex: {k: tf.cast(v, tf.int32) for k, v in ex.items()})
   ds = ds.batch(local_batch_size, drop_remainder=repeat)
@@ -103,6 +112,7 @@ class PipelineSpec(batch_source.StreamSpec):
   shard_index: int
   num_shards: int
   repeat: bool
+  feature_layout: str = decoder_only.ENCODER_DECODER
 
   @property
   def local_batch_size(self) -> int:
@@ -129,7 +139,7 @@ class BatchIterator:
 
   def shapes(self) -> dict[str, tuple[int, int]]:
     return batch_source.batch_shapes(self.spec.task_feature_lengths, self.local_batch_size,
-                                     self.spec.use_packing)
+                                     self.spec.use_packing, self.spec.feature_layout)
 
   def _build(self, skip: int) -> None:
     s = self.spec
@@ -144,7 +154,7 @@ class BatchIterator:
         ds = make_dataset(s.mixture_or_task_name, s.task_feature_lengths, s.split,
                           s.local_batch_size, use_packing=s.use_packing, shuffle=s.shuffle,
                           seed=s.seed, shard_index=s.shard_index, num_shards=s.num_shards,
-                          repeat=s.repeat)
+                          repeat=s.repeat, feature_layout=s.feature_layout)
       if not skip:
         self._dataset = ds
     else:
@@ -220,7 +230,8 @@ def make_batch_iterator(mixture_or_task_name: str, task_feature_lengths: Mapping
                         split: str, global_batch_size: int, *, use_packing: bool = False,
                         shuffle: bool = True, seed: Optional[int] = None,
                         shard_index: Optional[int] = None, num_shards: Optional[int] = None,
-                        repeat: bool = True) -> BatchIterator:
+                        repeat: bool = True,
+                        feature_layout: str = decoder_only.ENCODER_DECODER) -> BatchIterator:
   """Host-local batches of `global_batch_size // num_shards` rows for this process's shard.
 
   Args:
@@ -235,7 +246,10 @@ def make_batch_iterator(mixture_or_task_name: str, task_feature_lengths: Mapping
     shard_index, num_shards: default jax.process_index() / jax.process_count().
     repeat: loop forever (training); False reads the split once and pads the last batch with
       all-zero rows (loss weight 0).
+    feature_layout: 'encoder_decoder' (seqio's EncDecFeatureConverter) or 'decoder_only'
+      (data/decoder_only.py).
   """
+  batch_source.check_layout(feature_layout)
   shard_index, num_shards = batch_source.process_index_and_count(shard_index, num_shards)
   if global_batch_size % num_shards:
     raise UserError(f"global_batch_size {global_batch_size} does not divide into {num_shards} "
@@ -249,5 +263,5 @@ def make_batch_iterator(mixture_or_task_name: str, task_feature_lengths: Mapping
     seed = int(np.random.SeedSequence().entropy % (2**31 - 1))
   spec = PipelineSpec(mixture_or_task_name, {k: int(v) for k, v in task_feature_lengths.items()},
                       split, int(global_batch_size), bool(use_packing), bool(shuffle), int(seed),
-                      int(shard_index), int(num_shards), bool(repeat))
+                      int(shard_index), int(num_shards), bool(repeat), feature_layout)
   return BatchIterator(spec)

@@ -20,7 +20,9 @@ import seqio
 import tensorflow as tf
 
 from xmtf_jax import paths
-from xmtf_jax.data import batch_source, jsonl_source, mixture_shares, source_factory, stats, xp3_family
+from xmtf_jax.data import batch_source, decoder_only, decoder_only_tf, jsonl_source, mixture_shares
+from xmtf_jax.data import source_factory, stats
+from xmtf_jax.data import xp3_family
 from xmtf_jax.data import tasks as data_tasks
 from xmtf_jax.progress import to_stderr
 
@@ -35,15 +37,23 @@ def length_stats(lengths: np.ndarray) -> dict:
 
 
 def untrimmed_lengths(task: seqio.Task, split: str, max_examples: Optional[int],
-                      label: str = "") -> dict[str, np.ndarray]:
-  """Token counts per example (EOS included where the task adds one), before any trimming."""
+                      label: str = "", feature_layout: str = decoder_only.ENCODER_DECODER
+                      ) -> dict[str, np.ndarray]:
+  """Token counts per example (EOS included where the task adds one), before any trimming; for the
+  decoder-only layout as it tokenizes: inputs, and " " + targets plus EOS."""
   ds = task.get_dataset(sequence_length=None, split=split, shuffle=False, num_epochs=1,
                         trim_output_features=False)
   if max_examples:
     ds = ds.take(max_examples)
   lengths = {k: [] for k in FEATURES}
   start = time.time()
+  vocab = decoder_only_tf.vocabulary_of(task)
   for i, ex in enumerate(ds.as_numpy_iterator(), start=1):
+    if feature_layout == decoder_only.DECODER_ONLY:
+      lengths["inputs"].append(len(vocab.encode(ex["inputs_pretokenized"].decode("utf-8"))))
+      lengths["targets"].append(len(vocab.encode(decoder_only.target_text(
+          ex["targets_pretokenized"].decode("utf-8")))) + 1)
+      continue
     for k in FEATURES:
       lengths[k].append(len(ex[k]))
     if i % 5000 == 0:
@@ -65,13 +75,18 @@ def packing_pipeline(task: seqio.Task, split: str, pipeline: str) -> str:
 
 def packing_efficiency(task: seqio.Task, split: str, task_feature_lengths: Mapping[str, int],
                        max_examples: Optional[int], pack: bool,
-                       pipeline: str = batch_source.INDEXED, rows_per_batch: int = 64) -> dict:
+                       pipeline: str = batch_source.INDEXED, rows_per_batch: int = 64,
+                       feature_layout: str = decoder_only.ENCODER_DECODER) -> dict:
   """Non-pad share of the token slots of the rows training would build from (a sample of) the task:
   the batch source of `pipeline` in one pass (the indexed one packs next-fit per row, the tf.data
-  one as seqio packs), rows holding no example left out."""
+  one as seqio packs), rows holding no example left out. Decoder-only rows have one feature of
+  inputs + targets slots: input positions (weight 0) and target positions are shares of those."""
   config = batch_source.SourceConfig(task.name, dict(task_feature_lengths), rows_per_batch,
                                      use_packing=pack,
-                                     pipeline=packing_pipeline(task, split, pipeline))
+                                     pipeline=packing_pipeline(task, split, pipeline),
+                                     feature_layout=feature_layout)
+  if feature_layout == decoder_only.DECODER_ONLY:
+    return _decoder_only_efficiency(config, split, max_examples)
   source = source_factory.make_batch_source(config, split, single_pass=True, process_index=0,
                                             process_count=1)
   rows = examples = real_inputs = real_targets = 0
@@ -95,12 +110,37 @@ def packing_efficiency(task: seqio.Task, split: str, task_feature_lengths: Mappi
           "targets_efficiency": share(real_targets, slots_out)}
 
 
+def _decoder_only_efficiency(config: batch_source.SourceConfig, split: str,
+                             max_examples: Optional[int]) -> dict:
+  source = source_factory.make_batch_source(config, split, single_pass=True, process_index=0,
+                                            process_count=1)
+  rows = examples = real_inputs = real_targets = 0
+  try:
+    for batch in source:
+      segments, weights = batch["decoder_segment_ids"], batch["decoder_loss_weights"]
+      rows += int((segments.max(axis=1) > 0).sum())
+      examples += int(segments.max(axis=1).sum())
+      real_targets += int(np.count_nonzero(weights))
+      real_inputs += int(np.count_nonzero((segments > 0) & (weights == 0)))
+      if max_examples and examples >= max_examples:
+        break
+  finally:
+    source.close()
+  slots = rows * decoder_only.row_length(config.task_feature_lengths)
+  share = lambda a, b: a / b if b else 0.0  # noqa: E731
+  return {"rows": rows, "examples": examples, "pipeline": config.pipeline,
+          "efficiency": share(real_inputs + real_targets, slots),
+          "inputs_efficiency": share(real_inputs, slots),
+          "targets_efficiency": share(real_targets, slots)}
+
+
 def task_report(task: seqio.Task, split: str, task_feature_lengths: Mapping[str, int],
                 max_examples: Optional[int], rate: Optional[float], language: Optional[str],
-                label: str = "", pipeline: str = batch_source.INDEXED) -> dict:
+                label: str = "", pipeline: str = batch_source.INDEXED,
+                feature_layout: str = decoder_only.ENCODER_DECODER) -> dict:
   read = stats.DataStats(split)  # what this report's reading of the task skipped
   with stats.collecting(read):
-    lengths = untrimmed_lengths(task, split, max_examples, label)
+    lengths = untrimmed_lengths(task, split, max_examples, label, feature_layout)
   n = int(lengths["inputs"].size)
   row = {"task": task.name, "language": language, "examples_read": n,
          "examples_in_files": task.num_input_examples(split), "mixing_rate": rate}
@@ -112,9 +152,9 @@ def task_report(task: seqio.Task, split: str, task_feature_lengths: Mapping[str,
   row["truncated_share"] = float(np.mean(either)) if n else 0.0
   row["packing"] = {
       "unpacked": packing_efficiency(task, split, task_feature_lengths, max_examples, False,
-                                     pipeline),
+                                     pipeline, feature_layout=feature_layout),
       "packed": packing_efficiency(task, split, task_feature_lengths, max_examples, True,
-                                   pipeline)}
+                                   pipeline, feature_layout=feature_layout)}
   row["bad_lines"] = read.bad_lines.counts(task.name)
   row["bad_line_examples"] = read.bad_lines.examples(task.name)
   return row
@@ -126,8 +166,10 @@ def _rates_and_languages(provider) -> tuple[dict, dict]:
 
 def build_report(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
                  split: str = "train", max_examples_per_task: Optional[int] = 10_000,
-                 input_pipeline: str = batch_source.INDEXED) -> dict:
-  """The report as a dict (what report.json holds); packing as `input_pipeline` packs."""
+                 input_pipeline: str = batch_source.INDEXED,
+                 feature_layout: str = decoder_only.ENCODER_DECODER) -> dict:
+  """The report as a dict (what report.json holds); packing as `input_pipeline` packs the rows of
+  `feature_layout` ('encoder_decoder' or 'decoder_only')."""
   provider = data_tasks.get_mixture_or_task(mixture_or_task_name)
   tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
   tasks = [t for t in tasks if split in t.splits]
@@ -140,7 +182,7 @@ def build_report(mixture_or_task_name: str, task_feature_lengths: Mapping[str, i
     try:
       rows.append(task_report(task, split, task_feature_lengths, max_examples_per_task,
                               rates.get(task.name), languages.get(task.name), label,
-                              input_pipeline))
+                              input_pipeline, feature_layout))
     except tf.errors.OpError as e:
       raise jsonl_source.unwrap_tf_error(e) from None
   info = xp3_family.mixture_info(mixture_or_task_name)
@@ -155,7 +197,7 @@ def build_report(mixture_or_task_name: str, task_feature_lengths: Mapping[str, i
       "seconds": time.time() - start, "tasks": rows,
       "folder_problems": folder_problems,
       "bad_lines_total": sum(sum(r["bad_lines"].values()) for r in rows),
-      "input_pipeline": input_pipeline,
+      "input_pipeline": input_pipeline, "feature_layout": feature_layout,
       "packed_examples_per_row": packed_examples / packed_rows if packed_rows else 0.0,
   }
 

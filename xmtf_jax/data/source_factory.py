@@ -25,6 +25,7 @@ def check_settings(config: SourceConfig) -> None:
   if config.pipeline not in PIPELINES:
     raise UserError(f"TrainConfig.input_pipeline={config.pipeline!r}: choose one of "
                      f"{', '.join(map(repr, PIPELINES))}")
+  batch_source.check_layout(config.feature_layout)
   if config.pipeline != INDEXED:
     return
   if config.num_data_shards is not None:
@@ -68,9 +69,10 @@ def make_batch_source(config: SourceConfig, split: str, *, single_pass: bool = F
         config.mixture_or_task_name, config.task_feature_lengths, split, config.batch_size,
         use_packing=config.use_packing, shuffle=not single_pass,
         seed=0 if single_pass else config.seed, repeat=not single_pass,
-        num_data_shards=config.num_data_shards, process_index=index, process_count=count)
+        num_data_shards=config.num_data_shards, process_index=index, process_count=count,
+        feature_layout=config.feature_layout)
   return indexed_pipeline.make_indexed_batches(
       config.mixture_or_task_name, config.task_feature_lengths, split, config.batch_size,
       use_packing=config.use_packing, seed=0 if single_pass else config.seed,
       shuffle=not single_pass, single_pass=single_pass, process_index=index, process_count=count,
-      index_dir=config.line_index_dir)
+      index_dir=config.line_index_dir, feature_layout=config.feature_layout)

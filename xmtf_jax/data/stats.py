@@ -99,6 +99,13 @@ class DataStats:
     self._truncation: dict[str, TruncationCounter] = {}
     self._lock = threading.Lock()
 
+  def sharing_bad_lines(self) -> "DataStats":
+    """A DataStats that logs bad lines into this one's and keeps its truncation counts apart (for
+    pipelines whose examples are counted elsewhere, e.g. by the decoder-only layout)."""
+    view = DataStats(self.split)
+    view.bad_lines = self.bad_lines
+    return view
+
   def truncation_counter(self, task_name: str) -> TruncationCounter:
     with self._lock:
       if task_name not in self._truncation:

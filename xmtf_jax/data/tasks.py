@@ -13,7 +13,7 @@ from typing import Callable, Mapping, Optional, Sequence
 import seqio
 
 from xmtf_jax import paths
-from xmtf_jax.data import truncation
+from xmtf_jax.data import bpe_vocabulary, truncation
 from xmtf_jax.data.config import MT5_VOCABULARY_PATH, DataConfig
 from xmtf_jax.data.jsonl_source import JsonlDataSource, RecordSchema
 from xmtf_jax.errors import UserError
@@ -35,20 +35,53 @@ class _SentencePieceVocabulary(seqio.SentencePieceVocabulary):
       self._sentencepiece_model_file = url
 
 
+SENTENCEPIECE_FILES = ("spiece.model", "sentencepiece.model")
+
+
 @functools.lru_cache(maxsize=None)
-def _shared_vocabulary(path: str) -> seqio.SentencePieceVocabulary:
+def _shared_vocabulary(path: str) -> seqio.Vocabulary:
+  if bpe_vocabulary.is_tokenizer_file(path):
+    return bpe_vocabulary.BpeVocabulary(path)
   return _SentencePieceVocabulary(path, extra_ids=0)
 
 
-def vocabulary(path: str) -> seqio.SentencePieceVocabulary:
-  """A SentencePiece vocabulary with no extra ids (mT5's 100 sentinels are inside the model).
+def vocabulary_file(path: str) -> str:
+  """The vocabulary file a path names: the path itself, or for a folder (an HF folder) its
+  SentencePiece model (spiece.model, sentencepiece.model) or else its tokenizer.json. Only a path
+  that is neither a `.model` nor a `.json` file is looked into."""
+  if path.endswith((".model", ".json")) or not paths.isdir(path):
+    return path
+  for name in SENTENCEPIECE_FILES + (bpe_vocabulary.TOKENIZER_FILE,):
+    if paths.exists(paths.join(path, name)):
+      return paths.join(path, name)
+  raise UserError(f"{path} is a folder with no vocabulary in it: looked for "
+                   f"{', '.join(SENTENCEPIECE_FILES + (bpe_vocabulary.TOKENIZER_FILE,))}")
+
+
+def vocabulary(path: str) -> seqio.Vocabulary:
+  """The vocabulary of a file: a SentencePiece model (mT5's kind; no extra ids, mT5's 100 sentinels
+  are inside the model) or, for an HF `tokenizer.json` (BLOOM's kind), a `BpeVocabulary`. A folder
+  gives its spiece.model, else its tokenizer.json (`vocabulary_file`).
 
   Loaded lazily on first use, so naming a gs:// model does not download anything at registration.
   Relative paths that do not exist from the working directory are taken from the repository root.
   One object per file (local paths made absolute): tasks naming it share its loaded model and are
   equal, as seqio requires of the tasks of a mixture.
   """
-  return _shared_vocabulary(paths.abspath(paths.repo_path(path)))
+  return _shared_vocabulary(vocabulary_file(paths.abspath(paths.repo_path(path))))
+
+
+def resolved(vocab: seqio.Vocabulary) -> seqio.Vocabulary:
+  """The vocabulary a `RunVocabulary` stands for now (any other as it is)."""
+  return vocab.resolve() if isinstance(vocab, RunVocabulary) else vocab
+
+
+def path_of(vocab: seqio.Vocabulary) -> Optional[str]:
+  """The file a vocabulary was loaded from (SentencePiece model or tokenizer.json), None for others:
+  what a checkpoint records as its vocabulary path."""
+  vocab = resolved(vocab)
+  return (getattr(vocab, "sentencepiece_model_file", None)
+          or getattr(vocab, "tokenizer_file", None))
 
 
 class RunVocabulary(_SentencePieceVocabulary):
@@ -56,7 +89,8 @@ class RunVocabulary(_SentencePieceVocabulary):
   use (tokenizing, sizes, the path recorded in checkpoints), so a task defined at import, before gin
   is parsed, still follows `--gin.VOCABULARY_PATH`: `mixtures.register_for(name, config)` binds the
   RunVocabulary of `name`'s tasks to `config.vocabulary_path` (`configure_tasks`); unbound, it is
-  mT5's. Equal to `vocabulary(that path)`: it mixes with xP3's tasks."""
+  mT5's. Equal to `vocabulary(that path)`: it mixes with xP3's tasks. Bound to a tokenizer.json it
+  hands every call to that `BpeVocabulary`."""
 
   def __init__(self, path: Optional[str] = None):
     super().__init__("", extra_ids=0)
@@ -65,15 +99,39 @@ class RunVocabulary(_SentencePieceVocabulary):
   def bind(self, path: str) -> None:
     self._bound_path = path
 
-  def resolve(self) -> seqio.SentencePieceVocabulary:
+  def resolve(self) -> seqio.Vocabulary:
     return vocabulary(self._bound_path or MT5_VOCABULARY_PATH)
 
   def _model_context(self):
     return self.resolve()._model_context()  # the shared, cached model of that file
 
   @property
-  def sentencepiece_model_file(self) -> str:
-    return self.resolve().sentencepiece_model_file
+  def sentencepiece_model_file(self) -> Optional[str]:
+    return getattr(self.resolve(), "sentencepiece_model_file", None)
+
+  @property
+  def tokenizer_file(self) -> Optional[str]:
+    return getattr(self.resolve(), "tokenizer_file", None)
+
+  @property
+  def tokenizer(self):
+    return self.resolve().tokenizer
+
+  # Everything a vocabulary does, by the resolved one (SentencePiece or BPE).
+  encode = property(lambda self: self.resolve().encode)
+  decode = property(lambda self: self.resolve().decode)
+  encode_tf = property(lambda self: self.resolve().encode_tf)
+  decode_tf = property(lambda self: self.resolve().decode_tf)
+  eos_id = property(lambda self: self.resolve().eos_id)
+  pad_id = property(lambda self: self.resolve().pad_id)
+  unk_id = property(lambda self: self.resolve().unk_id)
+  bos_id = property(lambda self: self.resolve().bos_id)
+  vocab_size = property(lambda self: self.resolve().vocab_size)
+  _base_vocab_size = property(lambda self: self.resolve()._base_vocab_size)
+
+  def __eq__(self, other) -> bool:
+    other = other.resolve() if isinstance(other, RunVocabulary) else other
+    return self.resolve() == other
 
   def __getstate__(self):  # what seqio's __eq__ compares (mixtures require equal vocabularies)
     return self.resolve().__getstate__()
@@ -108,8 +166,9 @@ def configure_tasks(name: str, config: DataConfig) -> None:
 
 
 def _vocabulary_key(vocab: seqio.Vocabulary) -> Optional[tuple[str, int]]:
-  """(SentencePiece model file, extra ids) of a vocabulary, named, not loaded; None for other kinds."""
-  path = getattr(vocab, "sentencepiece_model_file", None)
+  """(SentencePiece model or tokenizer file, extra ids) of a vocabulary, named, not loaded; None for
+  other kinds."""
+  path = path_of(vocab)
   return (path, getattr(vocab, "extra_ids", 0)) if path else None
 
 
@@ -124,7 +183,7 @@ def check_one_vocabulary(name: str, task_list: Sequence[seqio.Task]) -> None:
     for feature in task.output_features.values():
       key = _vocabulary_key(feature.vocabulary)
       if key is None:
-        return  # not SentencePiece: seqio's own comparison decides
+        return  # neither SentencePiece nor BPE: seqio's own comparison decides
       if isinstance(feature.vocabulary, RunVocabulary):
         follows_run.add(key)
       names = by_vocabulary.setdefault(key, [])
