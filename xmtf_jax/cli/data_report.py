@@ -31,12 +31,15 @@ def make_report(mixture_or_task_name: str = gin.REQUIRED,
                 task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
                 output_dir: str = "runs/data_report", split: str = "train",
                 max_examples_per_task: Optional[int] = 10_000,
-                line_index_dir: Optional[str] = None, input_pipeline: str = "indexed") -> dict:
+                line_index_dir: Optional[str] = None, input_pipeline: str = "indexed",
+                feature_layout: str = "encoder_decoder") -> dict:
   """Builds the report and writes report.json, report.md and language_shares.png to output_dir.
 
   line_index_dir: also build the line offsets the indexed training pipeline reads, for every file of
   the split, into this folder (e.g. gs://bucket/line_index, then TrainConfig.line_index_dir).
   input_pipeline: the training pipeline whose packing the report measures ('indexed' | 'tf_data').
+  feature_layout: how the model family lays examples out: 'encoder_decoder' (mT5) or 'decoder_only'
+    (BLOOM: inputs ++ " " targets ++ EOS in one row of inputs + targets positions).
   """
   runtime.register_tasks(mixture_or_task_name)
   if line_index_dir:
@@ -44,7 +47,7 @@ def make_report(mixture_or_task_name: str = gin.REQUIRED,
     lines = line_index.index_files(files, line_index_dir)
     to_stderr(f"line index: {len(files)} files, {lines} lines in {line_index_dir}")
   report = build_report(mixture_or_task_name, task_feature_lengths, split, max_examples_per_task,
-                        input_pipeline)
+                        input_pipeline, feature_layout=feature_layout)
   paths.makedirs(output_dir)
   paths.write_text(paths.join(output_dir, "report.json"),
                    json.dumps(report, indent=1, ensure_ascii=False))

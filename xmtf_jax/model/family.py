@@ -27,6 +27,7 @@ import dataclasses
 import importlib
 from typing import Any, Mapping, Optional
 
+from xmtf_jax.data import decoder_only as decoder_only_layout
 from xmtf_jax.errors import UserError
 from xmtf_jax.model.bloom_config import BloomConfig
 from xmtf_jax.model.config import T5Config
@@ -60,6 +61,14 @@ def model_for(config: ModelConfig, mesh: Optional[Any] = None, logical_axis_rule
 
 def is_decoder_only(config: ModelConfig) -> bool:
   return family_of(config) != T5Config.family
+
+
+def feature_layout(config: ModelConfig) -> str:
+  """The batch layout the family trains on (`SourceConfig.feature_layout`): 'encoder_decoder' (mT5:
+  inputs to the encoder, targets shifted right) or 'decoder_only' (BLOOM: inputs ++ " " targets ++ EOS
+  in one row, loss on the targets)."""
+  return (decoder_only_layout.DECODER_ONLY if is_decoder_only(config)
+          else decoder_only_layout.ENCODER_DECODER)
 
 
 def config_to_dict(config: ModelConfig) -> dict:

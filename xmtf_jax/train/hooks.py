@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from xmtf_jax.data import batch_source, source_factory
+from xmtf_jax.model import family
 from xmtf_jax.train import losses
 from xmtf_jax.train import trainer
 
@@ -50,7 +51,7 @@ class EvalContext:
         self.mixture_or_task_name, dict(self.task_feature_lengths), self.batch_size,
         use_packing=self.use_packing, pipeline=self.input_pipeline,
         num_data_shards=self.num_data_shards if self.input_pipeline == batch_source.TF_DATA else None,
-        line_index_dir=self.line_index_dir)
+        line_index_dir=self.line_index_dir, feature_layout=family.feature_layout(self.model.config))
 
 
 def hook_name(hook: Callable, factory: Optional[Callable] = None) -> str:

@@ -195,7 +195,7 @@ def train(config: TrainConfig, model_config: family.ModelConfig,
     return TrainResult("already_done", latest, config.model_dir)
 
   # This process's training batches (their source counts truncation and bad lines for this run).
-  data = source_factory.make_batch_source(source_config(config), "train")
+  data = source_factory.make_batch_source(source_config(config, model_config), "train")
   metrics_log = reporting.MetricsLog(config.model_dir)
   state = restore_or_initialize(config, assembly, checkpointer, data, metrics_log)
   start_step = int(jax.device_get(state.step))
@@ -231,12 +231,13 @@ def train(config: TrainConfig, model_config: family.ModelConfig,
     reporting.plot_loss_curve(config.model_dir)
 
 
-def source_config(config: TrainConfig) -> batch_source.SourceConfig:
-  """The run's batches as the batch-source factory takes them."""
+def source_config(config: TrainConfig, model_config: family.ModelConfig) -> batch_source.SourceConfig:
+  """The run's batches as the batch-source factory takes them (in the model family's layout)."""
   return batch_source.SourceConfig(
       config.mixture_or_task_name, dict(config.task_feature_lengths), config.batch_size,
       use_packing=config.use_packing, seed=config.data_seed, pipeline=config.input_pipeline,
-      num_data_shards=config.num_data_shards, line_index_dir=config.line_index_dir)
+      num_data_shards=config.num_data_shards, line_index_dir=config.line_index_dir,
+      feature_layout=family.feature_layout(model_config))
 
 
 def make_meter(config: TrainConfig, model_config: family.ModelConfig) -> reporting.ProgressMeter:

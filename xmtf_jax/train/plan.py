@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from xmtf_jax.data import batch_source
-from xmtf_jax.model.config import T5Config
+from xmtf_jax.model import family
 from xmtf_jax.parallel import hlo_collectives, partitioning
 from xmtf_jax.train import losses, optim, step_assembly, trainer
 
@@ -143,10 +143,12 @@ class Plan:
     return "\n".join(lines)
 
 
-def abstract_batch(mesh: Any, shape: StepShape) -> dict[str, jax.ShapeDtypeStruct]:
+def abstract_batch(mesh: Any, shape: StepShape, feature_layout: str = "encoder_decoder"
+                   ) -> dict[str, jax.ShapeDtypeStruct]:
   """The global batch the train loop feeds, as int32 ShapeDtypeStructs with rows over `data`."""
   rows = partitioning.data_sharding(mesh)
-  shapes = batch_source.batch_shapes(shape.task_feature_lengths, shape.batch_size, shape.use_packing)
+  shapes = batch_source.batch_shapes(shape.task_feature_lengths, shape.batch_size, shape.use_packing,
+                                     feature_layout)
   return {name: jax.ShapeDtypeStruct(dims, jnp.int32, sharding=rows) for name, dims in shapes.items()}
 
 
@@ -171,7 +173,7 @@ def collectives(hlo_text: str) -> dict:
   return hlo_collectives.count_collectives(hlo_text)
 
 
-def suggest(plan: Plan, model_config: T5Config, partitioning_config: partitioning.PartitioningConfig,
+def suggest(plan: Plan, model_config: family.ModelConfig, partitioning_config: partitioning.PartitioningConfig,
             shape: StepShape, data_size: int) -> str:
   """A change likely to fit, from a linear model: activations shrink with the micro-batch size.
 
@@ -203,7 +205,7 @@ def suggest(plan: Plan, model_config: T5Config, partitioning_config: partitionin
   return "use more devices, longer sequences split into micro-batches, or more model partitions"
 
 
-def plan_train_step(model_config: T5Config, optimizer_config: optim.OptimizerConfig,
+def plan_train_step(model_config: family.ModelConfig, optimizer_config: optim.OptimizerConfig,
                     loss_config: losses.LossConfig, partitioning_config: partitioning.PartitioningConfig,
                     shape: StepShape, devices: Sequence[Any], *, hbm_bytes: int,
                     target: str = "") -> Plan:
@@ -211,7 +213,7 @@ def plan_train_step(model_config: T5Config, optimizer_config: optim.OptimizerCon
   assembly = step_assembly.assemble_step(model_config, partitioning_config, optimizer_config,
                                          loss_config, shape.settings, devices=devices)
   mesh, state = assembly.mesh, assembly.abstract_state
-  batch = abstract_batch(mesh, shape)
+  batch = abstract_batch(mesh, shape, family.feature_layout(model_config))
   started = time.perf_counter()
   lowered = assembly.train_step.lower(state, batch)
   lowered_at = time.perf_counter()

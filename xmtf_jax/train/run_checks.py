@@ -9,6 +9,7 @@ from typing import Optional
 import seqio
 
 from xmtf_jax import paths
+from xmtf_jax.data import tasks as data_tasks
 from xmtf_jax.errors import UserError
 from xmtf_jax.model import family
 
@@ -42,7 +43,7 @@ def task_features(mixture_or_task_name: str, model_config: family.ModelConfig, f
         "multiple of 128) unless this is intended.", model_config.vocab_size,
         model_config.vocab_size / vocabulary.vocab_size, mixture_or_task_name, vocabulary.vocab_size,
         -(-vocabulary.vocab_size // 128) * 128)
-  path = getattr(vocabulary, "sentencepiece_model_file", None)
+  path = data_tasks.path_of(vocabulary)  # the SentencePiece model or tokenizer.json
   path = paths.abspath(path) if path else path
   return TaskFeatures(path, bool(provider.output_features["inputs"].add_eos))
 
