@@ -28,6 +28,7 @@ from xmtf_jax.evaluation import rank_classification
 from xmtf_jax.evaluation import results as eval_results
 from xmtf_jax.evaluation import tasks as eval_tasks
 from xmtf_jax.evaluation.heldout_tasks import HeldoutSuite
+from xmtf_jax.model.prompt_format import prompt_format
 from xmtf_jax.train.vocabulary import load_vocabulary
 
 
@@ -66,6 +67,7 @@ def evaluate(*, model_path: str = gin.REQUIRED, output_dir: str = gin.REQUIRED,
                     "(e.g. --gin_file=gin/eval/heldout_en.gin)")
   runtime.register_tasks(*tasks)
   scorer = rank_classification.make_choice_scorer(model, params, mesh)
+  layout = prompt_format(model.config)
   # Every process scores the same batches (a collective computation); one reports and writes.
   main_process = jax.process_index() == 0
   results = eval_tasks.evaluate_tasks(scorer, names, batch_size=batch_size, split=split,
@@ -73,11 +75,10 @@ def evaluate(*, model_path: str = gin.REQUIRED, output_dir: str = gin.REQUIRED,
                                       max_choice_length=max_choice_length,
                                       max_examples_per_task=max_examples_per_task,
                                       add_eos_to_inputs=add_eos_to_inputs,
-                                      print_fn=print if main_process else None)
+                                      print_fn=print if main_process else None,
+                                      prompt_format=layout)
   metadata = dict(model_path=model_path, batch_size=batch_size, max_input_length=max_input_length,
-                  protocol="rank classification: sum of choice log-probs incl. EOS, no length "
-                           "normalisation, inputs " + ("with" if add_eos_to_inputs else "without")
-                           + " EOS",
+                  protocol=rank_classification.describe_protocol(layout, add_eos_to_inputs),
                   seconds=round(time.time() - started, 1))
   if heldout is not None:
     metadata["prompt_variant"] = heldout.prompt_variant
