@@ -49,16 +49,6 @@ def ours_from_hf(hf_model):
                                                 bloom_mapping.params_from_hf(state, config))
 
 
-@pytest.fixture(scope="module")
-def models():
-  hf_model = build_random_hf_bloom(seed=21)
-  with torch.no_grad():  # EOS likelier: some greedy rows now stop early, others run to the limit
-    embedding = hf_model.transformer.word_embeddings.weight
-    embedding[EOS] = embedding[EOS] + 1.5 * embedding.mean(0) + 0.4
-  model, params = ours_from_hf(hf_model)
-  return model, params, hf_model
-
-
 def left_pad(rows, length=None):
   length = length or max(len(r) for r in rows)
   out = np.full((len(rows), length), PAD, np.int32)
@@ -71,6 +61,26 @@ def left_pad(rows, length=None):
 def prompts():
   rng = np.random.default_rng(0)
   return left_pad([list(rng.integers(4, 300, n)) for n in (8, 3, 6, 1, 5)])
+
+
+@pytest.fixture(scope="module")
+def models(prompts):
+  hf_model = build_random_hf_bloom(seed=21)
+  # EOS's row (the head is tied) is pointed at the final hidden states of two positions of the greedy
+  # continuations (minus their mean), so rows now stop after 1 and 4 tokens or run to the limit.
+  continuations, _ = hf_generate(hf_model, prompts, do_sample=False)
+  tokens = np.concatenate([prompts, continuations], axis=1)
+  with torch.no_grad():
+    hidden = hf_model(input_ids=torch.tensor(tokens, dtype=torch.long),
+                      attention_mask=torch.tensor(tokens != PAD, dtype=torch.long),
+                      output_hidden_states=True).hidden_states[-1]
+    mean = hidden[torch.tensor(tokens != PAD)].mean(0)
+    unit = lambda v: (v - mean) / (v - mean).norm()  # noqa: E731
+    at = prompts.shape[1] - 1
+    hf_model.transformer.word_embeddings.weight[EOS] += 5.0 * (unit(hidden[0, at + 3])
+                                                               + unit(hidden[2, at + 5]))
+  model, params = ours_from_hf(hf_model)
+  return model, params, hf_model
 
 
 # ---- rank classification --------------------------------------------------------------------------
