@@ -42,7 +42,10 @@ def evaluate(*, model_path: str = gin.REQUIRED, output_dir: str = gin.REQUIRED,
   """Scores `tasks` and/or the held-out suite; writes results; returns the written paths.
 
   model_path: an HF folder (config.json + safetensors) or a training run's checkpoint directory.
-  batch_size counts examples (each with all its choices). max_input_length 512 is the paper's.
+  `model` and `params` (a task-level model of either family and its params) skip loading.
+  batch_size counts examples (each with all its choices). max_input_length 512 is the paper's for
+  mT0 (BLOOMZ was evaluated with 2048). Inputs and choices are laid out by the model family's
+  `PromptFormat` (mT5: choice + EOS; BLOOM: left-padded input, " " + choice, no EOS).
   add_eos_to_inputs: None (default) follows the model's training (a checkpoint records it; HF
   folders: no EOS, the paper's protocol).
   """
