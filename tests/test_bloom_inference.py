@@ -15,7 +15,7 @@ from xmtf_jax.evaluation import rank_classification as rc
 from xmtf_jax.hf import bloom_mapping
 from xmtf_jax.inference import generation
 from xmtf_jax.inference.generation import DecodingConfig
-from xmtf_jax.model import scoring
+from xmtf_jax.model import layer_stacking, scoring
 from xmtf_jax.model.decoder_only import DecoderOnlyModel
 from xmtf_jax.model.prompt_format import BLOOM, prompt_format
 from xmtf_jax.parallel import partitioning
@@ -130,6 +130,8 @@ def test_bloom_layout_of_inputs_and_choices():
   [batch] = rc.make_batches([example], 2, prompt_format=BLOOM)
   assert batch.input_tokens.tolist() == [[PAD] * 4 + encode("cdef"), [PAD] * 8]
   assert batch.choice_target_tokens[0].tolist() == [encode(" xy") + [PAD], encode(" w") + [PAD] * 2]
+  assert BLOOM.input_ids([5, 6, 7, 8, 9], 4, add_eos=True) == [7, 8, 9, EOS]
+  assert BLOOM.generated_ids([9, 8, EOS, PAD, PAD]) == [9, 8]
   assert rc.describe_protocol(BLOOM, False) == (
       "rank classification: sum of ' ' + choice log-probs without EOS, no length normalisation, "
       "left-padded inputs without EOS")
@@ -264,3 +266,15 @@ def test_sharded_scoring_and_decoding_equal_unsharded(models, prompts):
   np.testing.assert_array_equal(
       generation.make_predictor(sharded_model, sharded_params, config, mesh)(prompts),
       np.asarray(generation.generate(model, params, prompts, config).sequences))
+
+
+def test_a_scanned_model_decodes_and_scores_as_the_per_layer_one(models, prompts):
+  model, params, _ = models
+  scanned = DecoderOnlyModel(model.config.replace(scan_layers=True))
+  stacked = layer_stacking.stack_layers(params, scanned.config)
+  inputs, choices = choice_fixture()
+  np.testing.assert_allclose(rc.make_choice_scorer(scanned, stacked)(inputs, choices),
+                             rc.make_choice_scorer(model, params)(inputs, choices), rtol=1e-5, atol=1e-5)
+  config = DecodingConfig(method="beam", num_beams=3, max_decode_length=MAX_DECODE)
+  np.testing.assert_array_equal(np.asarray(generation.generate(scanned, stacked, prompts, config).sequences),
+                                np.asarray(generation.generate(model, params, prompts, config).sequences))
