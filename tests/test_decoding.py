@@ -82,6 +82,27 @@ def test_rows_stop_at_their_own_eos():
   assert len(lengths) > 1  # the rows really finished at different steps
 
 
+def test_per_row_start_tokens_and_a_pad_id_other_than_zero():
+  """A decoder-only model starts each row from its own last prompt token and pads with its own id."""
+  tokens_to_logits, _ = make_toy(3, eos_bias=1.0)
+  alone = [decoding.sample_decode(tokens_to_logits, initial_cache(1), batch_size=1,
+                                  max_decode_length=10, start_id=s, pad_id=5).sequences[0]
+           for s in (0, 2, 4)]
+  batched = decoding.sample_decode(tokens_to_logits, initial_cache(3), batch_size=3,
+                                   max_decode_length=10, start_id=jnp.asarray([0, 2, 4]), pad_id=5)
+  for row, expected in zip(np.asarray(batched.sequences), alone):
+    np.testing.assert_array_equal(row, expected)
+    assert all(t == 5 for t in list(row)[len(strip(row)):])
+  assert any(len(strip(row)) < 10 for row in alone)  # some padding was written
+  beams = decoding.beam_search(tokens_to_logits, initial_cache(6), batch_size=3, num_beams=2,
+                               max_decode_length=10, start_id=jnp.asarray([0, 2, 4]), pad_id=5)
+  for row, s in enumerate((0, 2, 4)):
+    one = decoding.beam_search(tokens_to_logits, initial_cache(2), batch_size=1, num_beams=2,
+                               max_decode_length=10, start_id=s, pad_id=5)
+    np.testing.assert_array_equal(beams.sequences[row], one.sequences[0])
+  assert all(t == 5 for row in np.asarray(beams.sequences) for t in list(row)[len(strip(row)):])
+
+
 @pytest.mark.parametrize("length_penalty, early_stopping", [(0.0, False), (1.0, False), (2.0, True),
                                                              (0.6, "never"), (2.0, "never")])
 def test_one_beam_equals_greedy(length_penalty, early_stopping):

@@ -47,10 +47,10 @@ def test_batches_have_fixed_shapes_bucketed_lengths_and_every_example_once():
   seen = sorted(int(i) for b in batches for i in b.example_indices if i >= 0)
   assert seen == list(range(len(examples)))
   for batch in batches:
-    assert batch.encoder_input_tokens.shape[0] == 8 and batch.choice_target_tokens.shape[:2] == (8, 3)
-    in_len, t_len = batch.encoder_input_tokens.shape[1], batch.choice_target_tokens.shape[2]
+    assert batch.input_tokens.shape[0] == 8 and batch.choice_target_tokens.shape[:2] == (8, 3)
+    in_len, t_len = batch.input_tokens.shape[1], batch.choice_target_tokens.shape[2]
     assert in_len & (in_len - 1) == 0 and t_len & (t_len - 1) == 0  # powers of two
-  shapes = {(b.encoder_input_tokens.shape, b.choice_target_tokens.shape) for b in batches}
+  shapes = {(b.input_tokens.shape, b.choice_target_tokens.shape) for b in batches}
   assert len(shapes) <= 4
 
 

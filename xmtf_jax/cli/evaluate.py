@@ -28,6 +28,7 @@ from xmtf_jax.evaluation import rank_classification
 from xmtf_jax.evaluation import results as eval_results
 from xmtf_jax.evaluation import tasks as eval_tasks
 from xmtf_jax.evaluation.heldout_tasks import HeldoutSuite
+from xmtf_jax.model.prompt_format import prompt_format
 from xmtf_jax.train.vocabulary import load_vocabulary
 
 
@@ -41,7 +42,10 @@ def evaluate(*, model_path: str = gin.REQUIRED, output_dir: str = gin.REQUIRED,
   """Scores `tasks` and/or the held-out suite; writes results; returns the written paths.
 
   model_path: an HF folder (config.json + safetensors) or a training run's checkpoint directory.
-  batch_size counts examples (each with all its choices). max_input_length 512 is the paper's.
+  `model` and `params` (a task-level model of either family and its params) skip loading.
+  batch_size counts examples (each with all its choices). max_input_length 512 is the paper's for
+  mT0 (BLOOMZ was evaluated with 2048). Inputs and choices are laid out by the model family's
+  `PromptFormat` (mT5: choice + EOS; BLOOM: left-padded input, " " + choice, no EOS).
   add_eos_to_inputs: None (default) follows the model's training (a checkpoint records it; HF
   folders: no EOS, the paper's protocol).
   """
@@ -66,6 +70,7 @@ def evaluate(*, model_path: str = gin.REQUIRED, output_dir: str = gin.REQUIRED,
                     "(e.g. --gin_file=gin/eval/heldout_en.gin)")
   runtime.register_tasks(*tasks)
   scorer = rank_classification.make_choice_scorer(model, params, mesh)
+  layout = prompt_format(model.config)
   # Every process scores the same batches (a collective computation); one reports and writes.
   main_process = jax.process_index() == 0
   results = eval_tasks.evaluate_tasks(scorer, names, batch_size=batch_size, split=split,
@@ -73,11 +78,10 @@ def evaluate(*, model_path: str = gin.REQUIRED, output_dir: str = gin.REQUIRED,
                                       max_choice_length=max_choice_length,
                                       max_examples_per_task=max_examples_per_task,
                                       add_eos_to_inputs=add_eos_to_inputs,
-                                      print_fn=print if main_process else None)
+                                      print_fn=print if main_process else None,
+                                      prompt_format=layout)
   metadata = dict(model_path=model_path, batch_size=batch_size, max_input_length=max_input_length,
-                  protocol="rank classification: sum of choice log-probs incl. EOS, no length "
-                           "normalisation, inputs " + ("with" if add_eos_to_inputs else "without")
-                           + " EOS",
+                  protocol=rank_classification.describe_protocol(layout, add_eos_to_inputs),
                   seconds=round(time.time() - started, 1))
   if heldout is not None:
     metadata["prompt_variant"] = heldout.prompt_variant

@@ -59,7 +59,9 @@ def infer(*, model_path: str = gin.REQUIRED, output_file: str = gin.REQUIRED,
   """Writes predictions for `input_file` (jsonl) or `task`/`split` to `output_file`.
 
   add_eos: append EOS to each input; None (default) does what the model was trained with (a training
-  checkpoint records it; HF folders: no EOS, as mT0 was trained and evaluated).
+  checkpoint records it; HF folders: no EOS, as mT0 was trained and evaluated). Prompts are laid out
+  by the model family's `PromptFormat` (a decoder-only model: left-padded, cut keeping their end);
+  each prediction is the generated continuation up to EOS.
   """
   if (input_file is None) == (task is None):
     raise UserError("set exactly one of infer.input_file and infer.task (gin: --gin.infer.input_file="

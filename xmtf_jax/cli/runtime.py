@@ -46,7 +46,8 @@ def partitioning_config() -> PartitioningConfig:
 
 def load_model(path, mesh=None, partitioning: Optional[PartitioningConfig] = None
                ) -> tuple[Any, Any]:
-  """(EncoderDecoderModel, params) from any model path (a path or an opened `ModelPath`: an HF folder
-  or a training checkpoint), placed on `mesh`, with dropout off (evaluation and inference)."""
+  """(the task-level model of the path's family, params) from any model path (a path or an opened
+  `ModelPath`: an HF folder or a training checkpoint), placed on `mesh`, with dropout off (evaluation
+  and inference)."""
   rules = (partitioning or partitioning_config()).rules()
   return pretrained.load_pretrained(path, mesh, logical_axis_rules=rules, dropout_rate=0.0)

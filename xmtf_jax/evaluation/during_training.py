@@ -32,6 +32,7 @@ from xmtf_jax.inference import generation
 from xmtf_jax.evaluation import heldout_tasks
 from xmtf_jax.evaluation import metrics
 from xmtf_jax.model import scoring
+from xmtf_jax.model.prompt_format import prompt_format
 from xmtf_jax.parallel.batch_function import BatchFunction
 from xmtf_jax.train.vocabulary import load_vocabulary
 
@@ -49,10 +50,12 @@ class TrainingEvaluator:
     self.model, self.mesh, self.batch_size = model, mesh, batch_size
     self.max_input_length, self.max_choice_length = max_input_length, max_choice_length
     self.decoding = decoding or generation.DecodingConfig()
-    # Rank classification: all tasks pooled, tokenized once (the evaluate command's suite).
+    # Rank classification: all tasks pooled, tokenized once (the evaluate command's suite), laid out
+    # as the model's family is evaluated.
     self._rank = eval_tasks.RankClassificationSuite(
         rank_classification_tasks, split=split, max_examples_per_task=max_examples_per_task,
-        max_input_length=max_input_length, max_choice_length=max_choice_length)
+        max_input_length=max_input_length, max_choice_length=max_choice_length,
+        prompt_format=prompt_format(model.config))
     self._scorer = BatchFunction(
         lambda p, e, c: scoring.choice_scores(model, p, e, c), mesh) if self._rank.examples else None
     # Generation: inputs and targets text, the task's metric functions.

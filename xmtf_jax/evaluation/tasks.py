@@ -20,6 +20,7 @@ import seqio
 
 from xmtf_jax.data import tasks as data_tasks
 from xmtf_jax.errors import UserError
+from xmtf_jax.model.prompt_format import MT5, PromptFormat
 from xmtf_jax.progress import Progress
 from xmtf_jax.evaluation import results as eval_results
 from xmtf_jax.evaluation import heldout_tasks, rank_classification
@@ -142,12 +143,15 @@ def load_task_examples(task_name: str, split: str | None = None,
 class RankClassificationSuite:
   """Tasks pooled for rank classification, read and tokenized once; `run(scorer, batch_size)` scores
   them all together (one set of length buckets) -> one PromptResult per task. The evaluate command
-  runs it once; evaluation during training re-runs it with each step's parameters."""
+  runs it once; evaluation during training re-runs it with each step's parameters. `prompt_format`:
+  the model family's (`prompt_format.prompt_format(model.config)`)."""
 
   def __init__(self, task_names: Sequence[str], *, split: str | None = None,
                max_examples_per_task: int | None = None, max_input_length: int = 512,
-               max_choice_length: int = 256, add_eos_to_inputs: bool = False):
+               max_choice_length: int = 256, add_eos_to_inputs: bool = False,
+               prompt_format: PromptFormat = MT5):
     self.max_input_length, self.max_choice_length = max_input_length, max_choice_length
+    self.prompt_format = prompt_format
     self.tasks = [load_task_examples(name, split, max_examples_per_task)
                   for name in expand_task_names(task_names)]
     self.examples: list[rank_classification.TokenizedExample] = []
@@ -155,7 +159,7 @@ class RankClassificationSuite:
       self.examples += rank_classification.tokenize_examples(
           task.records, task.encode, max_input_length=max_input_length,
           max_choice_length=max_choice_length, add_eos_to_inputs=add_eos_to_inputs,
-          keys=[(t_index, i) for i in range(len(task.records))])
+          keys=[(t_index, i) for i in range(len(task.records))], prompt_format=prompt_format)
 
   def describe(self) -> str:
     return (f"rank classification: {len(self.tasks)} tasks, {len(self.examples)} examples, "
@@ -166,7 +170,7 @@ class RankClassificationSuite:
     scored = rank_classification.rank_classify(scorer, self.examples, batch_size,
                                                max_input_length=self.max_input_length,
                                                max_choice_length=self.max_choice_length,
-                                               progress=progress)
+                                               progress=progress, prompt_format=self.prompt_format)
     correct = np.zeros(len(self.tasks), np.int64)
     counts = np.zeros(len(self.tasks), np.int64)
     choices: list[set] = [set() for _ in self.tasks]
@@ -190,12 +194,14 @@ def evaluate_tasks(scorer: rank_classification.ChoiceScorer, task_names: Sequenc
                    batch_size: int, split: str | None = None, max_input_length: int = 512,
                    max_choice_length: int = 256, max_examples_per_task: int | None = None,
                    add_eos_to_inputs: bool = False,
-                   print_fn: Callable[[str], None] | None = print) -> list[eval_results.PromptResult]:
-  """Rank-classifies every example of every task; returns one PromptResult per task."""
+                   print_fn: Callable[[str], None] | None = print,
+                   prompt_format: PromptFormat = MT5) -> list[eval_results.PromptResult]:
+  """Rank-classifies every example of every task, laid out by the model family's `prompt_format`;
+  returns one PromptResult per task."""
   suite = RankClassificationSuite(task_names, split=split, max_examples_per_task=max_examples_per_task,
                                   max_input_length=max_input_length,
                                   max_choice_length=max_choice_length,
-                                  add_eos_to_inputs=add_eos_to_inputs)
+                                  add_eos_to_inputs=add_eos_to_inputs, prompt_format=prompt_format)
   if print_fn:
     print_fn(suite.describe())
   return suite.run(scorer, batch_size, Progress(len(suite.examples), print_fn))

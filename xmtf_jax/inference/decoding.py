@@ -8,9 +8,10 @@ once per step, where `cache` is any pytree the caller built (the decoder's KV ca
 the position being decoded. All loops are `lax.while_loop`s that stop as soon as every row is done,
 so they jit-compile once per (batch, length) shape and run inside `jax.jit` with sharded inputs.
 
-Conventions (as HF transformers and t5x): the decoder starts from `start_id` (0 for mT5); generated
-tokens are returned without that start token, EOS included, 0 (pad) after EOS; `max_decode_length`
-counts generated tokens (HF's `max_new_tokens`).
+Conventions (as HF transformers and t5x): the decoder starts from `start_id` (0 for mT5; a
+decoder-only model passes each row's last prompt token, its earlier tokens already in the cache);
+generated tokens are returned without that start token, EOS included, `pad_id` after EOS (mT5: EOS
+1, pad 0; BLOOM: 2, 3); `max_decode_length` counts generated tokens (HF's `max_new_tokens`).
 
 Beam search scores a finished hypothesis as `sum of log-probs / length ** length_penalty`, with
 `length` the number of generated tokens including EOS: HF's convention (t5x uses ((5 + len) / 6) **
@@ -39,7 +40,7 @@ TokensToLogits = Callable[[jax.Array, Any, jax.Array], tuple[jax.Array, Any]]
 
 @dataclasses.dataclass(frozen=True)
 class DecodeOutput:
-  """sequences [B, L] int32 (EOS included, 0 after it) and their scores [B] float32.
+  """sequences [B, L] int32 (EOS included, pad after it) and their scores [B] float32.
 
   For greedy / sampling `scores` is the sum of the model's log-probabilities of the generated tokens
   (temperature 1, before top-k / top-p filtering). For beam search it is the length-penalised score of
@@ -84,13 +85,25 @@ def _choose_token(logits: jax.Array, rng: jax.Array | None, temperature: float, 
   return jax.random.categorical(rng, scaled, axis=-1).astype(jnp.int32)
 
 
+StartIds = Union[int, jax.Array]
+
+
+def _start_tokens(start_id: StartIds, shape: tuple[int, ...]) -> jax.Array:
+  """The first decoder input of every row: one id for all, or one per row (shape[0] rows)."""
+  start = jnp.asarray(start_id, jnp.int32)
+  if start.ndim:
+    start = start.reshape(start.shape + (1,) * (len(shape) - start.ndim))
+  return jnp.broadcast_to(start, shape)
+
+
 def sample_decode(tokens_to_logits: TokensToLogits, cache: Any, *, batch_size: int,
                   max_decode_length: int, rng: jax.Array | None = None, temperature: float = 1.0,
-                  top_k: int = 0, top_p: float = 1.0, eos_id: int = 1, start_id: int = 0,
-                  ) -> DecodeOutput:
+                  top_k: int = 0, top_p: float = 1.0, eos_id: int = 1, start_id: StartIds = 0,
+                  pad_id: int = 0) -> DecodeOutput:
   """Greedy decoding (rng None or temperature 0) or sampling with temperature, top-k and top-p.
 
   Each row stops at its own EOS; the loop stops when all rows did or at max_decode_length.
+  `start_id`: one id, or one per row [batch_size].
   """
   def cond(state):
     step, _, _, done, _, _, _ = state
@@ -105,7 +118,7 @@ def sample_decode(tokens_to_logits: TokensToLogits, cache: Any, *, batch_size: i
     else:
       step_rng = None
     tokens = _choose_token(logits, step_rng, temperature, top_k, top_p)
-    tokens = jnp.where(done, 0, tokens)
+    tokens = jnp.where(done, pad_id, tokens)
     token_log_probs = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), tokens[:, None],
                                           axis=-1)[:, 0]
     scores = scores + jnp.where(done, 0.0, token_log_probs)
@@ -113,8 +126,8 @@ def sample_decode(tokens_to_logits: TokensToLogits, cache: Any, *, batch_size: i
     done = done | (tokens == eos_id)
     return step + 1, sequences, tokens, done, scores, cache, rng
 
-  state = (jnp.int32(0), jnp.zeros((batch_size, max_decode_length), jnp.int32),
-           jnp.full((batch_size,), start_id, jnp.int32), jnp.zeros((batch_size,), bool),
+  state = (jnp.int32(0), jnp.full((batch_size, max_decode_length), pad_id, jnp.int32),
+           _start_tokens(start_id, (batch_size,)), jnp.zeros((batch_size,), bool),
            jnp.zeros((batch_size,), jnp.float32), cache, rng)
   _, sequences, _, _, scores, _, _ = lax.while_loop(cond, body, state)
   return DecodeOutput(sequences=sequences, scores=scores)
@@ -142,12 +155,13 @@ EarlyStopping = Union[bool, str]
 
 def beam_search(tokens_to_logits: TokensToLogits, cache: Any, *, batch_size: int, num_beams: int,
                 max_decode_length: int, length_penalty: float = 1.0,
-                early_stopping: EarlyStopping = False, eos_id: int = 1, start_id: int = 0,
-                ) -> DecodeOutput:
+                early_stopping: EarlyStopping = False, eos_id: int = 1, start_id: StartIds = 0,
+                pad_id: int = 0) -> DecodeOutput:
   """Beam search with HF's length penalty and stopping rules (see the module docstring).
 
   `cache` must already hold batch_size * num_beams rows, row b*K + k for beam k of example b
-  (`expand_for_beams` builds it from a per-example cache). Each step keeps the 2K best
+  (`expand_for_beams` builds it from a per-example cache); `start_id` is one id or one per example
+  [batch_size]. Each step keeps the 2K best
   continuations; of those, EOS continuations ranked among the best K become finished hypotheses,
   and the K best non-EOS ones stay alive. At max_decode_length the alive beams are finished too.
 
@@ -158,7 +172,8 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Any, *, batch_size: int
     raise UserError(f"DecodingConfig.early_stopping must be True, False or 'never', not {early_stopping!r}")
   if num_beams == 1:
     greedy = sample_decode(tokens_to_logits, cache, batch_size=batch_size,
-                           max_decode_length=max_decode_length, eos_id=eos_id, start_id=start_id)
+                           max_decode_length=max_decode_length, eos_id=eos_id, start_id=start_id,
+                           pad_id=pad_id)
     is_eos = greedy.sequences == eos_id
     lengths = jnp.where(jnp.any(is_eos, axis=-1), jnp.argmax(is_eos, axis=-1) + 1, max_decode_length)
     scores = greedy.scores / lengths.astype(jnp.float32) ** length_penalty
@@ -218,10 +233,10 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Any, *, batch_size: int
     return (step + 1, alive_seqs, alive_log_probs, finished_seqs, finished_scores, open_rows,
             finished_flags, cache, last_tokens)
 
-  state = (jnp.int32(0), jnp.zeros((b, k, length), jnp.int32), alive_log_probs,
-           jnp.zeros((b, k, length), jnp.int32), jnp.full((b, k), NEG_INF, jnp.float32),
+  state = (jnp.int32(0), jnp.full((b, k, length), pad_id, jnp.int32), alive_log_probs,
+           jnp.full((b, k, length), pad_id, jnp.int32), jnp.full((b, k), NEG_INF, jnp.float32),
            jnp.ones((b,), bool), jnp.zeros((b, k), bool), cache,
-           jnp.full((b, k), start_id, jnp.int32))
+           _start_tokens(start_id, (b, k)))
   state = lax.while_loop(cond, body, state)
   finished_seqs, finished_scores = state[3], state[4]
   return DecodeOutput(sequences=finished_seqs[:, 0], scores=finished_scores[:, 0],
