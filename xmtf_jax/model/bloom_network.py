@@ -217,11 +217,15 @@ class BloomLM(nn.Module):
     self.decoder = BloomDecoder(cfg)
 
   def __call__(self, tokens: Array, segment_ids: Optional[Array] = None, *, enable_dropout: bool = False,
-               decode: bool = False) -> Array:
+               decode: bool = False, logits_window: Optional[tuple[int, int]] = None) -> Array:
     """segment_ids: 0 = padding (never attended to), else attention stays within equal ids. With
-    decode=True the tokens are appended to the cache (segment ids then only mark padding)."""
+    decode=True the tokens are appended to the cache (segment ids then only mark padding).
+    logits_window=(start, length): logits of those positions only (scoring reads a choice's few
+    positions; the head over every position would be [rows, length, vocab] float32)."""
     x = self.word_embeddings_layernorm(self.word_embeddings(tokens))
     x = self.embedding_dropout(x, deterministic=not enable_dropout)
     x = constrain(x, ("batch", "length", "embed"))
     x = self.decoder(x, segment_ids, enable_dropout, decode)
+    if logits_window is not None:
+      x = x[:, logits_window[0]:logits_window[0] + logits_window[1]]
     return self.word_embeddings.attend(x)

@@ -115,17 +115,20 @@ class DecoderOnlyModel:
 
   def forward(self, params: Params, decoder_input_tokens: Array, decoder_segment_ids: Optional[Array] = None,
               decoder_positions: Optional[Array] = None, *, enable_dropout: bool = False,
-              dropout_rng: Optional[Array] = None) -> Array:
+              dropout_rng: Optional[Array] = None,
+              logits_window: Optional[tuple[int, int]] = None) -> Array:
     """Teacher-forced logits, float32 [batch, length, vocab]. Attention is causal, within equal segment
     ids and to keys with segment id > 0; without segment ids every token is real. `decoder_positions`
-    are not needed (ALiBi is translation-invariant; positions come from the segment ids)."""
+    are not needed (ALiBi is translation-invariant; positions come from the segment ids).
+    logits_window=(start, length) (Python ints): only those positions' logits [batch, length, vocab]."""
     del decoder_positions
     if enable_dropout and dropout_rng is None:
       raise ValueError("enable_dropout=True needs a dropout_rng")
     rngs = {"dropout": dropout_rng} if enable_dropout else None
     with self.partitioning_context():
       return self.module.apply({"params": params}, as_int32(decoder_input_tokens),
-                               as_int32(decoder_segment_ids), enable_dropout=enable_dropout, rngs=rngs)
+                               as_int32(decoder_segment_ids), enable_dropout=enable_dropout, rngs=rngs,
+                               logits_window=logits_window)
 
   def init_cache(self, batch_size: int, max_length: int) -> Any:
     """Zeroed KV cache for `max_length` positions (prompt + generated).

@@ -102,6 +102,7 @@ def _decoder_only_choice_scores(model, params: Any, input_tokens: jax.Array,
   targets = choice_target_tokens.reshape(b * c, length)
   tokens = jnp.concatenate([jnp.repeat(input_tokens, c, axis=0), targets], axis=1)
   segment_ids = (tokens != pad_id).astype(jnp.int32)
-  logits = model.forward(params, tokens, decoder_segment_ids=segment_ids)
-  choice_logits = logits[:, input_length - 1:input_length + length - 1]
+  # Only the choice positions go through the LM head: [rows, choice length, vocab], not the whole row.
+  choice_logits = model.forward(params, tokens, decoder_segment_ids=segment_ids,
+                                logits_window=(input_length - 1, length))
   return sequence_log_likelihood(choice_logits, targets, targets != pad_id).reshape(b, c)
