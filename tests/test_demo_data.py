@@ -24,7 +24,7 @@ def load_script():
 def test_regeneration_is_byte_identical_and_small():
   built = load_script().build()
   on_disk = {}
-  for sub in ("demo", "demo_heldout"):
+  for sub in ("demo", "demo_heldout", "demo_bpe"):
     for folder, _, files in os.walk(os.path.join(REPO, "data", sub)):
       for name in files:
         path = os.path.join(folder, name)
