@@ -54,11 +54,11 @@ def compilation_cache(tmp_path_factory):
   return str(tmp_path_factory.mktemp("jax_cache"))
 
 
-def run_train(model_dir, cache, extra=(), devices=8, process=None, check=True, wait=True):
+def run_train(model_dir, cache, extra=(), devices=8, process=None, check=True, wait=True, base=RUN_GIN):
   env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
          "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": cache,
          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "PYTHONPATH": REPO_ROOT}
-  command = [sys.executable, "-m", "xmtf_jax.train", *RUN_GIN, f"--gin.MODEL_DIR='{model_dir}'",
+  command = [sys.executable, "-m", "xmtf_jax.train", *base, f"--gin.MODEL_DIR='{model_dir}'",
              *extra]
   if process is not None:
     address, index, count = process

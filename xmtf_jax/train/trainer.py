@@ -147,7 +147,9 @@ def make_train_step(model: Model, optimizer: optax.GradientTransformation,
   fold_in(key(dropout_seed, impl=rng_impl), s) (and fold_in(., i) for micro-batch i).
   """
   mesh = model.mesh
-  enable_dropout = model.config.dropout_rate > 0
+  # Any dropout of the family's (BLOOM also has attention dropout) turns the dropout key on.
+  enable_dropout = (model.config.dropout_rate > 0
+                    or getattr(model.config, "attention_dropout_rate", 0) > 0)
 
   def loss_fn(params, microbatch, weights, factor, rng):
     logits = model.forward(params, **model.model_inputs(microbatch), enable_dropout=enable_dropout,
