@@ -39,19 +39,20 @@ def model_inputs(batch: dict[str, Array]) -> dict[str, Array]:
   return {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
 
 
-def _strip_boxes(tree: Any) -> Any:
+def strip_boxes(tree: Any) -> Any:
   """Drops the logical-axis boxes of freshly initialised params without adding sharding constraints
   (the shardings come from jit's out_shardings instead)."""
   is_box = lambda x: isinstance(x, nn.Partitioned)
   return jax.tree.map(lambda x: x.value if is_box(x) else x, tree, is_leaf=is_box)
 
 
-def _int32(x: Optional[Array]) -> Optional[Array]:
+def as_int32(x: Optional[Array]) -> Optional[Array]:
   return None if x is None else jnp.asarray(x, jnp.int32)
 
 
 class EncoderDecoderModel:
   """mT5 with its partitioning. `mesh=None` runs on the default device with no sharding constraints."""
+  is_encoder_decoder = True
 
   def __init__(self, config: T5Config, mesh: Optional[Mesh] = None,
                logical_axis_rules: Optional[partitioning.LogicalRules] = None):
@@ -69,6 +70,14 @@ class EncoderDecoderModel:
     """The same model partitioned over another mesh (or none)."""
     return EncoderDecoderModel(self.config, mesh, logical_axis_rules or self.logical_axis_rules)
 
+  def model_inputs(self, batch: dict[str, Array]) -> dict[str, Array]:
+    """The network's inputs among a batch's features (`model_inputs`)."""
+    return model_inputs(batch)
+
+  def input_token_count(self, batch: dict[str, Array]) -> Array:
+    """Real encoder input tokens (not padding) in the batch: the context, as opposed to the targets."""
+    return jnp.sum(jnp.asarray(batch["encoder_input_tokens"]) != 0)
+
   def partitioning_context(self):
     """Context under which tracing sees this model's mesh and rules (entered by every method here)."""
     return partitioning.axis_rules_context(self.mesh, self.logical_axis_rules)
@@ -85,7 +94,7 @@ class EncoderDecoderModel:
 
   def abstract_params(self) -> Params:
     """Tree of jax.ShapeDtypeStruct (float32), computed without allocating anything."""
-    return _strip_boxes(self._abstract_boxed)
+    return strip_boxes(self._abstract_boxed)
 
   def param_logical_axes(self) -> Any:
     """Tree (matching params) of PartitionSpecs of logical axis names, e.g. P('embed', 'heads', 'kv')."""
@@ -103,7 +112,7 @@ class EncoderDecoderModel:
     """Random float32 parameters, created directly with their shardings when the model has a mesh."""
     def init(r):
       with self.partitioning_context():
-        return _strip_boxes(self._boxed_init(r))
+        return strip_boxes(self._boxed_init(r))
     if self.mesh is None:
       return jax.jit(init)(rng)
     return jax.jit(init, out_shardings=self.param_shardings())(rng)
@@ -120,17 +129,17 @@ class EncoderDecoderModel:
     rngs = {"dropout": dropout_rng} if enable_dropout else None
     with self.partitioning_context():
       return self.module.apply(
-          {"params": params}, _int32(encoder_input_tokens), _int32(decoder_input_tokens),
-          _int32(encoder_segment_ids), _int32(decoder_segment_ids), _int32(encoder_positions),
-          _int32(decoder_positions), enable_dropout=enable_dropout, rngs=rngs)
+          {"params": params}, as_int32(encoder_input_tokens), as_int32(decoder_input_tokens),
+          as_int32(encoder_segment_ids), as_int32(decoder_segment_ids), as_int32(encoder_positions),
+          as_int32(decoder_positions), enable_dropout=enable_dropout, rngs=rngs)
 
   def encode_fn(self, params: Params, encoder_input_tokens: Array,
                 encoder_segment_ids: Optional[Array] = None, encoder_positions: Optional[Array] = None
                 ) -> Array:
     """Encoder output [batch, encoder_length, d_model] (activation dtype)."""
     with self.partitioning_context():
-      return self.module.apply({"params": params}, _int32(encoder_input_tokens),
-                               _int32(encoder_segment_ids), _int32(encoder_positions),
+      return self.module.apply({"params": params}, as_int32(encoder_input_tokens),
+                               as_int32(encoder_segment_ids), as_int32(encoder_positions),
                                method=Transformer.encode)
 
   def decode_from_encoded(self, params: Params, encoded: Array, encoder_input_tokens: Array,
@@ -138,8 +147,8 @@ class EncoderDecoderModel:
     """Teacher-forced logits [batch, decoder_length, vocab] float32 from a precomputed encoding (no
     cache): scoring several targets per input encodes the input once."""
     with self.partitioning_context():
-      return self.module.apply({"params": params}, encoded, _int32(encoder_input_tokens),
-                               _int32(decoder_input_tokens), method=Transformer.decode)
+      return self.module.apply({"params": params}, encoded, as_int32(encoder_input_tokens),
+                               as_int32(decoder_input_tokens), method=Transformer.decode)
 
   def decode_fn(self, params: Params, cache: Any, encoded: Array, encoder_input_tokens: Array,
                 decoder_input_tokens: Array) -> tuple[Array, Any]:
@@ -150,8 +159,8 @@ class EncoderDecoderModel:
     """
     with self.partitioning_context():
       logits, variables = self.module.apply(
-          {"params": params, "cache": cache}, encoded, _int32(encoder_input_tokens),
-          _int32(decoder_input_tokens), decode=True, mutable=["cache"], method=Transformer.decode)
+          {"params": params, "cache": cache}, encoded, as_int32(encoder_input_tokens),
+          as_int32(decoder_input_tokens), decode=True, mutable=["cache"], method=Transformer.decode)
     return logits, variables["cache"]
 
   def init_cache(self, batch_size: int, max_decode_length: int, encoder_length: int) -> Any:

@@ -1,6 +1,8 @@
-"""The building blocks of the mT5 network: projections with logical axes, the bucketed relative
+"""The building blocks of the networks: projections with logical axes, the bucketed relative
 position bias, attention masks for packed batches, RMS norm, multi-head attention with a KV cache,
-the gated-GELU MLP, the shared embedding and the untied LM head. `network.py` assembles them.
+the gated-GELU MLP, the shared embedding and the untied LM head (mT5, assembled in `network.py`); a
+projection with a bias, LayerNorm with a bias and the embedding's tied read-out (`Embed.attend`) that
+BLOOM (`bloom_network.py`) adds.
 """
 from __future__ import annotations
 
@@ -199,6 +201,43 @@ class RMSNorm(nn.Module):
     return (x32 * jax.lax.rsqrt(variance + self.config.layer_norm_epsilon) * scale).astype(x.dtype)
 
 
+class LayerNorm(nn.Module):
+  """LayerNorm with scale and bias (BLOOM): computed in float32, variance as E[(x - mean)^2] (not the
+  faster E[x^2] - mean^2, which differs in the last bits from torch's)."""
+  epsilon: float
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    features = x.shape[-1]
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                       (features,), jnp.float32)
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+                      (features,), jnp.float32)
+    x32 = x.astype(jnp.float32)
+    centred = x32 - jnp.mean(x32, axis=-1, keepdims=True)
+    variance = jnp.mean(jnp.square(centred), axis=-1, keepdims=True)
+    return (centred * jax.lax.rsqrt(variance + self.epsilon) * scale + bias).astype(x.dtype)
+
+
+class BiasedProjection(nn.Module):
+  """x [..., *in] times `kernel` [*in, *out] plus `bias` [*out] (zero-initialised), in x's dtype.
+
+  `axes` names all kernel dimensions; the bias takes the names of the output ones.
+  """
+  shape: tuple[int, ...]
+  axes: tuple[str, ...]
+  in_dims: int
+  stddev: float
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = _param(self, "kernel", self.shape, self.axes, self.stddev)
+    out_shape, out_axes = self.shape[self.in_dims:], self.axes[self.in_dims:]
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, out_axes),
+                      out_shape, jnp.float32)
+    return _matmul(x, kernel, self.in_dims) + bias.astype(x.dtype)
+
+
 class MultiHeadAttention(nn.Module):
   """Multi-head dot-product attention with an additive float32 bias (relative positions + mask).
 
@@ -289,12 +328,23 @@ class LMHead(nn.Module):
 
 
 class Embed(nn.Module):
-  """Input embedding [vocab, embed], shared by encoder and decoder (HF `shared`)."""
-  config: T5Config
+  """Input embedding [vocab, embed] (mT5: HF `shared`, shared by encoder and decoder; BLOOM:
+  `word_embeddings`, also the tied output layer through `attend`). Any config with vocab_size, d_model
+  and dtype."""
+  config: Any
+  stddev: float = 1.0
 
-  @nn.compact
-  def __call__(self, tokens: Array) -> Array:
+  def setup(self):
     cfg = self.config
-    table = _param(self, "embedding", (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), 1.0)
-    embedded = jnp.take(table, tokens, axis=0).astype(jnp.dtype(cfg.dtype))
+    self.embedding = _param(self, "embedding", (cfg.vocab_size, cfg.d_model), ("vocab", "embed"),
+                            self.stddev)
+
+  def __call__(self, tokens: Array) -> Array:
+    embedded = jnp.take(self.embedding, tokens, axis=0).astype(jnp.dtype(self.config.dtype))
     return constrain(embedded, ("batch", "length", "embed"))
+
+  def attend(self, x: Array) -> Array:
+    """Tied read-out: x [..., embed] (activation dtype) times the table's transpose -> float32 logits
+    [..., vocab] (float32 accumulation, as `LMHead`)."""
+    logits = _matmul(x, self.embedding.T, 1, preferred_element_type=jnp.float32)
+    return constrain(logits, ("batch", "length", "vocab"))

@@ -115,9 +115,10 @@ class DecoderLayer(nn.Module):
     return constrain(x, ("batch", "length", "embed"))
 
 
-def _maybe_remat(layer_cls: type, policy_name: str, scanned: bool) -> Callable:
+def maybe_remat(layer_cls: type, policy_name: str, scanned: bool, config_name: str = "T5Config") -> Callable:
+  """`layer_cls` wrapped in `nn.remat` with the named policy of REMAT_POLICIES (any model family)."""
   if policy_name not in REMAT_POLICIES:
-    raise UserError(f"T5Config.remat_policy={policy_name!r}: choose one of {sorted(REMAT_POLICIES)}")
+    raise UserError(f"{config_name}.remat_policy={policy_name!r}: choose one of {sorted(REMAT_POLICIES)}")
   if policy_name == "none":
     return layer_cls
   # Inside a scan, the loop boundary already keeps XLA from merging the recomputation with the forward.
@@ -176,7 +177,7 @@ class Encoder(nn.Module):
 
     x = Dropout(cfg.dropout_rate)(embedded, deterministic=deterministic)
     x = constrain(x, ("batch", "length", "embed"))
-    layer_cls = _maybe_remat(EncoderLayer, cfg.remat_policy, cfg.scan_layers)
+    layer_cls = maybe_remat(EncoderLayer, cfg.remat_policy, cfg.scan_layers)
     x = apply_layers(layer_cls, cfg, cfg.num_encoder_layers, x, (bias,), (deterministic,))
     x = RMSNorm(cfg, name="encoder_norm")(x)
     return Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
@@ -228,7 +229,7 @@ class Decoder(nn.Module):
 
     x = Dropout(cfg.dropout_rate)(embedded, deterministic=deterministic)
     x = constrain(x, ("batch", "length", "embed"))
-    layer_cls = DecoderLayer if decode else _maybe_remat(DecoderLayer, cfg.remat_policy, cfg.scan_layers)
+    layer_cls = DecoderLayer if decode else maybe_remat(DecoderLayer, cfg.remat_policy, cfg.scan_layers)
     x = apply_layers(layer_cls, cfg, cfg.num_decoder_layers, x,
                      (encoded, self_bias, cross_bias, cache_index), (deterministic, decode))
     x = RMSNorm(cfg, name="decoder_norm")(x)

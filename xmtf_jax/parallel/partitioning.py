@@ -1,7 +1,8 @@
 """Device meshes, logical-axis rules and shardings.
 
 Every parameter and key activation of the network names its axes logically (`batch`, `length`, `embed`,
-`mlp`, `heads`, `kv`, `joined_kv`, `vocab`, `relpos_buckets`, `layers`). A rules table maps them to the
+`mlp`, `heads`, `kv`, `joined_kv`, `vocab`, `relpos_buckets`, `layers`; BLOOM's fused
+projection adds `qkv`, the q/k/v axis of size 3). A rules table maps them to the
 two mesh axes `data` and `model`:
 
   batch -> data; vocab, mlp, heads, joined_kv -> model; everything else replicated.
@@ -40,6 +41,7 @@ DEFAULT_RULES: LogicalRules = (
     ("joined_kv", "model"),
     ("embed", None),
     ("kv", None),
+    ("qkv", None),
     ("length", None),
     ("relpos_buckets", None),
     ("layers", None),
