@@ -13,11 +13,8 @@ from typing import Optional
 
 from xmtf_jax.errors import UserError
 from xmtf_jax.hf import accounting, bloom_mapping
+from xmtf_jax.hf.bloom_mapping import EMBEDDING, LM_HEAD, PREFIX
 from xmtf_jax.hf.weights import same_values
-
-PREFIX = "transformer."
-LM_HEAD = "lm_head.weight"
-EMBEDDING = PREFIX + "word_embeddings.weight"
 
 
 def folder_name(hf_name: str, available) -> Optional[str]:
