@@ -137,7 +137,8 @@ def test_both_spellings_and_formats_load_with_the_logits_of_transformers(hf_bloo
     np.testing.assert_array_equal(value, loaded[old][path])
 
 
-def test_an_lm_head_equal_to_the_embedding_is_a_tied_copy_and_a_different_one_is_refused(hf_bloom, tmp_path):
+def test_an_lm_head_equal_to_the_embedding_is_a_tied_copy_and_a_different_one_is_refused(hf_bloom,
+                                                                                          tmp_path):
   from safetensors.numpy import save_file
   prefixed, _, _ = hf_bloom
   state = load_file(os.path.join(prefixed, "model.safetensors"))
@@ -289,7 +290,8 @@ def test_checkpoint_metadata_records_the_family_and_old_metadata_is_mt5():
   assert xmtf_format.config_from_metadata({"t5_config": mt5.to_dict()}) == mt5  # before BLOOM: no family
   assert xmtf_format.config_from_metadata(xmtf_format.config_metadata(bloom), dtype="bfloat16") == \
       bloom.replace(dtype="bfloat16")
-  assert family.family_of(xmtf_format.StepReader("/nowhere", xmtf_format.config_metadata(bloom)).config) == "bloom"
+  reader_config = xmtf_format.StepReader("/nowhere", xmtf_format.config_metadata(bloom)).config
+  assert family.family_of(reader_config) == "bloom"
 
 
 def test_a_tokenizer_with_other_special_ids_is_refused_before_anything_is_written(hf_bloom, tmp_path):

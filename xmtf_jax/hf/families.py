@@ -38,8 +38,8 @@ class HFFamily:
   model_types: tuple[str, ...]               # config.json `model_type` values of this family
   architecture: str                          # the transformers class an export loads as
   label: str                                 # for messages: "mT5", "BLOOM"
-  description: str                           # for messages: "mT5/mT0", "BLOOM/BLOOMZ"
-  vocabulary: str                            # what a run's vocabulary_path must be, for messages
+  vocabulary: str                            # what a run's vocabulary_path is, for messages
+  vocabulary_example: str                    # a --vocabulary_path value, for messages
   config_from_hf: Callable[..., Any]
   export_config: Callable[[Any, str], dict]
   parameter_mapping: Callable[[Any], list]
@@ -76,7 +76,8 @@ def _bloom_export_config(config: BloomConfig, dtype: str) -> dict:
 
 MT5 = HFFamily(
     name=T5Config.family, model_types=("mt5", "t5", "umt5"), architecture="MT5ForConditionalGeneration",
-    label="mT5", description="mT5/mT0", vocabulary="a SentencePiece model",
+    label="mT5", vocabulary="SentencePiece model",
+    vocabulary_example="/path/to/sentencepiece.model",
     folder_vocabulary="spiece.model",
     config_from_hf=_mt5_config_from_hf, export_config=_mt5_export_config,
     parameter_mapping=mapping.parameter_mapping, to_ours=mapping.to_ours, to_hf=mapping.to_hf,
@@ -87,7 +88,8 @@ MT5 = HFFamily(
 
 BLOOM = HFFamily(
     name=BloomConfig.family, model_types=("bloom",), architecture="BloomForCausalLM",
-    label="BLOOM", description="BLOOM/BLOOMZ", vocabulary="a tokenizer.json (or an HF folder holding one)",
+    label="BLOOM", vocabulary="tokenizer.json",
+    vocabulary_example="/path/to/tokenizer.json (or an HF folder holding one)",
     folder_vocabulary="tokenizer.json",
     config_from_hf=_bloom_config_from_hf, export_config=_bloom_export_config,
     parameter_mapping=bloom_mapping.parameter_mapping, to_ours=bloom_mapping.to_ours,
@@ -110,7 +112,8 @@ def for_hf_config(hf_config: Mapping[str, Any], origin: str = "config.json") -> 
   for hf_family in FAMILIES.values():
     if model_type in hf_family.model_types:
       return hf_family
-  known = ", ".join(t for f in FAMILIES.values() for t in f.model_types if t != "umt5")
+  known = "; ".join(f"{'/'.join(t for t in f.model_types if t != 'umt5')} ({f.architecture})"
+                    for f in FAMILIES.values())
   raise UserError(f"{origin}: model_type {model_type!r} is not a model xmtf_jax reads (known model_type "
                   f"values: {known}); the field `model_type` of config.json names the architecture")
 

@@ -81,8 +81,9 @@ def _check_shapes(found: Mapping[Path, Optional[tuple]], config: Any, origin: st
   if problems:
     layers = (f"{config.num_encoder_layers}/{config.num_decoder_layers}" if config.num_encoder_layers
               else f"{config.num_decoder_layers}")
-    raise UserError(f"{origin} does not match its {families.for_config(config).label} config (d_model {config.d_model}, "
-                     f"{layers} layers, vocab {config.vocab_size}):\n  " + "\n  ".join(problems[:20]))
+    raise UserError(f"{origin} does not match its {families.for_config(config).label} config (d_model "
+                     f"{config.d_model}, {layers} layers, vocab {config.vocab_size}):\n  "
+                     + "\n  ".join(problems[:20]))
 
 
 class InMemoryParams(ParamSource):
