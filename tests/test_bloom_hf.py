@@ -237,6 +237,11 @@ def test_export_to_a_bucket_loads_in_transformers(hf_bloom, tokenizer_path, gcs_
   out = f"{gcs_bucket}/bloom/hf-out"
   result = hf_export.export(model.config, params, tokenizer_path, out, max_shard_size="40KB")
   assert result.shards > 1 and result.verification is None
+  _, reread = xmtf_jax.load_pretrained(out)  # sharded safetensors, read from the bucket
+  want, got = dict(leaves(params)), dict(leaves(reread))
+  assert got.keys() == want.keys()
+  for path, value in got.items():
+    np.testing.assert_array_equal(value, want[path])
   download = str(tmp_path / "download")
   paths.copy_to_local(out, download)
   assert {"config.json", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json",
@@ -266,11 +271,14 @@ def test_a_bloom_checkpoint_of_ours_opens_as_bloom_and_exports(hf_bloom, tokeniz
   tokens, segments = batch()
   np.testing.assert_array_equal(np.asarray(loaded_model.logits(loaded, tokens, segments)),
                                 np.asarray(model.logits(params, tokens, segments)))
-  # Exported tensor by tensor from the checkpoint: the tensors transformers saved.
-  source = sources.open_source(opened)
-  assert source.vocabulary_path == tokenizer_path
+  # Exported tensor by tensor from the checkpoint (the command line): the tensors transformers saved.
+  from xmtf_jax.cli import export_hf
+  assert sources.open_source(opened).vocabulary_path == tokenizer_path
   out = str(tmp_path / "export")
-  hf_export.export_source(source, source.vocabulary_path, out, card=None, verify=False)
+  assert export_hf.main([f"--checkpoint_dir={run}", f"--output_dir={out}", "--noverify"]) == 0
+  card = open(os.path.join(out, "README.md")).read()
+  assert "# BLOOMZ-style model: bloom-560m finetuned on xp3" in card
+  assert "base_model: bigscience/bloom-560m" in card and "- training steps: `4`" in card
   theirs = load_file(os.path.join(prefixed, "model.safetensors"))
   ours = load_file(os.path.join(out, "model.safetensors"))
   assert sorted(ours) == sorted(theirs)

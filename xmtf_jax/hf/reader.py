@@ -19,7 +19,7 @@ from xmtf_jax import paths
 from xmtf_jax.errors import MissingPathError
 from xmtf_jax.hf import families
 from xmtf_jax.hf.mapping import tree_get, tree_set
-from xmtf_jax.hf.weights import DictSource, open_weights, same_values  # noqa: F401  (reader's API)
+from xmtf_jax.hf.weights import DictSource, open_weights  # noqa: F401  (open_weights: reader's API)
 from xmtf_jax.model import family as model_family
 from xmtf_jax.model import layer_stacking
 from xmtf_jax.parallel import partitioning
