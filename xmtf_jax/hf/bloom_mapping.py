@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 PREFIX = "transformer."
 EMBEDDING = PREFIX + "word_embeddings.weight"
 LM_HEAD = "lm_head.weight"  # tied to EMBEDDING; never written, accepted when equal to it
+# Tensors transformers drops on load without a word: none for BLOOM (no `_keys_to_ignore_on_load_*`);
+# kept for the same API as `mapping.IGNORED_HF_TENSORS`.
+IGNORED_HF_TENSORS: tuple[str, ...] = ()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -57,9 +60,9 @@ def parameter_mapping(config: BloomConfig) -> list[tuple[tuple[str, ...], str, s
     ours, hf = ("decoder", f"layers_{i}"), f"{PREFIX}h.{i}"
     layer_norm(ours + ("input_layernorm",), f"{hf}.input_layernorm")
     attention, hf_attention = ours + ("self_attention",), f"{hf}.self_attention"
-    entries.append((attention + ("query_key_value", "kernel"), f"{hf_attention}.query_key_value.weight", "qkv"))
-    entries.append((attention + ("query_key_value", "bias"), f"{hf_attention}.query_key_value.bias",
-                    "qkv_bias"))
+    qkv, hf_qkv = attention + ("query_key_value",), f"{hf_attention}.query_key_value"
+    entries.append((qkv + ("kernel",), f"{hf_qkv}.weight", "qkv"))
+    entries.append((qkv + ("bias",), f"{hf_qkv}.bias", "qkv_bias"))
     entries.append((attention + ("dense", "kernel"), f"{hf_attention}.dense.weight", "attn_out"))
     entries.append((attention + ("dense", "bias"), f"{hf_attention}.dense.bias", "same"))
     layer_norm(ours + ("post_attention_layernorm",), f"{hf}.post_attention_layernorm")

@@ -66,7 +66,8 @@ def alibi_slopes(num_heads: int) -> np.ndarray:
 
   c = the largest power of 2 <= num_heads: slopes (2^(-8/c))^i, i = 1..c; for other head counts the
   odd powers of 2^(-8/(2c)) follow (every other slope of the 2c-head series), so 112 heads are not
-  monotone. Powers of a float32 base, in float32, as `torch.pow` computes them.
+  monotone. Powers of a float32 base in float32, as HF computes them (HF's vectorised `torch.pow` can
+  differ in the last bit; here each power is correctly rounded).
   """
   closest = 2**math.floor(math.log2(num_heads))
   base = np.float32(2**(-(2**-(math.log2(closest) - 3))))
@@ -156,7 +157,8 @@ class BloomBlock(nn.Module):
     cfg = self.config
     dropout = Dropout(cfg.dropout_rate)
     y = LayerNorm(cfg.layer_norm_epsilon, name="input_layernorm")(x)
-    y = BloomAttention(cfg, self.deterministic, self.decode, name="self_attention")(y, alibi, mask, cache_index)
+    attention = BloomAttention(cfg, self.deterministic, self.decode, name="self_attention")
+    y = attention(y, alibi, mask, cache_index)
     x = x + dropout(y, deterministic=self.deterministic)
     y = LayerNorm(cfg.layer_norm_epsilon, name="post_attention_layernorm")(x)
     y = BloomMlp(cfg, name="mlp")(y)

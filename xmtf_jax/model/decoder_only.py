@@ -90,7 +90,7 @@ class DecoderOnlyModel:
     return strip_boxes(self._abstract_boxed)
 
   def param_logical_axes(self) -> Any:
-    """Tree (matching params) of PartitionSpecs of logical axis names, e.g. P('embed', 'heads', 'qkv', 'kv')."""
+    """Tree (matching params) of PartitionSpecs of logical axis names, e.g. P('embed', 'mlp')."""
     return nn.get_partition_spec(self._abstract_boxed)
 
   def param_shardings(self, mesh: Optional[Any] = None) -> Any:
@@ -158,7 +158,8 @@ class DecoderOnlyModel:
     return self._cached_call(params, cache, tokens, segment_ids)
 
   def decode_fn(self, params: Params, cache: Any, tokens: Array) -> tuple[Array, Any]:
-    """Appends `tokens` [batch, L] (usually L = 1; always real) -> (logits float32 [batch, L, vocab], cache)."""
+    """Appends `tokens` [batch, L] (usually L = 1; always real) -> (logits float32 [batch, L, vocab],
+    cache)."""
     return self._cached_call(params, cache, tokens, None)
 
   # ---- jit-compiled conveniences (numpy int32 in) -----------------------------------------------

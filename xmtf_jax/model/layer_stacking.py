@@ -1,7 +1,8 @@
-"""The one converter between the two parameter layouts of `T5Config.scan_layers`.
+"""The one converter between the two parameter layouts of `scan_layers` (T5Config and BloomConfig).
 
 Per layer: `encoder/layers_{i}/...` leaves of shape S. Stacked (scanned): `encoder/layers/...` leaves of
-shape [num_layers, *S] (same for the decoder; everything outside the layer stacks is shared). The same
+shape [num_layers, *S] (same for the decoder; everything outside the layer stacks is shared). A config
+gives each stack's depth as `num_encoder_layers` / `num_decoder_layers` (BLOOM: 0 and n_layer). The same
 mapping applies to any tree shaped like the parameters (gradients, Adafactor's second moments) and,
 on axis 1, to the decoding cache ([batch, layers, ...]).
 
