@@ -260,7 +260,7 @@ def test_a_bloom_checkpoint_of_ours_opens_as_bloom_and_exports(hf_bloom, tokeniz
   checkpointer = checkpoints.Checkpointer(run, save_period=4, async_save=False)
   metadata = {**xmtf_format.config_metadata(model.config), "vocabulary_path": tokenizer_path,
               "mixture_or_task_name": "xp3", "initial_checkpoint_path": "bigscience/bloom-560m"}
-  assert metadata["model_config"]["family"] == "bloom"
+  assert metadata["t5_config"]["family"] == "bloom"
   checkpointer.save(4, params, {"count": jax.numpy.zeros(())}, metadata, [{"position": 4}])
   checkpointer.close()
   opened = open_model_path(run)
@@ -295,6 +295,7 @@ def test_checkpoint_metadata_records_the_family_and_old_metadata_is_mt5():
                  num_decoder_layers=2)
   for config in (bloom, mt5):
     assert xmtf_format.config_from_metadata(xmtf_format.config_metadata(config)) == config
+  assert "family" not in mt5.to_dict()
   assert xmtf_format.config_from_metadata({"t5_config": mt5.to_dict()}) == mt5  # before BLOOM: no family
   assert xmtf_format.config_from_metadata(xmtf_format.config_metadata(bloom), dtype="bfloat16") == \
       bloom.replace(dtype="bfloat16")

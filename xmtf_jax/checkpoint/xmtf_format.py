@@ -5,13 +5,14 @@ either as a whole tree onto a mesh or one tensor at a time into host memory (exp
   MODEL_DIR/checkpoint_<step>/
     params/          the float32 parameter tree (orbax OCDBT + zarr, sharded writes)
     opt_state/       the optimizer state
-    metadata/        `metadata`: JSON (step, model_config: the config's fields and its `family`,
-                     vocabulary_path, initial_checkpoint_path, ...; before BLOOM: t5_config, no family)
+    metadata/        `metadata`: JSON (step, t5_config: the model config's fields and its `family`,
+                     vocabulary_path, initial_checkpoint_path, ...)
     input_position/  one JSON file per process
     commit_success.txt   on a bucket only: orbax writes a step in place there and marks it complete
 
-The model family (mT5, BLOOM) is recorded with the config (`config_metadata`) and read back by
-`config_from_metadata`; checkpoints written before it was recorded are mT5's. A checkpoint written with
+The model family (mT5, BLOOM) is recorded with the config (`config_metadata`; the key keeps its old,
+stable name `t5_config` for either family) and read back by `config_from_metadata`; checkpoints
+written before the family was recorded are mT5's. A checkpoint written with
 either layer layout (`scan_layers`, recorded in the metadata) is read into either: arrays are restored
 as written and converted to the target's layout afterwards.
 """
@@ -39,8 +40,9 @@ STEP_PREFIX = "checkpoint"
 # On a bucket orbax writes a step in place and marks it complete with this file (no atomic rename).
 COMMIT_FILE = "commit_success.txt"
 METADATA_FILE = ("metadata", "metadata")  # the JSON orbax's JsonCheckpointHandler writes
-CONFIG_KEY = "model_config"  # the model config in the metadata: its fields and its `family`
-OLD_CONFIG_KEY = "t5_config"  # before BLOOM: T5Config's fields (always mT5)
+# The model config in the metadata: its fields and its `family` (none: mT5). The name predates BLOOM
+# and stays, as metadata keys are stable (older versions read mT5 checkpoints written now).
+CONFIG_KEY = "t5_config"
 
 Path = tuple[str, ...]
 
@@ -187,25 +189,17 @@ def config_metadata(config: family.ModelConfig) -> dict:
   return {CONFIG_KEY: family.config_to_dict(config)}
 
 
-def config_fields(metadata: Mapping[str, Any]) -> dict:
-  """The recorded config's fields (with `family` when recorded), from either key."""
-  if CONFIG_KEY in metadata:
-    return dict(metadata[CONFIG_KEY])
-  return dict(metadata[OLD_CONFIG_KEY])  # no family: an mT5 checkpoint
-
-
 def config_from_metadata(metadata: Mapping[str, Any], **overrides) -> family.ModelConfig:
   """The config (T5Config, BloomConfig) a checkpoint was trained with; a checkpoint that records no
   family is mT5's. Unknown fields (from other versions) are ignored."""
-  return family.config_from_dict(config_fields(metadata), **overrides)
+  return family.config_from_dict(metadata[CONFIG_KEY], **overrides)
 
 
 t5_config_from_metadata = config_from_metadata  # the name callers used before BLOOM
 
 
 def _stored_scan_layers(metadata: Mapping[str, Any]) -> bool:
-  fields = metadata.get(CONFIG_KEY, metadata.get(OLD_CONFIG_KEY, {}))
-  return bool(fields.get("scan_layers", False))
+  return bool(metadata.get(CONFIG_KEY, {}).get("scan_layers", False))
 
 
 def recorded(metadata: Mapping[str, Any], key: str, *gin_names: str) -> Any:

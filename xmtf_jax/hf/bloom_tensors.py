@@ -13,7 +13,7 @@ from typing import Optional
 
 from xmtf_jax.errors import UserError
 from xmtf_jax.hf import accounting, bloom_mapping
-from xmtf_jax.hf.bloom_mapping import EMBEDDING, LM_HEAD, PREFIX
+from xmtf_jax.hf.bloom_mapping import EMBEDDING, IGNORED_HF_TENSORS, LM_HEAD, PREFIX
 from xmtf_jax.hf.weights import same_values
 
 
@@ -37,7 +37,7 @@ def account_tensors(source, config, origin: str) -> tuple[list, dict[str, str]]:
   available = set(source.shapes)
   reads = [(path, folder_name(hf, available), layout) for path, hf, layout in mapping]
   missing = [hf for (_, hf, _), (_, name, _) in zip(mapping, reads) if name is None]
-  unexpected = sorted(available - {name for _, name, _ in reads} - {LM_HEAD})
+  unexpected = sorted(available - {name for _, name, _ in reads} - {LM_HEAD} - set(IGNORED_HF_TENSORS))
   summary = (f"{config.n_layer} layers, hidden_size {config.hidden_size}, {config.n_head} heads, "
              f"vocab {config.vocab_size}")
   accounting.refuse_names(origin, summary, missing, unexpected)
@@ -47,6 +47,7 @@ def account_tensors(source, config, origin: str) -> tuple[list, dict[str, str]]:
   accounting.refuse_shapes(origin, summary, source, want)
   plan = [(path, name, layout, our_shapes[path]) for path, name, layout in reads]
   uses = {name: "read" for _, name, _, _ in plan}
+  uses.update({name: "ignored" for name in IGNORED_HF_TENSORS if name in available})
   if LM_HEAD in available:
     embedding = folder_name(EMBEDDING, available)
     if not same_values(source, LM_HEAD, embedding):

@@ -6,9 +6,9 @@ process has finished, so a crash mid-save never leaves a directory that looks co
   MODEL_DIR/checkpoint_<step>/
     params/          the float32 parameter tree (orbax StandardSave: OCDBT + zarr, sharded writes)
     opt_state/       the optimizer state (Adafactor factored second moments, count)
-    metadata/        JSON: step, model_config (the config's fields and family), vocabulary_path,
-                     initial_checkpoint_path, gin_config (operative config text), optimizer,
-                     process_count, format version
+    metadata/        JSON: step, t5_config (the model config's fields and its family, either
+                     family), vocabulary_path, initial_checkpoint_path, gin_config (operative
+                     config text), optimizer, process_count, format version
     input_position/  one JSON file per process: `process_00000_of_00002.json`, that process's data
                      iterator state (`get_state` of data/indexed_pipeline.IndexedBatches or of
                      data/host_batches.HostBatches); restore returns all of them in process order
