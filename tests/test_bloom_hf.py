@@ -18,6 +18,7 @@ from xmtf_jax.hf import reader, sources
 from xmtf_jax.model import family, layer_stacking
 from xmtf_jax.model.bloom_config import BloomConfig
 from xmtf_jax.model.config import T5Config
+from xmtf_jax.parallel import partitioning
 from xmtf_jax.train import checkpoints, pretrained
 
 VOCAB, HIDDEN, LAYERS, HEADS = 320, 64, 2, 4  # 320 > the tokenizer's 300 ids: padding rows, as BLOOM's
@@ -106,12 +107,17 @@ def hf_logits(model, tokens, segments):
                  attention_mask=torch.tensor(segments).long()).logits.numpy()
 
 
-def leaves(params, prefix=()):
-  for key, value in params.items():
+def leaves_of(tree):
+  """(path, leaf) of a nested dict, leaves as they are (arrays keep their sharding)."""
+  for key, value in tree.items():
     if isinstance(value, dict):
-      yield from leaves(value, prefix + (key,))
+      yield from (((key,) + path, leaf) for path, leaf in leaves_of(value))
     else:
-      yield prefix + (key,), np.asarray(value)
+      yield (key,), value
+
+
+def leaves(params):
+  return ((path, np.asarray(leaf)) for path, leaf in leaves_of(params))
 
 
 def test_both_spellings_and_formats_load_with_the_logits_of_transformers(hf_bloom):
@@ -180,6 +186,14 @@ def test_a_scanned_load_equals_the_unscanned_one(hf_bloom):
   tokens, segments = batch()
   np.testing.assert_allclose(np.asarray(scanned_model.logits(scanned, tokens, segments)),
                              np.asarray(model.logits(params, tokens, segments)), atol=1e-5, rtol=0)
+  # Onto a mesh (data 4 x model 2): each tensor placed with the model's sharding, the same values.
+  mesh = partitioning.make_mesh(num_partitions=2)
+  meshed_model, meshed = xmtf_jax.load_pretrained(prefixed, mesh, scan_layers=True)
+  shardings = dict(leaves_of(meshed_model.param_shardings()))
+  assert any(s.spec != jax.sharding.PartitionSpec() for s in shardings.values())  # some are split
+  for path, leaf in leaves_of(meshed):
+    assert leaf.sharding == shardings[path], path
+    np.testing.assert_array_equal(np.asarray(leaf), stacked[path])
 
 
 def test_hf_to_ours_to_hf_is_bit_exact_and_the_export_loads_in_transformers(hf_bloom, tokenizer_path,
