@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import dataclasses
 import json
 import logging
 import re

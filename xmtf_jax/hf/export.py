@@ -294,9 +294,6 @@ def hf_config_dict(config: Any, dtype: str) -> dict:
   return families.for_config(config).export_config(config, dtype)
 
 
-GENERATION_CONFIG = families.MT5.generation_config
-
-
 def _write_metadata(folder: str, config: Any, dtype: str, shards: Sequence[ShardPlan],
                     num_parameters: int, vocabulary: hf_tokenizer.TokenizerFiles, card,
                     add_eos: bool) -> None:
