@@ -84,7 +84,7 @@ def test_paths_that_are_no_model_say_what_was_looked_for(tmp_path):
   with pytest.raises(ModelPathError) as error:
     open_model_path(str(tmp_path / "other"))
   message = str(error.value)
-  for sought in ("no config.json (an HF mT5/mT0 folder)", "neither a checkpoint directory "
+  for sought in ("no config.json (an HF mT5/mT0 or BLOOM folder)", "neither a checkpoint directory "
                  "(checkpoint_<step>/ with params/ and metadata/)", "nor a MODEL_DIR holding one",
                  "It holds notes.txt", str(tmp_path / "other")):
     assert sought in message, message

@@ -104,6 +104,7 @@ def test_uninterrupted_run_writes_everything(reference_run):
   assert checkpoints.list_steps(model_dir) == [4, 8, 12]  # KEEP_CHECKPOINTS = 3
   metadata = checkpoints.read_metadata(model_dir)
   assert metadata["step"] == TRAIN_STEPS and metadata["t5_config"]["num_encoder_layers"] == 1
+  assert metadata["t5_config"]["family"] == "mt5"
   assert metadata["vocabulary_path"].endswith("data/demo/sentencepiece.model")
   assert metadata["add_eos_to_inputs"] is False  # the demo task's inputs (ADD_EOS_TO_INPUTS)
   assert "LOSS_NORMALIZATION = 'per_target_token'" in metadata["gin_config"]

@@ -5,7 +5,8 @@
 
 The path is listed once; the kinds are tried in one order (`KINDS`), the first that matches wins:
 
-  hf_folder   config.json inside: an HF mT5/mT0 folder (hf/reader.py reads it)
+  hf_folder   config.json inside: an HF mT5/mT0 or BLOOM folder (hf/reader.py reads it; its family
+              is config.json's `model_type`)
   our_step    params/ and metadata/ inside: one `checkpoint_<step>` of our training (xmtf_format.py)
   our_run     `checkpoint_<step>/` folders inside: a MODEL_DIR; its latest complete step (or `step`)
 
@@ -137,7 +138,7 @@ def _our_run(listing: Listing, step: Optional[int]) -> Optional[ModelPath]:
 # (kind, what it looks for, detector): the one precedence. A detector returns None when the listing
 # is not its kind, and raises only for a `step` its kind cannot give.
 KINDS: tuple[tuple[str, str, Callable[[Listing, Optional[int]], Optional[ModelPath]]], ...] = (
-    (HF_FOLDER, "no config.json (an HF mT5/mT0 folder)", _hf_folder),
+    (HF_FOLDER, "no config.json (an HF mT5/mT0 or BLOOM folder)", _hf_folder),
     (OUR_STEP, "neither a checkpoint directory (checkpoint_<step>/ with params/ and metadata/)",
      _our_step),
     (OUR_RUN, f"nor a MODEL_DIR holding one ({xmtf_format.STEP_PREFIX}_<step>/ folders)", _our_run),
@@ -173,8 +174,8 @@ def open_model_path(path: Any, step: Optional[int] = None) -> ModelPath:
     raise ModelPathError(hub_ids.hub_id_message(str(path)))
   if listing.names is None or (not listing.names and paths.isfile(listing.path)):
     what = "a file, not a folder" if paths.exists(listing.path) else "no such directory"
-    raise ModelPathError(f"{path}: not a model path ({what}); expected a folder: an HF mT5/mT0 folder "
-                         f"(config.json inside), a training run's MODEL_DIR or one of its "
+    raise ModelPathError(f"{path}: not a model path ({what}); expected a folder: an HF mT5/mT0 or BLOOM "
+                         f"folder (config.json inside), a training run's MODEL_DIR or one of its "
                          f"{xmtf_format.STEP_PREFIX}_<step> directories")
   looked_for = "; ".join(text for _, text, _ in KINDS)
   raise ModelPathError(f"{path}: not a model path: {looked_for}. It holds "

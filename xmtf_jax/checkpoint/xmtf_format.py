@@ -5,18 +5,21 @@ either as a whole tree onto a mesh or one tensor at a time into host memory (exp
   MODEL_DIR/checkpoint_<step>/
     params/          the float32 parameter tree (orbax OCDBT + zarr, sharded writes)
     opt_state/       the optimizer state
-    metadata/        `metadata`: JSON (step, t5_config, vocabulary_path, initial_checkpoint_path, ...)
+    metadata/        `metadata`: JSON (step, t5_config: the model config's fields and its `family`,
+                     vocabulary_path, initial_checkpoint_path, ...)
     input_position/  one JSON file per process
     commit_success.txt   on a bucket only: orbax writes a step in place there and marks it complete
 
-A checkpoint written with either layer layout (`T5Config.scan_layers`, recorded in the metadata) is
-read into either: arrays are restored as written and converted to the target's layout afterwards.
+The model family (mT5, BLOOM) is recorded with the config (`config_metadata`; the key keeps its old,
+stable name `t5_config` for either family) and read back by `config_from_metadata`; checkpoints
+written before the family was recorded are mT5's. A checkpoint written with
+either layer layout (`scan_layers`, recorded in the metadata) is read into either: arrays are restored
+as written and converted to the target's layout afterwards.
 """
 from __future__ import annotations
 
 import ast
 import contextlib
-import dataclasses
 import json
 import logging
 import re
@@ -30,14 +33,15 @@ from etils import epath
 
 from xmtf_jax import paths
 from xmtf_jax.errors import MissingPathError
-from xmtf_jax.model import layer_stacking
-from xmtf_jax.model.config import T5Config
-from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
+from xmtf_jax.model import family, layer_stacking
 
 STEP_PREFIX = "checkpoint"
 # On a bucket orbax writes a step in place and marks it complete with this file (no atomic rename).
 COMMIT_FILE = "commit_success.txt"
 METADATA_FILE = ("metadata", "metadata")  # the JSON orbax's JsonCheckpointHandler writes
+# The model config in the metadata: its fields and its `family` (none: mT5). The name predates BLOOM
+# and stays, as metadata keys are stable (older versions read mT5 checkpoints written now).
+CONFIG_KEY = "t5_config"
 
 Path = tuple[str, ...]
 
@@ -179,11 +183,22 @@ def read_metadata(step_dir: str) -> dict:
     return json.loads(paths.read_text(paths.join(step_dir, *METADATA_FILE)))
 
 
-def t5_config_from_metadata(metadata: Mapping[str, Any], **overrides) -> T5Config:
-  """The T5Config a checkpoint was trained with (unknown fields from other versions are ignored)."""
-  known = {f.name for f in dataclasses.fields(T5Config)}
-  fields = {k: v for k, v in metadata["t5_config"].items() if k in known}
-  return T5Config(**{**fields, **overrides})
+def config_metadata(config: family.ModelConfig) -> dict:
+  """The metadata entries that record a model config (either family) in a checkpoint."""
+  return {CONFIG_KEY: family.config_to_dict(config)}
+
+
+def config_from_metadata(metadata: Mapping[str, Any], **overrides) -> family.ModelConfig:
+  """The config (T5Config, BloomConfig) a checkpoint was trained with; a checkpoint that records no
+  family is mT5's. Unknown fields (from other versions) are ignored."""
+  return family.config_from_dict(metadata[CONFIG_KEY], **overrides)
+
+
+t5_config_from_metadata = config_from_metadata  # the name callers used before BLOOM
+
+
+def _stored_scan_layers(metadata: Mapping[str, Any]) -> bool:
+  return bool(metadata.get(CONFIG_KEY, {}).get("scan_layers", False))
 
 
 def recorded(metadata: Mapping[str, Any], key: str, *gin_names: str) -> Any:
@@ -204,10 +219,10 @@ def recorded(metadata: Mapping[str, Any], key: str, *gin_names: str) -> Any:
 
 def written_layout(abstract: Any, metadata: Mapping[str, Any]) -> Any:
   """`abstract` (params or optimizer state) in the layer layout the checkpoint was written in."""
-  stored_stacked = bool(metadata.get("t5_config", {}).get("scan_layers", False))
+  stored_stacked = _stored_scan_layers(metadata)
   if layer_stacking.is_stacked_tree(abstract) == stored_stacked:
     return abstract
-  return layer_stacking.abstract_in_layout(abstract, t5_config_from_metadata(metadata), stored_stacked)
+  return layer_stacking.abstract_in_layout(abstract, config_from_metadata(metadata), stored_stacked)
 
 
 # ---- arrays -----------------------------------------------------------------------------------------
@@ -234,8 +249,8 @@ class StepReader:
     self._checkpointer = None
 
   @property
-  def config(self) -> T5Config:
-    return t5_config_from_metadata(self.metadata)
+  def config(self) -> family.ModelConfig:
+    return config_from_metadata(self.metadata)
 
   def _orbax(self):
     if self._checkpointer is None:
@@ -253,11 +268,11 @@ class StepReader:
     as_written = written_layout(abstract, self.metadata)
     restored = self._restore(item_name, as_written, ocp.checkpoint_utils.construct_restore_args(as_written),
                              partial=False)
-    return layer_stacking.convert_like(restored, abstract, t5_config_from_metadata(self.metadata))
+    return layer_stacking.convert_like(restored, abstract, config_from_metadata(self.metadata))
 
   def read(self, path: Path) -> np.ndarray:
     """One parameter of one layer (per-layer path), float32, in host memory (a partial restore)."""
-    scanned = bool(self.metadata.get("t5_config", {}).get("scan_layers", False))
+    scanned = _stored_scan_layers(self.metadata)
     stored, index = layer_stacking.stacked_location(path) if scanned else (path, None)
     item, restore_args = {}, {}
     _tree_set(item, stored, 0)  # a placeholder leaf: only the structure matters
@@ -284,7 +299,7 @@ class StepReader:
       self._checkpointer = None
 
 
-def abstract_params(model: EncoderDecoderModel) -> Any:
+def abstract_params(model: Any) -> Any:
   """The model's parameters as ShapeDtypeStructs with their shardings (its mesh, or one device)."""
   if model.mesh is None:
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -297,11 +312,11 @@ def abstract_params(model: EncoderDecoderModel) -> Any:
 
 def load_model_params(step_dir: str, mesh: Any = None, logical_axis_rules=None,
                       metadata: Optional[Mapping[str, Any]] = None, **config_overrides):
-  """(T5Config, params) of one step without gin, placed with their shardings on `mesh` (or on the
-  default device without one)."""
+  """(config, params) of one step without gin (the config of the family it records), placed with their
+  shardings on `mesh` (or on the default device without one)."""
   reader = StepReader(step_dir, metadata)
-  config = t5_config_from_metadata(reader.metadata, **config_overrides)
+  config = config_from_metadata(reader.metadata, **config_overrides)
   try:
-    return config, reader.restore(abstract_params(EncoderDecoderModel(config, mesh, logical_axis_rules)))
+    return config, reader.restore(abstract_params(family.model_for(config, mesh, logical_axis_rules)))
   finally:
     reader.close()

@@ -1,11 +1,12 @@
-"""`python -m xmtf_jax.export_hf`: write a HuggingFace MT5ForConditionalGeneration folder.
+"""`python -m xmtf_jax.export_hf`: write a HuggingFace MT5ForConditionalGeneration or BloomForCausalLM folder.
 
     python -m xmtf_jax.export_hf --checkpoint_dir=runs/demo --output_dir=runs/demo/hf
     python -m xmtf_jax.export_hf --checkpoint_dir=gs://bucket/mt0-xxl --step=7000 \
         --output_dir=/mnt/disk/mt0-xxl --dtype=bfloat16 --noverify
 
 --checkpoint_dir is a training run's directory (MODEL_DIR: checkpoints, config and vocabulary) or an
-HF mT5/mT0 folder (re-export: change the dtype or the sharding). gin arguments (`--gin_file`,
+HF mT5/mT0 or BLOOM folder (re-export: change the dtype or the sharding); the model family comes from
+the checkpoint's metadata or the folder's config.json. gin arguments (`--gin_file`,
 `--gin.NAME=VALUE`) are accepted, e.g. to pick the partitioning used to restore a large checkpoint.
 See `xmtf_jax.hf_export` for what is written and how memory is bounded.
 """
@@ -20,7 +21,7 @@ from xmtf_jax.hf import sources as export_sources
 from xmtf_jax.cli import gin_flags
 from xmtf_jax.cli import runtime, usage
 from xmtf_jax.hf import export as hf_export
-from xmtf_jax.hf import model_card
+from xmtf_jax.hf import families, model_card
 
 
 
@@ -36,8 +37,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   source = export_sources.open_source(model_path)
   vocabulary_path = args.vocabulary_path or getattr(source, "vocabulary_path", None)
   if not vocabulary_path:
-    raise UserError(f"no SentencePiece model recorded with {args.checkpoint_dir}: pass "
-                     "--vocabulary_path=/path/to/sentencepiece.model")
+    hf_family = families.for_config(source.config)
+    raise UserError(f"no {hf_family.vocabulary} recorded with {args.checkpoint_dir}: pass "
+                     f"--vocabulary_path={hf_family.vocabulary_example}")
   facts = source.card_facts()
   card = model_card.ModelCard(
       model_name=args.model_name,

@@ -70,7 +70,7 @@ def export_hf_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m xmtf_jax.export_hf",
                               description=docstring("export_hf").split("\n")[0])
   p.add_argument("--checkpoint_dir", required=True,
-                 help="training run directory (MODEL_DIR) or an HF mT5/mT0 folder")
+                 help="training run directory (MODEL_DIR) or an HF mT5/mT0 or BLOOM folder")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
   p.add_argument("--output_dir", required=True, help="folder to create (must not exist or be empty)")
   p.add_argument("--dtype", choices=EXPORT_DTYPES, default="float32",
@@ -82,7 +82,8 @@ def export_hf_parser() -> argparse.ArgumentParser:
   p.add_argument("--noverify", dest="verify", action="store_const", const=False,
                  help="skip the comparison with transformers")
   p.add_argument("--vocabulary_path", default=None,
-                 help="SentencePiece model (default: the one recorded with the checkpoint)")
+                 help="SentencePiece model (mT5) or tokenizer.json (BLOOM) (default: the one "
+                      "recorded with the checkpoint)")
   p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
   card = p.add_argument_group("model card (README.md); defaults come from the training run")
   card.add_argument("--model_name", default=None,

@@ -1,4 +1,5 @@
-"""Export to a HuggingFace `MT5ForConditionalGeneration` folder, one tensor at a time.
+"""Export to a HuggingFace folder, one tensor at a time: `MT5ForConditionalGeneration` for mT5 models,
+`BloomForCausalLM` for BLOOM ones (what differs per family is its `hf/families.py` entry).
 
     result = xmtf_jax.hf.export.export(config, params, "/path/spiece.model", "/out/mt0-small")
     result = xmtf_jax.hf.export.export_source(CheckpointParams("/runs/mt0", step=7000), vocab, "/out")
@@ -9,7 +10,7 @@ path: an HF folder or a training checkpoint, `CheckpointParams`).
 What is written (locally: into a temporary sibling directory, renamed to `output_dir` only when
 complete, so a failure leaves nothing at `output_dir`; on a bucket, where a folder cannot be renamed
 at once, straight into `output_dir` with each shard streamed up as it is written and config.json
-written last, so a folder without config.json is an unfinished export; a failure deletes it):
+written last, so a folder without config.json is an unfinished export; a failure deletes it). For mT5:
 
   config.json                    MT5Config: shapes, untied head, gelu_new, token ids, dtype
   generation_config.json         decoder_start 0, eos 1, pad 0
@@ -21,8 +22,13 @@ written last, so a folder without config.json is an unfinished export; a failure
                                  HF folder keeps what its tokenizer did)
   README.md                      model card (see model_card)
 
-Names and layouts come from `mapping.parameter_mapping` (the same mapping that imports HF folders), so
-HF -> ours -> HF is bit-exact in float32.
+For BLOOM (hf/bloom_export.py): config.json from `bloom_mapping.bloom_config_to_hf` (tied head: no
+lm_head.weight, `transformer.`-prefixed names), generation_config.json (bos 1, eos 2, pad 3), the
+run's tokenizer.json copied with tokenizer_config.json and special_tokens_map.json (unk/bos/eos/pad
+0/1/2/3, left padding), and a BLOOMZ model card.
+
+Names and layouts come from the family's `parameter_mapping` (the same mapping that imports HF
+folders), so HF -> ours -> HF is bit-exact in float32.
 
 Memory: the shard plan is computed from abstract shapes (`jax.eval_shape`) before any data is read;
 then each tensor is fetched (gathered from its devices, or read from its file), converted, written
@@ -49,21 +55,21 @@ import numpy as np
 
 from xmtf_jax import paths
 from xmtf_jax.errors import PathExistsError, UserError
-from xmtf_jax.hf import mapping
+from xmtf_jax.hf import families
 from xmtf_jax.hf import safetensors_writer
-from xmtf_jax.hf import tokenizer as hf_tokenizer
 from xmtf_jax.hf.safetensors_writer import (DEFAULT_MAX_SHARD_SIZE, DTYPES, INDEX_FILE, ShardPlan,
                                            TensorEntry, plan_shards, tensor_entries)
 from xmtf_jax.hf import model_card
+from xmtf_jax.hf import tokenizer as hf_tokenizer
 from xmtf_jax.hf import verify as hf_verify
 from xmtf_jax.hf.sources import InMemoryParams, ParamSource
-from xmtf_jax.model.config import T5Config
 
 log = logging.getLogger(__name__)
 
 def _convert(source: ParamSource, entry: TensorEntry, dtype: str) -> np.ndarray:
   # One expression, so our-layout array is freed as soon as the HF-layout copy exists.
-  array = mapping.to_hf(entry.layout, np.asarray(source.read(entry.path), np.float32))
+  to_hf = families.for_config(source.config).to_hf
+  array = to_hf(entry.layout, np.asarray(source.read(entry.path), np.float32))
   array = array.astype(DTYPES[dtype][0], copy=False)
   if array.shape != entry.shape:
     raise ValueError(f"{entry.name}: got shape {list(array.shape)} from {source.describe()}, the config "
@@ -174,12 +180,14 @@ def decide_verify(verify: bool | str | None, num_parameters: int, remote: bool =
   return True, ""
 
 
-def export(config: T5Config, params: Mapping, vocabulary_path: str, output_dir: str, **kwargs
+def export(config: Any, params: Mapping, vocabulary_path: str, output_dir: str, **kwargs
            ) -> ExportResult:
-  """Exports in-memory parameters (numpy or jax arrays, sharded or not) with their `T5Config`.
+  """Exports in-memory parameters (numpy or jax arrays, sharded or not) with their config (T5Config or
+  BloomConfig).
 
-  vocabulary_path: the SentencePiece model trained with (local or gs://), copied to `spiece.model`.
-  Keyword arguments as `export_source`; `model=` an EncoderDecoderModel to verify with (its mesh);
+  vocabulary_path: the vocabulary trained with (local or gs://): mT5's SentencePiece model, copied to
+  `spiece.model`; BLOOM's tokenizer.json (or an HF folder holding one), copied to `tokenizer.json`.
+  Keyword arguments as `export_source`; `model=` the task-level model to verify with (its mesh);
   `inputs_end_with_eos=` whether the model was trained on inputs ending in EOS (default False, as
   xmtf_jax's tasks and the paper's evaluation): the folder's tokenizer appends EOS only then.
   """
@@ -219,11 +227,8 @@ def export_source(source: ParamSource, vocabulary_path: str, output_dir: str, *,
     hf_verify.require_dependencies()
   elif skipped_reason:
     log.info("%s", skipped_reason)
-  spm_bytes = paths.read_bytes(vocabulary_path)
-  spm_info = hf_tokenizer.read_sentencepiece(spm_bytes, origin=vocabulary_path)
-  if len(spm_info.pieces) > config.vocab_size:
-    raise UserError(f"{vocabulary_path} has {len(spm_info.pieces)} pieces but the model's vocabulary is "
-                     f"{config.vocab_size}: it is not the vocabulary this model was trained with")
+  hf_family = families.for_config(config)
+  vocabulary = hf_family.tokenizer_files(vocabulary_path, config, source.inputs_end_with_eos)
   source.check()
 
   tmp_dir = None
@@ -246,7 +251,7 @@ def export_source(source: ParamSource, vocabulary_path: str, output_dir: str, *,
       log.info("wrote %s (%d/%d): %d tensors, %.1f MB in %.1fs", shard.filename, i + 1, len(shards),
                len(shard.entries), shard.nbytes / 1e6, time.time() - t0)
     if is_writer:
-      _write_metadata(tmp_dir, config, dtype, shards, num_parameters, spm_bytes, spm_info, card,
+      _write_metadata(tmp_dir, config, dtype, shards, num_parameters, vocabulary, card,
                       source.inputs_end_with_eos)
   except BaseException:
     if tmp_dir:
@@ -257,7 +262,7 @@ def export_source(source: ParamSource, vocabulary_path: str, output_dir: str, *,
   if do_verify:
     try:
       model, params = source.load_for_verify()
-      report = hf_verify.verify(tmp_dir, model, params, dtype=dtype,
+      report = hf_family.verify(tmp_dir, model, params, dtype=dtype,
                                 inputs_end_with_eos=source.inputs_end_with_eos, **(verify_kwargs or {}))
     except BaseException:
       _remove_quietly(tmp_dir)
@@ -284,39 +289,30 @@ def export_source(source: ParamSource, vocabulary_path: str, output_dir: str, *,
                       verify_skipped_reason=skipped_reason)
 
 
-def hf_config_dict(config: T5Config, dtype: str) -> dict:
-  """config.json content: `mapping.t5config_to_hf` with the weights' dtype. The tokenizer class is left to
-  tokenizer_config.json (it depends on the SentencePiece model; see hf_tokenizer)."""
-  values = {**mapping.t5config_to_hf(config), "dtype": dtype}
-  values.pop("tokenizer_class", None)
-  return values
+def hf_config_dict(config: Any, dtype: str) -> dict:
+  """config.json content: the family's config for transformers with the weights' dtype."""
+  return families.for_config(config).export_config(config, dtype)
 
 
-GENERATION_CONFIG = {"decoder_start_token_id": 0, "eos_token_id": 1, "pad_token_id": 0}
-
-
-def _write_metadata(folder: str, config: T5Config, dtype: str, shards: Sequence[ShardPlan],
-                    num_parameters: int, spm_bytes: bytes, spm_info, card, add_eos: bool) -> None:
+def _write_metadata(folder: str, config: Any, dtype: str, shards: Sequence[ShardPlan],
+                    num_parameters: int, vocabulary: hf_tokenizer.TokenizerFiles, card,
+                    add_eos: bool) -> None:
   def write_json(name: str, obj: Any) -> None:
     paths.write_text(paths.join(folder, name), json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
-  write_json("generation_config.json", GENERATION_CONFIG)
+  hf_family = families.for_config(config)
+  write_json("generation_config.json", dict(hf_family.generation_config))
   if len(shards) > 1:
     write_json(INDEX_FILE, {
         "metadata": {"total_size": sum(s.nbytes for s in shards), "total_parameters": num_parameters},
         "weight_map": {e.name: s.filename for s in shards for e in s.entries}})
-  paths.write_bytes(paths.join(folder, "spiece.model"), spm_bytes)
-  tokenizer = hf_tokenizer.tokenizer_files(spm_info, add_eos)
-  for name, text in tokenizer.items():
-    paths.write_text(paths.join(folder, name), text)
-  tokenizer_class = json.loads(tokenizer["tokenizer_config.json"])["tokenizer_class"]
-  if not spm_info.t5_tokenizer_compatible:  # (a compatible model trained without EOS: see hf_tokenizer)
-    log.info("the SentencePiece model uses %s; T5Tokenizer cannot reproduce it, so the folder holds "
-             "a tokenizer.json (tokenizer_class %s) that does",
-             "byte fallback" if spm_info.byte_fallback else "whitespace-preserving normalisation",
-             tokenizer_class)
-  paths.write_text(paths.join(folder, "README.md"), model_card.render(
+  for name, content in vocabulary.files.items():
+    if isinstance(content, bytes):
+      paths.write_bytes(paths.join(folder, name), content)
+    else:
+      paths.write_text(paths.join(folder, name), content)
+  paths.write_text(paths.join(folder, "README.md"), hf_family.render_card(
       card or model_card.ModelCard(), config=config, dtype=dtype, num_parameters=num_parameters,
-      tokenizer_class=tokenizer_class, inputs_end_with_eos=add_eos))
+      tokenizer_class=vocabulary.tokenizer_class, inputs_end_with_eos=add_eos))
   # Last: on a bucket the folder counts as an HF folder (and as finished) only once it exists.
   write_json("config.json", hf_config_dict(config, dtype))

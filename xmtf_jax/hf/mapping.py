@@ -20,7 +20,6 @@ from xmtf_jax.errors import UserError
 from xmtf_jax.hf.ties import LM_HEAD, SHARED
 from xmtf_jax.model import layer_stacking
 from xmtf_jax.model.config import T5Config
-from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +107,6 @@ def tree_set(tree: dict, path: tuple[str, ...], value: Any) -> None:
   for key in path[:-1]:
     tree = tree.setdefault(key, {})
   tree[path[-1]] = value
-
-
-def _our_shapes(config: T5Config) -> dict[tuple[str, ...], tuple[int, ...]]:
-  """Per-layer shape of every mapped parameter (whatever config.scan_layers says)."""
-  shapes = EncoderDecoderModel(config.replace(scan_layers=False)).abstract_params()
-  return {path: tuple(tree_get(shapes, path).shape) for path, _, _ in parameter_mapping(config)}
 
 
 def params_to_hf(params: Mapping, config: T5Config) -> dict[str, np.ndarray]:

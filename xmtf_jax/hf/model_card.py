@@ -29,7 +29,8 @@ class ModelCard:
   base_model: the checkpoint finetuning started from (an HF id or a path). mixture: the seqio mixture
   trained on. steps: training steps of the exported checkpoint. languages: ISO codes; for the xP3
   mixtures (`xp3`, `xp3mt`, `xp3all`) xP3's 46 folders are used when none are given. eval_results:
-  paths of `results.json` files (from `python -m xmtf_jax.evaluate`) to summarise.
+  paths of `results.json` files (from `python -m xmtf_jax.evaluate`) to summarise. The card of a
+  BLOOM model: `hf/bloom_export.render_card`.
   """
   model_name: Optional[str] = None
   base_model: Optional[str] = None
@@ -37,7 +38,7 @@ class ModelCard:
   steps: Optional[int] = None
   languages: Sequence[str] = ()
   eval_results: Sequence[str] = ()
-  license: str = "apache-2.0"
+  license: Optional[str] = None  # default: the base model's (mT5 apache-2.0, BLOOM bigscience-bloom-rail-1.0)
   notes: str = ""
 
   def resolved_languages(self) -> list[str]:
@@ -48,7 +49,7 @@ class ModelCard:
     return []
 
 
-def _hub_id(base_model: Optional[str]) -> bool:
+def is_hub_id(base_model: Optional[str]) -> bool:
   """An HF hub id (`owner/name`) rather than a path of ours."""
   return bool(base_model and re.fullmatch(r"[\w.-]+/[\w.-]+", base_model)
               and not paths.exists(base_model))
@@ -90,7 +91,7 @@ def _read_results(path: str) -> Optional[dict]:
   return document
 
 
-def _eval_section(results_files: Sequence[str]) -> list[str]:
+def eval_section(results_files: Sequence[str]) -> list[str]:
   lines: list[str] = []
   for path in results_files:
     document = _read_results(path)
@@ -116,12 +117,12 @@ def render(card: ModelCard, *, config: Any, dtype: str, num_parameters: int,
   """The card as Markdown with HF's YAML front matter (license, languages, tags, base model).
   inputs_end_with_eos: how the model's prompts are encoded (the tokenizer appends EOS or not)."""
   languages = card.resolved_languages()
-  front = ["---", f"license: {card.license}", "library_name: transformers",
+  front = ["---", f"license: {card.license or 'apache-2.0'}", "library_name: transformers",
            "pipeline_tag: text2text-generation", "tags:", "- mt5", "- mt0", "- xmtf_jax"]
   iso = [code for code in languages if code != "code"]
   if iso:
     front += ["language:"] + [f"- {code}" for code in iso]
-  if _hub_id(card.base_model):
+  if is_hub_id(card.base_model):
     front.append(f"base_model: {card.base_model}")  # HF hub ids only; local paths mean nothing there
   front.append("---")
 
@@ -140,7 +141,7 @@ def render(card: ModelCard, *, config: Any, dtype: str, num_parameters: int,
             f"{config.d_kv}, {config.num_encoder_layers}/{config.num_decoder_layers} encoder/decoder "
             f"layers, vocabulary {config.vocab_size}",
             f"- weights: {dtype}"]
-  eval_lines = _eval_section(card.eval_results)
+  eval_lines = eval_section(card.eval_results)
   if eval_lines:
     lines += ["", "## Zero-shot evaluation (rank classification)"] + eval_lines
   lines += ["", "## How to use", "", "```python",

@@ -16,9 +16,7 @@ import numpy as np
 
 from xmtf_jax import paths
 from xmtf_jax.errors import UserError
-from xmtf_jax.hf import mapping
-from xmtf_jax.model.config import T5Config
-from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
+from xmtf_jax.hf import accounting, families
 
 # Output dtype -> (numpy dtype, safetensors dtype name). float16 is left out on purpose: mT5's
 # activations overflow it (HF's own docs warn against fp16 for T5 models).
@@ -36,7 +34,7 @@ DEFAULT_MAX_SHARD_SIZE = "5GB"
 class TensorEntry:
   name: str                      # HF state-dict name
   path: tuple[str, ...]          # our parameter path
-  layout: str                    # mapping.parameter_mapping layout
+  layout: str                    # the family's parameter_mapping layout
   shape: tuple[int, ...]         # HF shape
   nbytes: int                    # in the output dtype
 
@@ -67,15 +65,17 @@ def parse_size(size: int | str) -> int:
   return value
 
 
-def tensor_entries(config: T5Config, dtype: str = "float32") -> list[TensorEntry]:
-  """Every HF tensor of `config`, in HF order, with its shape and size (no parameter is allocated)."""
+def tensor_entries(config: Any, dtype: str = "float32") -> list[TensorEntry]:
+  """Every HF tensor of `config` (either family), in HF order, with its shape and size (no parameter
+  is allocated)."""
   if dtype not in DTYPES:
     raise UserError(f"dtype={dtype!r}: choose one of {sorted(DTYPES)}")
   itemsize = DTYPES[dtype][0].itemsize
-  abstract = EncoderDecoderModel(config.replace(scan_layers=False)).abstract_params()  # per-layer paths
+  hf_family = families.for_config(config)
+  shapes = accounting.our_shapes(config, hf_family.parameter_mapping)  # per-layer paths
   entries = []
-  for path, name, layout in mapping.parameter_mapping(config):
-    shape = mapping.hf_shape(layout, tuple(mapping.tree_get(abstract, path).shape))
+  for path, name, layout in hf_family.parameter_mapping(config):
+    shape = hf_family.hf_shape(layout, shapes[path])
     entries.append(TensorEntry(name, path, layout, shape, int(np.prod(shape)) * itemsize))
   return entries
 

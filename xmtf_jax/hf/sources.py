@@ -1,11 +1,11 @@
 """Where exported parameters come from, one tensor at a time.
 
-A `ParamSource` has a `config` (T5Config) and `read(path)`: one parameter, float32, in our layout, as a
-host numpy array on every process. Sources:
+A `ParamSource` has a `config` (T5Config or BloomConfig) and `read(path)`: one parameter, float32, in
+our layout, as a host numpy array on every process. Sources:
 
   InMemoryParams     a loaded params tree (numpy or jax arrays, sharded over a mesh, even multi-host:
                      a tensor spanning hosts is all-gathered, so every process must read in step)
-  HFFolderParams     an HF mT5/mT0 folder (re-export: another dtype or sharding), memory-mapped
+  HFFolderParams     an HF folder of either family (re-export: another dtype or sharding), memory-mapped
   CheckpointParams   one step of our training, each tensor restored alone by an orbax partial restore
                      straight into host memory (an XXL checkpoint exports on a host that could not
                      hold the model); read with `checkpoint/xmtf_format.py`
@@ -24,28 +24,27 @@ from xmtf_jax import paths
 from xmtf_jax.checkpoint import xmtf_format
 from xmtf_jax.checkpoint.model_path import HF_FOLDER, ModelPath, open_model_path
 from xmtf_jax.errors import UserError
-from xmtf_jax.hf import mapping
+from xmtf_jax.hf import accounting, families
 from xmtf_jax.hf import reader as hf_reader
 from xmtf_jax.hf import tokenizer as hf_tokenizer
+from xmtf_jax.model import family as model_family
 from xmtf_jax.model import layer_stacking
-from xmtf_jax.model.config import T5Config
-from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
 from xmtf_jax.parallel.partitioning import fetch_global
 
 Path = tuple[str, ...]
 
 
-def expected_shapes(config: T5Config) -> dict[Path, tuple[int, ...]]:
-  """Our per-layer shape of every exported parameter (abstract: nothing is allocated). Paths are per
-  layer in either layout; sources of a scanned model read index i of the stacked leaf."""
-  abstract = EncoderDecoderModel(config.replace(scan_layers=False)).abstract_params()
-  return {path: tuple(mapping.tree_get(abstract, path).shape) for path, _, _ in mapping.parameter_mapping(config)}
+def expected_shapes(config: Any) -> dict[Path, tuple[int, ...]]:
+  """Our per-layer shape of every exported parameter of either family (abstract: nothing is
+  allocated). Paths are per layer in either layout; sources of a scanned model read index i of the
+  stacked leaf."""
+  return accounting.our_shapes(config, families.for_config(config).parameter_mapping)
 
 
 class ParamSource:
   """Parameters to export. Subclasses set `config` and read one tensor at a time."""
 
-  config: T5Config
+  config: Any  # T5Config | BloomConfig
   # True when `read` is a collective (arrays spanning processes): then every process must read every
   # tensor in step with process 0. Otherwise only process 0 reads.
   collective_reads: bool = False
@@ -60,7 +59,7 @@ class ParamSource:
     """Raises a clear error, before anything is written, if the source cannot be exported."""
 
   def load_for_verify(self) -> tuple[Any, Any]:
-    """(EncoderDecoderModel, float32 params) in memory, for the comparison with transformers."""
+    """(the task-level model, float32 params) in memory, for the comparison with transformers."""
     raise NotImplementedError
 
   def card_facts(self) -> dict:
@@ -71,7 +70,7 @@ class ParamSource:
     return type(self).__name__
 
 
-def _check_shapes(found: Mapping[Path, Optional[tuple]], config: T5Config, origin: str) -> None:
+def _check_shapes(found: Mapping[Path, Optional[tuple]], config: Any, origin: str) -> None:
   problems = []
   for path, want in expected_shapes(config).items():
     got = found.get(path)
@@ -80,15 +79,17 @@ def _check_shapes(found: Mapping[Path, Optional[tuple]], config: T5Config, origi
     elif tuple(got) != want:
       problems.append(f"{'/'.join(path)} has shape {list(got)}, the config says {list(want)}")
   if problems:
-    raise UserError(f"{origin} does not match its mT5 config (d_model {config.d_model}, "
-                     f"{config.num_encoder_layers}/{config.num_decoder_layers} layers, vocab "
-                     f"{config.vocab_size}):\n  " + "\n  ".join(problems[:20]))
+    layers = (f"{config.num_encoder_layers}/{config.num_decoder_layers}" if config.num_encoder_layers
+              else f"{config.num_decoder_layers}")
+    raise UserError(f"{origin} does not match its {families.for_config(config).label} config (d_model "
+                     f"{config.d_model}, {layers} layers, vocab {config.vocab_size}):\n  "
+                     + "\n  ".join(problems[:20]))
 
 
 class InMemoryParams(ParamSource):
   """A params tree that is already loaded; `model` (optional) is used for verification."""
 
-  def __init__(self, config: T5Config, params: Mapping, model: Any = None,
+  def __init__(self, config: Any, params: Mapping, model: Any = None,
                inputs_end_with_eos: bool = False):
     self.config, self.params, self.model = config, params, model
     self.inputs_end_with_eos = inputs_end_with_eos
@@ -108,37 +109,39 @@ class InMemoryParams(ParamSource):
     return fetch_global(layer_stacking.layer_leaf(self.params, path))
 
   def load_for_verify(self):
-    return (self.model or EncoderDecoderModel(self.config)), self.params
+    return (self.model or model_family.model_for(self.config)), self.params
 
   def describe(self):
     return "parameters in memory"
 
 
 class HFFolderParams(ParamSource):
-  """An HF mT5/mT0 folder read lazily tensor by tensor (to re-shard it or change its dtype). Its
-  tokenizer's EOS behaviour is kept (`hf_tokenizer.folder_appends_eos`)."""
+  """An HF folder (mT5/mT0 or BLOOM) read lazily tensor by tensor (to re-shard it or change its dtype).
+  Its vocabulary is the family's file in the folder; its tokenizer's EOS behaviour is kept
+  (`hf_tokenizer.folder_appends_eos`)."""
 
   def __init__(self, folder: Union[str, ModelPath]):
     opened = open_model_path(folder)
     self.folder = opened.path
     self.config = hf_reader.read_hf_config(self.folder)
+    self._family = families.for_config(self.config)
     # The folder reader's own plan: checks every name and shape now, reads one memory-mapped tensor per call.
     self._weights = hf_reader.open_weights(self.folder)
     self._plan = {path: (name, layout, shape) for path, name, layout, shape
                   in hf_reader.read_plan(self._weights, self.config, self.folder)}
-    self.vocabulary_path = (paths.join(self.folder, "spiece.model") if "spiece.model" in opened.names
-                            else None)
+    vocabulary = self._family.folder_vocabulary
+    self.vocabulary_path = paths.join(self.folder, vocabulary) if vocabulary in opened.names else None
     self.inputs_end_with_eos = hf_tokenizer.folder_appends_eos(
         {name: paths.read_text(paths.join(self.folder, name))
          for name in ("tokenizer_config.json", "tokenizer.json") if name in opened.names})
 
   def read(self, path):
     name, layout, shape = self._plan[path]
-    return mapping.to_ours(layout, self._weights.read(name), shape)
+    return self._family.to_ours(layout, self._weights.read(name), shape)
 
   def load_for_verify(self):
     config, params = hf_reader.load_hf_folder(self.folder, dropout_rate=0.0)
-    return EncoderDecoderModel(config), params
+    return model_family.model_for(config), params
 
   def describe(self):
     return f"HF folder {self.folder}"
@@ -174,7 +177,7 @@ class CheckpointParams(ParamSource):
   def load_for_verify(self):
     config, params = xmtf_format.load_model_params(self.step_dir, metadata=self.metadata,
                                                    dropout_rate=0.0)
-    return EncoderDecoderModel(config), params
+    return model_family.model_for(config), params
 
   def card_facts(self) -> dict:
     # Checkpoints written before initial_checkpoint_path was recorded: from their gin config.

@@ -29,9 +29,13 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-from typing import Any
+import logging
+from typing import Any, Union
 
+from xmtf_jax import paths
 from xmtf_jax.errors import UserError
+
+log = logging.getLogger(__name__)
 
 SPACE = "\u2581"  # SentencePiece's visible space "▁"
 # Effectively unlimited, as HF writes for tokenizers without a model maximum (mT5 has no fixed one).
@@ -83,6 +87,31 @@ def read_sentencepiece(model_bytes: bytes, origin: str = "spiece.model") -> Sent
     raise UserError(f"{origin}: special ids pad/eos/unk are {ids}; mT5 models use (0, 1, 2), and HF's "
                     "MT5 config and generation settings assume them")
   return info
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerFiles:
+  """The vocabulary files of an exported folder (either family), checked before anything is written."""
+  files: dict[str, Union[str, bytes]]  # {file name: text or bytes}, in the order they are written
+  tokenizer_class: str                 # tokenizer_config.json's, for the model card
+
+
+def sentencepiece_folder_files(vocabulary_path: str, config: Any, add_eos: bool) -> TokenizerFiles:
+  """mT5's tokenizer files: `spiece.model` (a copy of `vocabulary_path`) and `tokenizer_files`. Refuses
+  a model with more pieces than the config's vocabulary (not the one it was trained with)."""
+  spm_bytes = paths.read_bytes(vocabulary_path)
+  info = read_sentencepiece(spm_bytes, origin=vocabulary_path)
+  if len(info.pieces) > config.vocab_size:
+    raise UserError(f"{vocabulary_path} has {len(info.pieces)} pieces but the model's vocabulary is "
+                     f"{config.vocab_size}: it is not the vocabulary this model was trained with")
+  files = tokenizer_files(info, add_eos)
+  tokenizer_class = json.loads(files["tokenizer_config.json"])["tokenizer_class"]
+  if not info.t5_tokenizer_compatible:  # (a compatible model trained without EOS: see the docstring)
+    log.info("the SentencePiece model uses %s; T5Tokenizer cannot reproduce it, so the folder holds "
+             "a tokenizer.json (tokenizer_class %s) that does",
+             "byte fallback" if info.byte_fallback else "whitespace-preserving normalisation",
+             tokenizer_class)
+  return TokenizerFiles({"spiece.model": spm_bytes, **files}, tokenizer_class)
 
 
 def tokenizer_files(info: SentencePieceInfo, add_eos: bool) -> dict[str, str]:

@@ -60,6 +60,8 @@ class VerifyReport:
   decoder: str
   tokenizer_mismatches: list[str]
   loading_problems: list[str]
+  architecture: str = "MT5ForConditionalGeneration"
+  tokenizer_reference: str = "seqio"  # what the tokenizer's ids were compared with
 
   @property
   def ok(self) -> bool:
@@ -67,7 +69,7 @@ class VerifyReport:
             and not self.tokenizer_mismatches and not self.loading_problems)
 
   def summary(self) -> str:
-    lines = [f"verify: {'OK' if self.ok else 'MISMATCH'} (transformers MT5ForConditionalGeneration, "
+    lines = [f"verify: {'OK' if self.ok else 'MISMATCH'} (transformers {self.architecture}, "
              "torch CPU float32)",
              f"  logits: max |ours - transformers| = {self.max_abs_logit_diff:.3g} (tolerance "
              f"{self.logit_tolerance:.3g}; max |logit| {self.max_abs_logit:.3g})",
@@ -77,7 +79,7 @@ class VerifyReport:
       for i, (a, b) in enumerate(zip(self.ours, self.theirs)):
         if a != b:
           lines.append(f"    row {i}: ours {a} vs transformers {b}")
-    lines.append("  tokenizer: " + ("same ids as seqio on the sample prompts" if not
+    lines.append("  tokenizer: " + (f"same ids as {self.tokenizer_reference} on the sample prompts" if not
                                     self.tokenizer_mismatches else "DIFFERS"))
     lines += [f"    {m}" for m in self.tokenizer_mismatches]
     lines += [f"  loading: {p}" for p in self.loading_problems]

@@ -6,8 +6,9 @@ process has finished, so a crash mid-save never leaves a directory that looks co
   MODEL_DIR/checkpoint_<step>/
     params/          the float32 parameter tree (orbax StandardSave: OCDBT + zarr, sharded writes)
     opt_state/       the optimizer state (Adafactor factored second moments, count)
-    metadata/        JSON: step, t5_config (T5Config fields), vocabulary_path, initial_checkpoint_path,
-                     gin_config (operative config text), optimizer, process_count, format version
+    metadata/        JSON: step, t5_config (the model config's fields and its family, either
+                     family), vocabulary_path, initial_checkpoint_path, gin_config (operative
+                     config text), optimizer, process_count, format version
     input_position/  one JSON file per process: `process_00000_of_00002.json`, that process's data
                      iterator state (`get_state` of data/indexed_pipeline.IndexedBatches or of
                      data/host_batches.HostBatches); restore returns all of them in process order
@@ -42,8 +43,8 @@ from etils import epath
 from xmtf_jax import paths
 from xmtf_jax.checkpoint import model_path, xmtf_format
 # The layout's names, as the training side uses them (the reader owns them).
-from xmtf_jax.checkpoint.xmtf_format import (STEP_PREFIX, DamagedCheckpointError, list_steps, step_directory,
-                                             t5_config_from_metadata)
+from xmtf_jax.checkpoint.xmtf_format import (STEP_PREFIX, DamagedCheckpointError, config_from_metadata,
+                                             list_steps, step_directory, t5_config_from_metadata)
 from xmtf_jax.errors import MissingPathError
 
 FORMAT_VERSION = 1

@@ -148,7 +148,7 @@ def replicated_step(step: int, sharding) -> jax.Array:
 
 def checkpoint_metadata(config: TrainConfig, model_config: family.ModelConfig, features: TaskFeatures,
                         optimizer_config: optim.OptimizerConfig) -> dict:
-  return {"t5_config": family.config_to_dict(model_config), "vocabulary_path": features.vocabulary_path,
+  return {**xmtf_format.config_metadata(model_config), "vocabulary_path": features.vocabulary_path,
           "add_eos_to_inputs": features.add_eos_to_inputs,
           "mixture_or_task_name": config.mixture_or_task_name,
           "initial_checkpoint_path": config.initial_checkpoint_path,
@@ -280,7 +280,7 @@ def restore_newest_intact(config, assembly: step_assembly.StepAssembly,
     step_dir = checkpoints.step_directory(config.model_dir, step)
     try:
       metadata = xmtf_format.read_metadata(step_dir)
-      check_same_shapes(checkpoints.t5_config_from_metadata(metadata), assembly.model.config, step_dir)
+      check_same_shapes(checkpoints.config_from_metadata(metadata), assembly.model.config, step_dir)
       restored = checkpointer.restore(step, abstract.params, abstract.opt_state,
                                       input_position=config.restore_input_position, metadata=metadata)
     except checkpoints.DamagedCheckpointError as error:

@@ -1,4 +1,6 @@
-"""Pretrained weights from any model path: an HF mT5/mT0 folder or one of our training checkpoints.
+"""Pretrained weights from any model path: an HF folder (mT5/mT0 or BLOOM/BLOOMZ) or one of our training
+checkpoints, of either model family (the family comes from config.json's `model_type` or from the
+checkpoint's metadata; `model.family.model_for` builds the matching task-level model).
 
     model, params = load_pretrained(path, mesh)        # also `xmtf_jax.load_pretrained`
 
@@ -14,24 +16,23 @@ from typing import Any, Optional, Union
 from xmtf_jax.checkpoint import xmtf_format
 from xmtf_jax.checkpoint.model_path import HF_FOLDER, ModelPath, open_model_path
 from xmtf_jax.hf import reader as hf_reader
-from xmtf_jax.model.config import T5Config
-from xmtf_jax.model.encoder_decoder import EncoderDecoderModel
+from xmtf_jax.model import family
 from xmtf_jax.parallel import partitioning
 
 PathLike = Union[str, ModelPath]
 
 
-def read_config(path: PathLike, **config_overrides) -> T5Config:
-  """The T5Config of a model path, without reading any weights."""
+def read_config(path: PathLike, **config_overrides) -> family.ModelConfig:
+  """The config (T5Config or BloomConfig) of a model path, without reading any weights."""
   path = open_model_path(path)
   if path.kind == HF_FOLDER:
     return hf_reader.read_hf_config(path.path, **config_overrides)
-  return xmtf_format.t5_config_from_metadata(path.metadata, **config_overrides)
+  return xmtf_format.config_from_metadata(path.metadata, **config_overrides)
 
 
 def load_params(path: PathLike, mesh: Optional[Any] = None, logical_axis_rules=None,
-                **config_overrides) -> tuple[T5Config, Any]:
-  """(T5Config, float32 params) of a model path, each array placed with its sharding on `mesh` (or
+                **config_overrides) -> tuple[family.ModelConfig, Any]:
+  """(config, float32 params) of a model path, each array placed with its sharding on `mesh` (or
   on the default device), in the layer layout of the config (after `config_overrides`)."""
   path = open_model_path(path)
   if path.kind == HF_FOLDER:
@@ -41,19 +42,20 @@ def load_params(path: PathLike, mesh: Optional[Any] = None, logical_axis_rules=N
 
 
 def load_pretrained(path: PathLike, mesh: Optional[Any] = None, *, logical_axis_rules=None,
-                    **config_overrides) -> tuple[EncoderDecoderModel, Any]:
-  """Loads a model and its float32 parameters -> (EncoderDecoderModel, params).
+                    **config_overrides) -> tuple[Any, Any]:
+  """Loads a model and its float32 parameters -> (EncoderDecoderModel or DecoderOnlyModel, params).
 
-  path: an HF mT5/mT0 folder (config.json + safetensors or pytorch_model.bin), or one of our training
-    checkpoints: a MODEL_DIR (its latest checkpoint) or a MODEL_DIR/checkpoint_<step> directory (the
-    T5Config comes from the checkpoint's metadata; no gin needed); or a `ModelPath` already opened.
+  path: an HF mT5/mT0 or BLOOM folder (config.json + safetensors or pytorch_model.bin), or one of our
+    training checkpoints: a MODEL_DIR (its latest checkpoint) or a MODEL_DIR/checkpoint_<step>
+    directory (the config and its family come from the checkpoint's metadata; no gin needed); or a
+    `ModelPath` already opened.
   mesh: a `jax.sharding.Mesh` with axes (data, model) (see `partitioning.make_mesh`); parameters are
     placed on it directly with the shardings of `logical_axis_rules` (default rules if None).
-  config_overrides: T5Config fields to change, e.g. dtype="bfloat16", dropout_rate=0.0.
+  config_overrides: config fields to change, e.g. dtype="bfloat16", dropout_rate=0.0.
   """
   rules = logical_axis_rules or partitioning.logical_axis_rules()
   config, params = load_params(path, mesh, rules, **config_overrides)
-  return EncoderDecoderModel(config, mesh, rules), params
+  return family.model_for(config, mesh, rules), params
 
 
 def inputs_end_with_eos(path: Optional[PathLike]) -> bool:
