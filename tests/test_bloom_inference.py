@@ -13,6 +13,7 @@ import torch
 
 from xmtf_jax.evaluation import rank_classification as rc
 from xmtf_jax.hf import bloom_mapping
+from xmtf_jax.hf import reader as hf_reader
 from xmtf_jax.inference import generation
 from xmtf_jax.inference.generation import DecodingConfig
 from xmtf_jax.model import layer_stacking, scoring
@@ -46,7 +47,7 @@ def ours_from_hf(hf_model):
   config = bloom_mapping.bloom_config_from_hf(hf_model.config.to_dict())
   state = {k: v.numpy() for k, v in hf_model.state_dict().items()}
   return DecoderOnlyModel(config), jax.tree.map(jax.numpy.asarray,
-                                                bloom_mapping.params_from_hf(state, config))
+                                                hf_reader.params_from_hf(state, config))
 
 
 def left_pad(rows, length=None):

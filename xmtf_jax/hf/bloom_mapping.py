@@ -23,7 +23,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from xmtf_jax.errors import UserError
-from xmtf_jax.hf.mapping import tree_get, tree_set
+from xmtf_jax.hf.mapping import tree_get
 from xmtf_jax.model import layer_stacking
 from xmtf_jax.model.bloom_config import BloomConfig
 from xmtf_jax.model.decoder_only import DecoderOnlyModel
@@ -118,46 +118,6 @@ def params_to_hf(params: Mapping, config: BloomConfig) -> dict[str, np.ndarray]:
   lm_head.weight (tied)."""
   return {hf: to_hf(layout, np.asarray(layer_stacking.layer_leaf(params, path), np.float32))
           for path, hf, layout in parameter_mapping(config)}
-
-
-def canonical_state_dict(state_dict: Mapping[str, Any], origin: str = "state dict") -> dict[str, Any]:
-  """Names in the prefixed spelling; a `lm_head.weight` equal to the embedding dropped (a different one
-  is an error: BLOOM's head is tied). The same name in both spellings is an error."""
-  out: dict[str, Any] = {}
-  for name, value in state_dict.items():
-    canonical = hf_name(name)
-    if canonical in out:
-      raise UserError(f"{origin}: {canonical} appears twice (with and without the {PREFIX!r} prefix)")
-    out[canonical] = value
-  if LM_HEAD in out:
-    head = out.pop(LM_HEAD)
-    if EMBEDDING in out and not np.array_equal(np.asarray(head), np.asarray(out[EMBEDDING])):
-      raise UserError(f"{origin}: {LM_HEAD} differs from {EMBEDDING}; BLOOM ties its LM head to the "
-                      "word embeddings, so an untied head cannot be loaded")
-  return out
-
-
-def params_from_hf(state_dict: Mapping[str, np.ndarray], config: BloomConfig,
-                   origin: str = "state dict") -> dict:
-  """HF state dict (names with or without `transformer.`; numpy arrays) -> our params (numpy float32;
-  stacked when config.scan_layers). Checks names and shapes first; every tensor must be used."""
-  source = canonical_state_dict(state_dict, origin)
-  shapes = our_shapes(config)
-  mapping = parameter_mapping(config)
-  missing = [hf for _, hf, _ in mapping if hf not in source]
-  unexpected = sorted(set(source) - {hf for _, hf, _ in mapping})
-  if missing or unexpected:
-    raise UserError(f"{origin} does not match a BLOOM of {config.n_layer} layers: missing "
-                    f"{missing[:3] or 'nothing'}{' ...' if len(missing) > 3 else ''}, unexpected "
-                    f"{unexpected[:3] or 'nothing'}{' ...' if len(unexpected) > 3 else ''}")
-  params: dict = {}
-  for path, hf, layout in mapping:
-    array = np.asarray(source[hf])
-    want = hf_shape(layout, shapes[path])
-    if tuple(array.shape) != want:
-      raise UserError(f"{origin}: {hf} has shape {tuple(array.shape)}, the config wants {want}")
-    tree_set(params, path, to_ours(layout, array.astype(np.float32), shapes[path]))
-  return layer_stacking.stack_layers(params, config) if config.scan_layers else params
 
 
 # ----------------------------------------------------------------------------------------------------
