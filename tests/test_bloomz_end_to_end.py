@@ -103,16 +103,7 @@ def test_tiny_bloom_trains_resumes_evaluates_and_exports(tmp_path):
   logits = np.asarray(model.logits(params, batch["decoder_input_tokens"], batch["decoder_segment_ids"]))
   np.testing.assert_allclose(float(metrics["loss"]), hand_loss(logits, batch), rtol=1e-5)
 
-  # 4. Zero-shot rank classification of the checkpoint (BLOOMZ's protocol) runs and writes its tables.
-  eval_dir = tmp_path / "eval"
-  evaluate_lib.main([
-      f"--gin.evaluate.model_path='{reference_dir}'", f"--gin.evaluate.output_dir='{eval_dir}'",
-      "--gin.evaluate.tasks=['demo_heldout_language_id_en_identify']", "--gin.evaluate.batch_size=4",
-      "--gin.evaluate.max_examples_per_task=6"])
-  document = json.loads((eval_dir / "results.json").read_text())
-  assert [row["num_examples"] for row in document["prompts"]] == [6]
-
-  # 5. Export: transformers loads the folder (model and tokenizer) with our logits.
+  # 4. Export: transformers loads the folder (model and tokenizer) with our logits.
   export_dir = tmp_path / "hf"
   assert export_lib.main([f"--checkpoint_dir={reference_dir}", f"--output_dir={export_dir}"]) == 0
   from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -126,3 +117,28 @@ def test_tiny_bloom_trains_resumes_evaluates_and_exports(tmp_path):
   ours = np.asarray(model.logits(params, np.asarray([ids], np.int32)))
   np.testing.assert_allclose(ours, hf_logits, atol=1e-4, rtol=1e-4)
   assert isinstance(model.config, BloomConfig)
+
+  # 5. Zero-shot rank classification of the checkpoint as BLOOMZ was evaluated (the demo's held-out
+  # task is registered with the demo's SentencePiece: the model's own BPE must tokenize it): the
+  # number correct equals HF's under t-zero's protocol (input without specials, " " + choice without
+  # EOS, summed log-probabilities).
+  eval_dir = tmp_path / "eval"
+  task = "demo_heldout_language_id_en_identify"
+  evaluate_lib.main([
+      f"--gin.evaluate.model_path='{reference_dir}'", f"--gin.evaluate.output_dir='{eval_dir}'",
+      f"--gin.evaluate.tasks=['{task}']", "--gin.evaluate.batch_size=4",
+      "--gin.evaluate.max_examples_per_task=6"])
+  row, = json.loads((eval_dir / "results.json").read_text())["prompts"]
+  with open(os.path.join(REPO_ROOT, "data", "demo_heldout", "en",
+                         "xp3_language_id_en_validation_identify.jsonl")) as f:
+    records = [json.loads(line) for line in f][:6]
+  correct = 0
+  for record in records:
+    scores = []
+    for choice in record["answer_choices"]:
+      prompt, answer = vocabulary.encode(record["inputs"]), vocabulary.encode(" " + choice)
+      with torch.no_grad():
+        log_probs = torch.log_softmax(hf_model(torch.tensor([prompt + answer])).logits.double(), -1)[0]
+      scores.append(sum(log_probs[len(prompt) - 1 + i, t].item() for i, t in enumerate(answer)))
+    correct += record["answer_choices"][int(np.argmax(scores))] == record["targets"]
+  assert (row["num_correct"], row["num_examples"]) == (correct, 6)

@@ -51,6 +51,7 @@ def evaluate(*, model_path: str = gin.REQUIRED, output_dir: str = gin.REQUIRED,
   """
   started = time.time()
   # The model path is opened (listed, classified) once; what it holds is read from that.
+  opened = None
   if model is None or add_eos_to_inputs is None or heldout is not None:
     opened = open_model_path(model_path)
   if add_eos_to_inputs is None:
@@ -62,8 +63,10 @@ def evaluate(*, model_path: str = gin.REQUIRED, output_dir: str = gin.REQUIRED,
   else:
     mesh = model.mesh
   names = list(tasks)
+  # The model's vocabulary tokenizes every task's text (a task registered with another one still
+  # scores this model on its own tokens); a model handed in without a path keeps the tasks' own.
+  vocabulary = load_vocabulary(opened, vocabulary_path) if opened or vocabulary_path else None
   if heldout is not None:
-    vocabulary = load_vocabulary(opened, vocabulary_path)
     names += heldout.register(vocabulary)
   if not names:
     raise UserError("nothing to evaluate: set evaluate.tasks and/or evaluate.heldout "
@@ -79,7 +82,7 @@ def evaluate(*, model_path: str = gin.REQUIRED, output_dir: str = gin.REQUIRED,
                                       max_examples_per_task=max_examples_per_task,
                                       add_eos_to_inputs=add_eos_to_inputs,
                                       print_fn=print if main_process else None,
-                                      prompt_format=layout)
+                                      prompt_format=layout, vocabulary=vocabulary)
   metadata = dict(model_path=model_path, batch_size=batch_size, max_input_length=max_input_length,
                   protocol=rank_classification.describe_protocol(layout, add_eos_to_inputs),
                   seconds=round(time.time() - started, 1))

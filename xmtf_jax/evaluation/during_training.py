@@ -46,8 +46,11 @@ class TrainingEvaluator:
                max_examples_per_task: int | None = 256, batch_size: int = 32,
                max_input_length: int = 512, max_choice_length: int = 256,
                decoding: generation.DecodingConfig | None = None,
-               default_metric_fns: Sequence[Callable] = (metrics.bleu, metrics.rouge)):
+               default_metric_fns: Sequence[Callable] = (metrics.bleu, metrics.rouge),
+               vocabulary=None):
     self.model, self.mesh, self.batch_size = model, mesh, batch_size
+    # The run's vocabulary tokenizes every task's text (None: each task's own).
+    self.vocabulary = vocabulary
     self.max_input_length, self.max_choice_length = max_input_length, max_choice_length
     self.decoding = decoding or generation.DecodingConfig()
     # Rank classification: all tasks pooled, tokenized once (the evaluate command's suite), laid out
@@ -55,7 +58,7 @@ class TrainingEvaluator:
     self._rank = eval_tasks.RankClassificationSuite(
         rank_classification_tasks, split=split, max_examples_per_task=max_examples_per_task,
         max_input_length=max_input_length, max_choice_length=max_choice_length,
-        prompt_format=prompt_format(model.config))
+        prompt_format=prompt_format(model.config), vocabulary=vocabulary)
     self._scorer = BatchFunction(
         lambda p, e, c: scoring.choice_scores(model, p, e, c), mesh) if self._rank.examples else None
     # Generation: inputs and targets text, the task's metric functions.
@@ -89,7 +92,7 @@ class TrainingEvaluator:
     return out
 
   def _generation(self, params, name, task, records, fns) -> dict[str, float]:
-    vocabulary = task.output_features["targets"].vocabulary
+    vocabulary = self.vocabulary or task.output_features["targets"].vocabulary
     predictions = generation.predict_texts(
         self.model, params, vocabulary, [r["inputs"] for r in records], self.decoding,
         batch_size=self.batch_size, max_input_length=self.max_input_length,
@@ -117,9 +120,9 @@ def zero_shot_eval_hook(context, *, rank_classification_tasks: Sequence[str] = (
   is chosen. `heldout` adds the held-out suite built from raw files (registered with the run's
   vocabulary). batch_size defaults to the training batch size."""
   rank_classification_tasks = list(rank_classification_tasks)
+  vocabulary = load_vocabulary(None, context.vocabulary_path) if context.vocabulary_path else None
   if heldout is not None:
-    vocabulary = load_vocabulary(None, context.vocabulary_path)
-    rank_classification_tasks += heldout.register(vocabulary)
+    rank_classification_tasks += heldout.register(load_vocabulary(None, context.vocabulary_path))
   if not rank_classification_tasks and not generation_tasks:
     logging.warning("zero_shot_eval_hook: no tasks chosen; set zero_shot_eval_hook."
                     "rank_classification_tasks and/or .generation_tasks")
@@ -128,4 +131,4 @@ def zero_shot_eval_hook(context, *, rank_classification_tasks: Sequence[str] = (
       context.model, context.model.mesh, rank_classification_tasks=rank_classification_tasks,
       generation_tasks=generation_tasks, split=split, max_examples_per_task=max_examples_per_task,
       batch_size=batch_size or context.batch_size, max_input_length=max_input_length,
-      decoding=decoding)
+      decoding=decoding, vocabulary=vocabulary)

@@ -97,8 +97,11 @@ def text_records(task: seqio.Task, split: str, max_examples: int | None = None, 
 
 
 def load_task_examples(task_name: str, split: str | None = None,
-                       max_examples: int | None = None) -> TaskExamples:
-  """Reads a task's examples (no shuffling, file order) as rank-classification records."""
+                       max_examples: int | None = None, vocabulary=None) -> TaskExamples:
+  """Reads a task's examples (no shuffling, file order) as rank-classification records, to be
+  tokenized by `vocabulary` (the model's; default: the task's own). The records are text, so a task
+  registered with another vocabulary (the demo's held-out tasks, SentencePiece) still scores a BLOOM
+  model on its own tokens."""
 
   task = data_tasks.get_mixture_or_task(task_name)
   split = choose_split(task, split)
@@ -129,7 +132,7 @@ def load_task_examples(task_name: str, split: str | None = None,
   if not records:
     raise UserError(f"task {task_name} split {split}: no examples; check the task's data files or "
                     "choose another split")
-  vocabulary = task.output_features["targets"].vocabulary
+  vocabulary = vocabulary or task.output_features["targets"].vocabulary
   return TaskExamples(
       task=task_name,
       dataset=info.dataset if info else meta.get("dataset", task_name),
@@ -144,15 +147,16 @@ class RankClassificationSuite:
   """Tasks pooled for rank classification, read and tokenized once; `run(scorer, batch_size)` scores
   them all together (one set of length buckets) -> one PromptResult per task. The evaluate command
   runs it once; evaluation during training re-runs it with each step's parameters. `prompt_format`:
-  the model family's (`prompt_format.prompt_format(model.config)`)."""
+  the model family's (`prompt_format.prompt_format(model.config)`); `vocabulary`: the model's (None:
+  each task's own)."""
 
   def __init__(self, task_names: Sequence[str], *, split: str | None = None,
                max_examples_per_task: int | None = None, max_input_length: int = 512,
                max_choice_length: int = 256, add_eos_to_inputs: bool = False,
-               prompt_format: PromptFormat = MT5):
+               prompt_format: PromptFormat = MT5, vocabulary=None):
     self.max_input_length, self.max_choice_length = max_input_length, max_choice_length
     self.prompt_format = prompt_format
-    self.tasks = [load_task_examples(name, split, max_examples_per_task)
+    self.tasks = [load_task_examples(name, split, max_examples_per_task, vocabulary)
                   for name in expand_task_names(task_names)]
     self.examples: list[rank_classification.TokenizedExample] = []
     for t_index, task in enumerate(self.tasks):
@@ -195,13 +199,14 @@ def evaluate_tasks(scorer: rank_classification.ChoiceScorer, task_names: Sequenc
                    max_choice_length: int = 256, max_examples_per_task: int | None = None,
                    add_eos_to_inputs: bool = False,
                    print_fn: Callable[[str], None] | None = print,
-                   prompt_format: PromptFormat = MT5) -> list[eval_results.PromptResult]:
-  """Rank-classifies every example of every task, laid out by the model family's `prompt_format`;
-  returns one PromptResult per task."""
+                   prompt_format: PromptFormat = MT5, vocabulary=None) -> list[eval_results.PromptResult]:
+  """Rank-classifies every example of every task, laid out by the model family's `prompt_format` and
+  tokenized by `vocabulary` (the model's; None: each task's own); returns one PromptResult per task."""
   suite = RankClassificationSuite(task_names, split=split, max_examples_per_task=max_examples_per_task,
                                   max_input_length=max_input_length,
                                   max_choice_length=max_choice_length,
-                                  add_eos_to_inputs=add_eos_to_inputs, prompt_format=prompt_format)
+                                  add_eos_to_inputs=add_eos_to_inputs, prompt_format=prompt_format,
+                                  vocabulary=vocabulary)
   if print_fn:
     print_fn(suite.describe())
   return suite.run(scorer, batch_size, Progress(len(suite.examples), print_fn))
