@@ -333,10 +333,13 @@ def test_a_t5_compatible_model_trained_without_eos_gets_a_tokenizer_that_adds_no
 
 def _fed_ids(run_dir, texts):
   """The encoder ids `xmtf_jax.infer` feeds the model of `run_dir` for each text (its EOS setting)."""
+  from xmtf_jax.checkpoint import xmtf_format
   from xmtf_jax.checkpoint.model_path import open_model_path
   from xmtf_jax.inference import generation
+  from xmtf_jax.model.family import model_for
   from xmtf_jax.train.vocabulary import load_vocabulary
   opened = open_model_path(run_dir)
+  model = model_for(xmtf_format.config_from_metadata(opened.metadata))  # its prompt format; no weights
   fed = []
 
   def predictor(tokens, rng):
@@ -345,7 +348,7 @@ def _fed_ids(run_dir, texts):
 
   vocabulary = load_vocabulary(opened)
   for text in texts:  # one at a time: batches are grouped by length
-    generation.predict_texts(None, None, vocabulary, [text], generation.DecodingConfig(),
+    generation.predict_texts(model, None, vocabulary, [text], generation.DecodingConfig(),
                              add_eos=opened.inputs_end_with_eos, predictor=predictor)
   return fed
 
