@@ -201,3 +201,42 @@ def test_the_peak_line_says_which_figure_it_is(peak_gib, xla_gib, expected):
   peak_line = [line for line in train_plan.Plan(**fields).render().splitlines()
                if line.strip().startswith("peak")]
   assert peak_line[0].endswith("of 32 GiB " + expected), peak_line
+
+
+# gin/models/bloom_tiny.gin: hidden 64, 2 layers, MLP 256, vocabulary rows 512 (tied head)
+BLOOM_D, BLOOM_LAYERS, BLOOM_VOCAB = 64, 2, 512
+BLOOM_LENGTHS = {"inputs": 24, "targets": 8}
+
+
+def bloom_tiny_parameters():
+  """BLOOM's parameter count by hand: embedding + its LayerNorm, per layer two LayerNorms, fused QKV,
+  attention output, the 4H MLP (all with biases), the final LayerNorm; the LM head is the embedding."""
+  d = BLOOM_D
+  layer = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * 4 * d + 4 * d) + (4 * d * d + d)
+  return BLOOM_VOCAB * d + 2 * d + BLOOM_LAYERS * layer + 2 * d
+
+
+def test_cpu8_plan_of_the_bloomz_recipe_needs_no_vocabulary(clean_gin):
+  # bloomz_recipe.gin requires VOCABULARY_PATH for training; the plan never reads the tokenizer.
+  plan = plan_cli.run(["--gin_file=gin/models/bloom_tiny.gin", "--gin_file=gin/runs/bloomz_recipe.gin",
+                       "--gin_file=gin/partitioning/model_parallel_2.gin",
+                       "--gin_file=gin/partitioning/fsdp.gin", "--gin.BATCH_SIZE=16",
+                       f"--gin.TASK_FEATURE_LENGTHS={BLOOM_LENGTHS!r}", "--topology=cpu:8"])
+  config = plan_cli.configurables.model_config()
+  assert plan.mesh == {"data": 4, "model": 2} and plan.step["parameter_sharding_2d"]
+  assert plan.model["num_encoder_layers"] == 0 and plan.model["num_decoder_layers"] == BLOOM_LAYERS
+  assert plan.num_parameters == bloom_tiny_parameters() == 132_992
+  # One decoder-only row of inputs + targets positions, five int32 features, 16 / 4 rows per device.
+  assert plan.batch_bytes == 5 * 4 * (16 // 4) * 32
+  # AdamW: mu and nu shaped and sharded like the parameters, plus its int32 step count.
+  assert plan.optimizer_state_bytes == 2 * plan.parameter_bytes + 4
+  rows_tokens = 16 * 32
+  assert plan.flops_six_n_tokens == 6.0 * bloom_tiny_parameters() * rows_tokens
+  assert plan.flops_model == trainer.training_flops_per_step(config, 16, 24, 8)
+  assert 1.0 <= plan.flops_per_device * plan.num_devices / plan.flops_model <= 2.0
+  assert plan.fits and plan.suggestion == ""
+  # Against less memory, the linear model asks for micro-batches of the decoder-only rows.
+  tight = dataclasses.replace(plan, hbm_bytes=int((plan.peak_bytes - plan.temp_bytes / 2) / 0.95))
+  suggestion = train_plan.suggest(tight, config, plan_cli.configurables.PartitioningConfig(),
+                                  train_plan.StepShape(16, BLOOM_LENGTHS), data_size=4)
+  assert suggestion.startswith("NUM_MICROBATCHES=4 "), suggestion
