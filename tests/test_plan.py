@@ -228,8 +228,9 @@ def test_cpu8_plan_of_the_bloomz_recipe_needs_no_vocabulary(clean_gin):
   assert plan.num_parameters == bloom_tiny_parameters() == 132_992
   # One decoder-only row of inputs + targets positions, five int32 features, 16 / 4 rows per device.
   assert plan.batch_bytes == 5 * 4 * (16 // 4) * 32
-  # AdamW: mu and nu shaped and sharded like the parameters, plus its int32 step count.
-  assert plan.optimizer_state_bytes == 2 * plan.parameter_bytes + 4
+  # AdamW: mu and nu shaped and sharded like the parameters, plus two int32 step counts (Adam's and
+  # the learning-rate schedule's).
+  assert plan.optimizer_state_bytes == 2 * plan.parameter_bytes + 2 * 4
   rows_tokens = 16 * 32
   assert plan.flops_six_n_tokens == 6.0 * bloom_tiny_parameters() * rows_tokens
   assert plan.flops_model == trainer.training_flops_per_step(config, 16, 24, 8)
