@@ -241,3 +241,31 @@ def test_cpu8_plan_of_the_bloomz_recipe_needs_no_vocabulary(clean_gin):
   suggestion = train_plan.suggest(tight, config, plan_cli.configurables.PartitioningConfig(),
                                   train_plan.StepShape(16, BLOOM_LENGTHS), data_size=4)
   assert suggestion.startswith("NUM_MICROBATCHES=4 "), suggestion
+
+
+# The shipped pod run files (docs/pod_planning.md): slice, family, mesh's model axis, remat, micro-batches
+# and global batch as planned. Parsing checks they still say what the plan compiled.
+POD_RUNS = {
+    "mt0_xxl_v4_256": ("v4-256", "mt5", 8, "minimal", 1, 512),
+    "bloomz_7b1_v4_256": ("v4-256", "bloom", 4, "full", 4, 2048),
+}
+
+
+@pytest.mark.parametrize("name", sorted(POD_RUNS))
+def test_shipped_pod_run_files_say_what_was_planned(name, clean_gin):
+  slice_name, family, model_axis, remat, microbatches, batch_size = POD_RUNS[name]
+  path = f"gin/runs/{name}.gin"
+  with open(os.path.join(REPO_ROOT, path)) as f:
+    assert f"python -m xmtf_jax.plan --gin_file={path} --topology={slice_name}\n" in f.read()
+  plan_cli.gin_flags.parse_gin([f"--gin_file={path}", *plan_cli.PLACEHOLDERS])
+  config = plan_cli.configurables.model_config()
+  assert type(config).family == family
+  assert (config.dtype, config.scan_layers, config.remat_policy) == ("bfloat16", True, remat)
+  mesh = plan_cli.configurables.PartitioningConfig()
+  assert mesh.num_partitions == model_axis and mesh.parameter_sharding_2d
+  # The model axis splits heads, MLP and vocabulary evenly (bloom-176b: 112 heads).
+  assert config.num_heads % model_axis == config.d_ff % model_axis == config.vocab_size % model_axis == 0
+  train = plan_cli.configurables.TrainConfig()
+  assert (train.num_microbatches, train.batch_size) == (microbatches, batch_size)
+  data_axis = topologies.parse_target(slice_name).num_devices // model_axis
+  assert batch_size % (data_axis * microbatches) == 0  # whole rows per data shard and micro-batch
