@@ -269,3 +269,20 @@ def test_shipped_pod_run_files_say_what_was_planned(name, clean_gin):
   assert (train.num_microbatches, train.batch_size) == (microbatches, batch_size)
   data_axis = topologies.parse_target(slice_name).num_devices // model_axis
   assert batch_size % (data_axis * microbatches) == 0  # whole rows per data shard and micro-batch
+
+
+def test_a_compiled_program_xla_cannot_print_still_gets_its_verdict():
+  # libtpu 0.0.52 compiles bloom-176b for v5p-1024, then fails converting the program to text.
+  class Unprintable:
+    def as_text(self):
+      raise jax.errors.JaxRuntimeError("INTERNAL: RET_CHECK failure (external/xla/xla/hlo/ir/"
+                                       "hlo_instruction.cc:390) async-update instruction\nmore")
+  found, why = train_plan.compiled_collectives(Unprintable())
+  assert found == {} and why.startswith("INTERNAL: RET_CHECK failure") and "more" not in why
+  fields = {f.name: 0 for f in dataclasses.fields(train_plan.Plan) if f.default is dataclasses.MISSING}
+  fields.update(target="v5p-1024", device_kind="TPU v5p", mesh={}, model={}, step={}, collectives=found,
+                hbm_bytes=95 * 2**30, peak_bytes=60 * 2**30, collectives_error=why)
+  text = train_plan.Plan(**fields).render()
+  assert ("collectives: not read (XLA could not print the compiled program: INTERNAL: RET_CHECK "
+          "failure") in text
+  assert "collectives per step" not in text and "verdict: fits" in text
