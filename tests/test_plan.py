@@ -248,6 +248,7 @@ def test_cpu8_plan_of_the_bloomz_recipe_needs_no_vocabulary(clean_gin):
 POD_RUNS = {
     "mt0_xxl_v4_256": ("v4-256", "mt5", 8, "minimal", 1, 512),
     "bloomz_7b1_v4_256": ("v4-256", "bloom", 4, "full", 4, 2048),
+    "bloomz_176b_v4_1024": ("v4-1024", "bloom", 8, "full", 8, 2048),
 }
 
 
