@@ -201,3 +201,89 @@ def test_the_peak_line_says_which_figure_it_is(peak_gib, xla_gib, expected):
   peak_line = [line for line in train_plan.Plan(**fields).render().splitlines()
                if line.strip().startswith("peak")]
   assert peak_line[0].endswith("of 32 GiB " + expected), peak_line
+
+
+# gin/models/bloom_tiny.gin: hidden 64, 2 layers, MLP 256, vocabulary rows 512 (tied head)
+BLOOM_D, BLOOM_LAYERS, BLOOM_VOCAB = 64, 2, 512
+BLOOM_LENGTHS = {"inputs": 24, "targets": 8}
+
+
+def bloom_tiny_parameters():
+  """BLOOM's parameter count by hand: embedding + its LayerNorm, per layer two LayerNorms, fused QKV,
+  attention output, the 4H MLP (all with biases), the final LayerNorm; the LM head is the embedding."""
+  d = BLOOM_D
+  layer = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * 4 * d + 4 * d) + (4 * d * d + d)
+  return BLOOM_VOCAB * d + 2 * d + BLOOM_LAYERS * layer + 2 * d
+
+
+def test_cpu8_plan_of_the_bloomz_recipe_needs_no_vocabulary(clean_gin):
+  # bloomz_recipe.gin requires VOCABULARY_PATH for training; the plan never reads the tokenizer.
+  plan = plan_cli.run(["--gin_file=gin/models/bloom_tiny.gin", "--gin_file=gin/runs/bloomz_recipe.gin",
+                       "--gin_file=gin/partitioning/model_parallel_2.gin",
+                       "--gin_file=gin/partitioning/fsdp.gin", "--gin.BATCH_SIZE=16",
+                       f"--gin.TASK_FEATURE_LENGTHS={BLOOM_LENGTHS!r}", "--topology=cpu:8"])
+  config = plan_cli.configurables.model_config()
+  assert plan.mesh == {"data": 4, "model": 2} and plan.step["parameter_sharding_2d"]
+  assert plan.model["num_encoder_layers"] == 0 and plan.model["num_decoder_layers"] == BLOOM_LAYERS
+  assert plan.num_parameters == bloom_tiny_parameters() == 132_992
+  # One decoder-only row of inputs + targets positions, five int32 features, 16 / 4 rows per device.
+  assert plan.batch_bytes == 5 * 4 * (16 // 4) * 32
+  # AdamW: mu and nu shaped and sharded like the parameters, plus two int32 step counts (Adam's and
+  # the learning-rate schedule's).
+  assert plan.optimizer_state_bytes == 2 * plan.parameter_bytes + 2 * 4
+  rows_tokens = 16 * 32
+  assert plan.flops_six_n_tokens == 6.0 * bloom_tiny_parameters() * rows_tokens
+  assert plan.flops_model == trainer.training_flops_per_step(config, 16, 24, 8)
+  assert 1.0 <= plan.flops_per_device * plan.num_devices / plan.flops_model <= 2.0
+  assert plan.fits and plan.suggestion == ""
+  # Against less memory, the linear model asks for micro-batches of the decoder-only rows.
+  tight = dataclasses.replace(plan, hbm_bytes=int((plan.peak_bytes - plan.temp_bytes / 2) / 0.95))
+  suggestion = train_plan.suggest(tight, config, plan_cli.configurables.PartitioningConfig(),
+                                  train_plan.StepShape(16, BLOOM_LENGTHS), data_size=4)
+  assert suggestion.startswith("NUM_MICROBATCHES=4 "), suggestion
+
+
+# The shipped pod run files (docs/pod_planning.md): slice, family, mesh's model axis, remat, micro-batches
+# and global batch as planned. Parsing checks they still say what the plan compiled.
+POD_RUNS = {
+    "mt0_xxl_v4_256": ("v4-256", "mt5", 8, "minimal", 1, 512),
+    "bloomz_7b1_v4_256": ("v4-256", "bloom", 4, "full", 4, 2048),
+    "bloomz_176b_v4_1024": ("v4-1024", "bloom", 8, "full", 8, 2048),
+}
+
+
+@pytest.mark.parametrize("name", sorted(POD_RUNS))
+def test_shipped_pod_run_files_say_what_was_planned(name, clean_gin):
+  slice_name, family, model_axis, remat, microbatches, batch_size = POD_RUNS[name]
+  path = f"gin/runs/{name}.gin"
+  with open(os.path.join(REPO_ROOT, path)) as f:
+    assert f"python -m xmtf_jax.plan --gin_file={path} --topology={slice_name}\n" in f.read()
+  plan_cli.gin_flags.parse_gin([f"--gin_file={path}", *plan_cli.PLACEHOLDERS])
+  config = plan_cli.configurables.model_config()
+  assert type(config).family == family
+  assert (config.dtype, config.scan_layers, config.remat_policy) == ("bfloat16", True, remat)
+  mesh = plan_cli.configurables.PartitioningConfig()
+  assert mesh.num_partitions == model_axis and mesh.parameter_sharding_2d
+  # The model axis splits heads, MLP and vocabulary evenly (bloom-176b: 112 heads).
+  assert config.num_heads % model_axis == config.d_ff % model_axis == config.vocab_size % model_axis == 0
+  train = plan_cli.configurables.TrainConfig()
+  assert (train.num_microbatches, train.batch_size) == (microbatches, batch_size)
+  data_axis = topologies.parse_target(slice_name).num_devices // model_axis
+  assert batch_size % (data_axis * microbatches) == 0  # whole rows per data shard and micro-batch
+
+
+def test_a_compiled_program_xla_cannot_print_still_gets_its_verdict():
+  # libtpu 0.0.52 compiles bloom-176b for v5p-1024, then fails converting the program to text.
+  class Unprintable:
+    def as_text(self):
+      raise jax.errors.JaxRuntimeError("INTERNAL: RET_CHECK failure (external/xla/xla/hlo/ir/"
+                                       "hlo_instruction.cc:390) async-update instruction\nmore")
+  found, why = train_plan.compiled_collectives(Unprintable())
+  assert found == {} and why.startswith("INTERNAL: RET_CHECK failure") and "more" not in why
+  fields = {f.name: 0 for f in dataclasses.fields(train_plan.Plan) if f.default is dataclasses.MISSING}
+  fields.update(target="v5p-1024", device_kind="TPU v5p", mesh={}, model={}, step={}, collectives=found,
+                hbm_bytes=95 * 2**30, peak_bytes=60 * 2**30, collectives_error=why)
+  text = train_plan.Plan(**fields).render()
+  assert ("collectives: not read (XLA could not print the compiled program: INTERNAL: RET_CHECK "
+          "failure") in text
+  assert "collectives per step" not in text and "verdict: fits" in text

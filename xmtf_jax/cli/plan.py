@@ -10,7 +10,8 @@ CPU devices, planned against a v4 chip's 32 GiB of HBM unless --hbm_gib says oth
 need libtpu: `pip install -r requirements-tpu-plan.txt` in a separate virtual environment.
 The gin files are read as `python -m xmtf_jax.train` reads them, after gin/runs/finetune.gin (which
 every run file includes), so a model gin file alone plans finetune.gin's step (batch 128, 1024/1024
-tokens). The plan needs no MODEL_DIR or mixture: settings only training reads are not checked.
+tokens). The plan needs no MODEL_DIR, mixture or VOCABULARY_PATH: settings only training reads are not
+checked.
 
 The plan goes to stdout, logs to stderr. Exit status: 0 it fits, 3 it does not fit, 2 a mistake in
 the command (gin, flags, topology).
@@ -73,8 +74,10 @@ from xmtf_jax.train import plan as train_plan  # noqa: E402
 
 # Read before the user's gin files: every run file includes it, and it gives a model file alone a step.
 RUN_DEFAULTS = "gin/runs/finetune.gin"
-# Macros only training reads (RUN_DEFAULTS defines them as required): placeholders the plan never uses.
-PLACEHOLDERS = ("--gin.MODEL_DIR='/nonexistent/plan'", "--gin.MIXTURE_OR_TASK_NAME='plan'")
+# Macros only training reads (RUN_DEFAULTS, or a recipe such as bloomz_recipe.gin, defines them as
+# required): placeholders the plan never uses. Bound before the user's flags, so a user's value wins.
+PLACEHOLDERS = ("--gin.MODEL_DIR='/nonexistent/plan'", "--gin.MIXTURE_OR_TASK_NAME='plan'",
+                "--gin.VOCABULARY_PATH='/nonexistent/plan'")
 
 
 def run(argv: list[str]) -> train_plan.Plan:

@@ -83,6 +83,7 @@ class Plan:
   compile_seconds: float
   suggestion: str = ""
   compile_error: str = ""  # XLA's out-of-memory refusal, when it refused (the numbers are its estimate)
+  collectives_error: str = ""  # why the compiled program's collectives could not be read
 
   @property
   def fits(self) -> bool:
@@ -126,6 +127,8 @@ class Plan:
     ]
     if self.collectives:
       lines.append("collectives per step (count, MiB per device):")
+    if self.collectives_error:
+      lines.append(f"collectives: not read (XLA could not print the compiled program: {self.collectives_error})")
     for kind, stats in sorted(self.collectives.items()):
       dtypes = ", ".join(f"{d} {b / 2**20:.1f}" for d, b in sorted(stats["dtypes"].items()))
       lines.append(f"  {kind:<20}{stats['count']:>7}{stats['bytes'] / 2**20:>12.1f}   ({dtypes})")
@@ -171,6 +174,19 @@ def _hbm_oom_temporaries(message: str) -> Optional[int]:
 
 def collectives(hlo_text: str) -> dict:
   return hlo_collectives.count_collectives(hlo_text)
+
+
+def compiled_collectives(compiled: Any) -> tuple[dict, str]:
+  """(collectives, "") of a compiled step, or ({}, XLA's first error line) when XLA cannot print the
+  program: libtpu 0.0.52 compiles for v5p but fails a RET_CHECK on an async-update instruction when
+  converting it to text. The memory and FLOPs are read before, so the plan still has its verdict."""
+  if compiled is None:
+    return {}, ""
+  try:
+    text = compiled.as_text()
+  except jax.errors.JaxRuntimeError as e:
+    return {}, str(e).splitlines()[0]
+  return collectives(text), ""
 
 
 def suggest(plan: Plan, model_config: family.ModelConfig, partitioning_config: partitioning.PartitioningConfig,
@@ -242,6 +258,7 @@ def plan_train_step(model_config: family.ModelConfig, optimizer_config: optim.Op
     argument = output = alias = state_bytes + bytes_per_device(batch)
     temp = temporaries
   peak = max(xla_peak, argument + output - alias + temp + code)
+  found_collectives, collectives_error = compiled_collectives(compiled)
   lengths = shape.task_feature_lengths
   num_parameters = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
   tokens = shape.batch_size * (lengths["inputs"] + lengths["targets"])
@@ -263,7 +280,7 @@ def plan_train_step(model_config: family.ModelConfig, optimizer_config: optim.Op
       flops_six_n_tokens=6.0 * num_parameters * tokens,
       flops_model=trainer.training_flops_per_step(model_config, shape.batch_size, lengths["inputs"],
                                                   lengths["targets"]),
-      collectives=collectives(compiled.as_text()) if compiled is not None else {},
+      collectives=found_collectives, collectives_error=collectives_error,
       lower_seconds=lowered_at - started, compile_seconds=compiled_at - lowered_at,
       compile_error=compile_error)
   if not plan.fits:
