@@ -10,9 +10,12 @@ The path is listed once; the kinds are tried in one order (`KINDS`), the first t
   our_step    params/ and metadata/ inside: one `checkpoint_<step>` of our training (xmtf_format.py)
   our_run     `checkpoint_<step>/` folders inside: a MODEL_DIR; its latest complete step (or `step`)
 
+A Hub id (`google/mt5-small`: no such local path) is resolved into the HF cache (hub_ids.py) and its
+snapshot folder opened as above.
+
 An HF folder exported into a run's directory (MODEL_DIR/hf) is an HF folder when named itself; the
-run's directory stays a run. More kinds (a t5x checkpoint, a Mesh TensorFlow checkpoint, an HF Hub
-id) are one more entry in `KINDS`: a function from the listing to a ModelPath or None.
+run's directory stays a run. More kinds (a t5x checkpoint, a Mesh TensorFlow checkpoint) are one more
+entry in `KINDS`: a function from the listing to a ModelPath or None.
 """
 from __future__ import annotations
 
@@ -169,9 +172,12 @@ def open_model_path(path: Any, step: Optional[int] = None) -> ModelPath:
     found = detect(listing, step)
     if found is not None:
       return found
+  if listing.names is None and hub_ids.looks_like_hub_id(str(path)):  # its snapshot in the HF cache
+    try:
+      return open_model_path(hub_ids.snapshot_folder(str(path)), step)
+    except hub_ids.HubIdError as e:
+      raise ModelPathError(str(e)) from None
   # (a bucket lists a file as an empty folder)
-  if listing.names is None and hub_ids.looks_like_hub_id(str(path)):
-    raise ModelPathError(hub_ids.hub_id_message(str(path)))
   if listing.names is None or (not listing.names and paths.isfile(listing.path)):
     what = "a file, not a folder" if paths.exists(listing.path) else "no such directory"
     raise ModelPathError(f"{path}: not a model path ({what}); expected a folder: an HF mT5/mT0 or BLOOM "
