@@ -9,6 +9,8 @@ The path is listed once; the kinds are tried in one order (`KINDS`), the first t
               is config.json's `model_type`)
   our_step    params/ and metadata/ inside: one `checkpoint_<step>` of our training (xmtf_format.py)
   our_run     `checkpoint_<step>/` folders inside: a MODEL_DIR; its latest complete step (or `step`)
+  mesh_tf     a Mesh TensorFlow checkpoint (model.ckpt-<step>.index + .data-*): its folder or prefix;
+              `step_dir` is the prefix read (mesh_tf_format.py)
 
 A Hub id (`google/mt5-small`: no such local path) is resolved into the HF cache (hub_ids.py) and its
 snapshot folder opened as above.
@@ -24,12 +26,13 @@ import functools
 from typing import Any, Callable, Optional
 
 from xmtf_jax import paths
-from xmtf_jax.checkpoint import hub_ids, xmtf_format
+from xmtf_jax.checkpoint import hub_ids, mesh_tf_format, xmtf_format
 from xmtf_jax.errors import MissingPathError, UserError
 
 HF_FOLDER = "hf_folder"
 OUR_STEP = "our_step"
 OUR_RUN = "our_run"
+MESH_TF = "mesh_tf"
 VOCABULARY_FILES = ("spiece.model", "sentencepiece.model")
 
 
@@ -138,6 +141,14 @@ def _our_run(listing: Listing, step: Optional[int]) -> Optional[ModelPath]:
   return None
 
 
+def _mesh_tf(listing: Listing, step: Optional[int]) -> Optional[ModelPath]:
+  found = mesh_tf_format.find(listing.path, listing.names, step)
+  if found is None:
+    return None
+  folder, names, prefix, own = found
+  return ModelPath(MESH_TF, folder, names, step=own, step_dir=prefix)
+
+
 # (kind, what it looks for, detector): the one precedence. A detector returns None when the listing
 # is not its kind, and raises only for a `step` its kind cannot give.
 KINDS: tuple[tuple[str, str, Callable[[Listing, Optional[int]], Optional[ModelPath]]], ...] = (
@@ -145,6 +156,7 @@ KINDS: tuple[tuple[str, str, Callable[[Listing, Optional[int]], Optional[ModelPa
     (OUR_STEP, "neither a checkpoint directory (checkpoint_<step>/ with params/ and metadata/)",
      _our_step),
     (OUR_RUN, f"nor a MODEL_DIR holding one ({xmtf_format.STEP_PREFIX}_<step>/ folders)", _our_run),
+    (MESH_TF, "nor a Mesh TensorFlow checkpoint (model.ckpt-<step>.index and .data-*)", _mesh_tf),
 )
 
 
