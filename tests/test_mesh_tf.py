@@ -54,7 +54,17 @@ decoder/make_layer_stack.num_layers = %num_layers
 SelfAttention.key_value_size = %d_kv
 SelfAttention.num_heads = %num_heads
 SelfAttention.relative_attention_num_buckets = 8
+
+# Parameters for SentencePieceVocabulary:
+# ==============================================================================
+SentencePieceVocabulary.sentencepiece_model_file = \
+    'gs://t5-data/vocabs/mc4.250000.100extra/sentencepiece.model'
+
+# Parameters for sublayer_rms_norm:
+# ==============================================================================
+sublayer_rms_norm.epsilon = 1e-06
 """
+MC4_VOCAB = "gs://t5-data/vocabs/mc4.250000.100extra/sentencepiece.model"
 
 
 def mesh_tf_name(hf_name: str) -> str:
@@ -137,7 +147,7 @@ def test_the_folder_and_the_prefix_open_as_a_mesh_tf_checkpoint(mesh_tf):
   assert (opened.kind, opened.step, opened.step_dir) == (MESH_TF, STEP, os.path.join(folder, "model.ckpt-1000"))
   by_prefix = open_model_path(os.path.join(folder, "model.ckpt-1000"))
   assert (by_prefix.kind, by_prefix.path, by_prefix.step_dir) == (MESH_TF, folder, opened.step_dir)
-  assert opened.vocabulary_candidates() == [os.path.join(folder, "sentencepiece.model")]
+  assert opened.vocabulary_candidates() == [os.path.join(folder, "sentencepiece.model"), MC4_VOCAB]
   with pytest.raises(FileNotFoundError, match=r"--step=5: .* has no model.ckpt-5; its checkpoints: "
                                               r"model.ckpt-1000"):
     open_model_path(folder, step=5)
@@ -151,6 +161,10 @@ def test_config_comes_from_the_operative_config_or_from_the_shapes(mesh_tf, tmp_
       hf.vocab_size, hf.d_model, hf.d_kv, hf.d_ff, hf.num_heads)
   assert (config.num_encoder_layers, config.num_decoder_layers) == (2, 3)
   assert config.relative_attention_num_buckets == 8 and config.dropout_rate == 0.0  # from the gin
+  epsilon = tmp_path / "epsilon"
+  shutil.copytree(folder, epsilon)
+  (epsilon / "operative_config.gin").write_text(GIN.replace("epsilon = 1e-06", "epsilon = 1e-05"))
+  assert pretrained.read_config(str(epsilon)).layer_norm_epsilon == 1e-05
   no_gin = tmp_path / "no_gin"
   shutil.copytree(folder, no_gin, ignore=shutil.ignore_patterns("operative_config.gin"))
   from_shapes = pretrained.read_config(str(no_gin))

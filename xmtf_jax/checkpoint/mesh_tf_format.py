@@ -136,6 +136,18 @@ def _gin(bindings: dict, scope: str, name: str, macro: Optional[str] = None) -> 
   return None
 
 
+def recorded_vocabularies(gin: dict) -> list[str]:
+  """The SentencePiece models the run's gin names (`SentencePieceVocabulary.sentencepiece_model_file`;
+  gs://t5-data/vocabs/mc4.250000.100extra/sentencepiece.model for the mT5 release)."""
+  return [v for k, v in gin.items() if k.endswith("sentencepiece_model_file") and isinstance(v, str)]
+
+
+def gin_vocabularies(folder: str, names: Iterable[str]) -> list[str]:
+  """`recorded_vocabularies` of the folder's operative_config.gin; [] without one."""
+  return recorded_vocabularies(parse_gin(paths.read_text(paths.join(folder, GIN_FILE)))
+                               ) if GIN_FILE in set(names) else []
+
+
 # ---- the reader -------------------------------------------------------------------------------------
 
 class MeshTFReader:
@@ -156,9 +168,7 @@ class MeshTFReader:
     self.gin_path = paths.join(self.folder, GIN_FILE) if GIN_FILE in names else None
     self.gin = parse_gin(paths.read_text(self.gin_path)) if self.gin_path else {}
     vocab = [paths.join(self.folder, n) for n in VOCABULARY_FILES if n in names]
-    recorded = [v for k, v in self.gin.items()
-                if k.endswith("sentencepiece_model_file") and isinstance(v, str)]
-    self.vocabulary_path = (vocab + recorded + [None])[0]
+    self.vocabulary_path = (vocab + recorded_vocabularies(self.gin) + [None])[0]
 
   @functools.cached_property
   def config(self) -> T5Config:
@@ -312,7 +322,7 @@ def config_from(shapes: dict[str, tuple], gin: dict, origin: str) -> T5Config:
     dropout = _gin(gin, "encoder", "dropout_rate")
     if isinstance(dropout, (int, float)):
       values["dropout_rate"] = float(dropout)
-    epsilon = _gin(gin, "encoder", "LayerStack.norm_epsilon")
-    if isinstance(epsilon, float):
+    epsilon = _gin(gin, "encoder", "LayerStack.norm_epsilon", "sublayer_rms_norm.epsilon")
+    if isinstance(epsilon, float):  # LayerStack's own when set, else its sublayers' (the release's)
       values["layer_norm_epsilon"] = epsilon
   return T5Config(**values)

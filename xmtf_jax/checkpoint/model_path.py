@@ -72,10 +72,13 @@ class ModelPath:
 
   def vocabulary_candidates(self) -> list[str]:
     """SentencePiece models that go with the model, in order: a file in the folder, then the one
-    our training recorded (not checked for existence: it may lie on another machine's disk)."""
+    our training (or a Mesh TF run's gin) recorded (not checked for existence: it may lie on another
+    machine's disk, or in gs://t5-data)."""
     found = [paths.join(self.path, name) for name in VOCABULARY_FILES if name in self.names]
     if self.is_ours and self.metadata.get("vocabulary_path"):
       found.append(self.metadata["vocabulary_path"])
+    if self.kind == MESH_TF:  # the one its operative_config.gin names
+      found += mesh_tf_format.gin_vocabularies(self.path, self.names)
     return found
 
   @property
