@@ -1,7 +1,7 @@
 """Mesh TensorFlow checkpoints (the original mT5 release) as model paths: a checkpoint written with
 TensorFlow's Saver under Mesh TF's names and layouts (bfloat16 variables, Adafactor slots, global_step,
-operative_config.gin) from a random HF MT5 loads with transformers' logits and exports to a folder
-transformers loads."""
+operative_config.gin) from a random HF MT5 loads with transformers' logits, starts a training run and
+exports to a folder transformers loads."""
 import os
 import re
 import shutil
@@ -211,3 +211,22 @@ def test_a_variable_without_a_place_is_named(mesh_tf, tmp_path):
   write_mesh_tf(str(tmp_path / "per_layer"), variables, gin=None)
   with pytest.raises(UserError, match=f"variables xmtf_jax has no place for: {per_layer}"):
     pretrained.load_pretrained(str(tmp_path / "per_layer"))
+
+
+def test_training_starts_from_it_with_its_parameters_placed_on_the_mesh(mesh_tf):
+  import jax
+  from xmtf_jax.model import family
+  from xmtf_jax.parallel import partitioning
+  from xmtf_jax.train import loop as training
+  folder, _ = mesh_tf
+  model = family.model_for(pretrained.read_config(folder), partitioning.make_mesh(2))
+  expected = jax.device_get(pretrained.load_params(folder)[1])
+  settings = training.TrainConfig(model_dir="unused", mixture_or_task_name="demo_en",
+                                  task_feature_lengths={"inputs": 32, "targets": 16}, train_steps=1,
+                                  initial_checkpoint_path=os.path.join(folder, f"model.ckpt-{STEP}"))
+  params = training.initial_params(settings, model)
+  assert params["decoder"]["logits_dense"]["kernel"].sharding == \
+      model.param_shardings()["decoder"]["logits_dense"]["kernel"]
+  assert jax.tree.structure(params) == jax.tree.structure(expected)
+  for a, b in zip(jax.tree.leaves(jax.device_get(params)), jax.tree.leaves(expected)):
+    np.testing.assert_array_equal(a, b)
