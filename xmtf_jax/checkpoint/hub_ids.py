@@ -33,7 +33,8 @@ def looks_like_hub_id(path: str) -> bool:
   """'google/mt5-small': an HF Hub model id (owner/name) rather than a path: no scheme, one '/', not
   starting with '.', '/' or '~', and nothing of that name on the local disk."""
   text = str(path)
-  return bool(HUB_ID.fullmatch(text)) and not text.startswith(".") and not os.path.exists(text)  # local-only: an id has no scheme
+  # os.path, not paths: an id has no scheme, so only the local disk can hold a path of its name
+  return bool(HUB_ID.fullmatch(text)) and not text.startswith(".") and not os.path.exists(text)
 
 
 def offline() -> bool:
