@@ -97,13 +97,14 @@ def test_hub_ids_are_told_apart_from_paths(tmp_path, monkeypatch):
   assert not hub_ids.looks_like_hub_id("google/mt5-small")  # a local folder of that name wins
 
 
-def test_a_hub_id_says_it_is_not_fetched_and_how_to_get_the_folder():
+def test_a_hub_id_not_in_the_cache_offline_says_how_to_get_it(tmp_path, monkeypatch):
+  monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # an empty cache; HF_HUB_OFFLINE=1 (conftest)
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
   with pytest.raises(FileNotFoundError) as raised:
     pretrained.load_pretrained("google/mt5-small")
   message = str(raised.value)
-  assert "Hugging Face Hub id" in message and "does not download from the Hub" in message
-  assert "huggingface-cli download google/mt5-small --local-dir models/mt5-small" in message
-  assert "huggingface_hub.snapshot_download('google/mt5-small'" in message
+  assert "google/mt5-small: a Hugging Face Hub id" in message and "HF_HUB_OFFLINE is set" in message
+  assert "`hf download google/mt5-small`" in message and "local folder" in message
   assert "\n" not in message
 
 

@@ -9,10 +9,15 @@ The path is listed once; the kinds are tried in one order (`KINDS`), the first t
               is config.json's `model_type`)
   our_step    params/ and metadata/ inside: one `checkpoint_<step>` of our training (xmtf_format.py)
   our_run     `checkpoint_<step>/` folders inside: a MODEL_DIR; its latest complete step (or `step`)
+  mesh_tf     a Mesh TensorFlow checkpoint (model.ckpt-<step>.index + .data-*): its folder or prefix;
+              `step_dir` is the prefix read (mesh_tf_format.py)
+
+A Hub id (`google/mt5-small`: no such local path) is resolved into the HF cache (hub_ids.py) and its
+snapshot folder opened as above.
 
 An HF folder exported into a run's directory (MODEL_DIR/hf) is an HF folder when named itself; the
-run's directory stays a run. More kinds (a t5x checkpoint, a Mesh TensorFlow checkpoint, an HF Hub
-id) are one more entry in `KINDS`: a function from the listing to a ModelPath or None.
+run's directory stays a run. More kinds (a t5x checkpoint, a Mesh TensorFlow checkpoint) are one more
+entry in `KINDS`: a function from the listing to a ModelPath or None.
 """
 from __future__ import annotations
 
@@ -21,12 +26,13 @@ import functools
 from typing import Any, Callable, Optional
 
 from xmtf_jax import paths
-from xmtf_jax.checkpoint import hub_ids, xmtf_format
+from xmtf_jax.checkpoint import hub_ids, mesh_tf_format, xmtf_format
 from xmtf_jax.errors import MissingPathError, UserError
 
 HF_FOLDER = "hf_folder"
 OUR_STEP = "our_step"
 OUR_RUN = "our_run"
+MESH_TF = "mesh_tf"
 VOCABULARY_FILES = ("spiece.model", "sentencepiece.model")
 
 
@@ -66,10 +72,13 @@ class ModelPath:
 
   def vocabulary_candidates(self) -> list[str]:
     """SentencePiece models that go with the model, in order: a file in the folder, then the one
-    our training recorded (not checked for existence: it may lie on another machine's disk)."""
+    our training (or a Mesh TF run's gin) recorded (not checked for existence: it may lie on another
+    machine's disk, or in gs://t5-data)."""
     found = [paths.join(self.path, name) for name in VOCABULARY_FILES if name in self.names]
     if self.is_ours and self.metadata.get("vocabulary_path"):
       found.append(self.metadata["vocabulary_path"])
+    if self.kind == MESH_TF:  # the one its operative_config.gin names
+      found += mesh_tf_format.gin_vocabularies(self.path, self.names)
     return found
 
   @property
@@ -135,6 +144,14 @@ def _our_run(listing: Listing, step: Optional[int]) -> Optional[ModelPath]:
   return None
 
 
+def _mesh_tf(listing: Listing, step: Optional[int]) -> Optional[ModelPath]:
+  found = mesh_tf_format.find(listing.path, listing.names, step)
+  if found is None:
+    return None
+  folder, names, prefix, own = found
+  return ModelPath(MESH_TF, folder, names, step=own, step_dir=prefix)
+
+
 # (kind, what it looks for, detector): the one precedence. A detector returns None when the listing
 # is not its kind, and raises only for a `step` its kind cannot give.
 KINDS: tuple[tuple[str, str, Callable[[Listing, Optional[int]], Optional[ModelPath]]], ...] = (
@@ -142,6 +159,7 @@ KINDS: tuple[tuple[str, str, Callable[[Listing, Optional[int]], Optional[ModelPa
     (OUR_STEP, "neither a checkpoint directory (checkpoint_<step>/ with params/ and metadata/)",
      _our_step),
     (OUR_RUN, f"nor a MODEL_DIR holding one ({xmtf_format.STEP_PREFIX}_<step>/ folders)", _our_run),
+    (MESH_TF, "nor a Mesh TensorFlow checkpoint (model.ckpt-<step>.index and .data-*)", _mesh_tf),
 )
 
 
@@ -169,9 +187,12 @@ def open_model_path(path: Any, step: Optional[int] = None) -> ModelPath:
     found = detect(listing, step)
     if found is not None:
       return found
+  if listing.names is None and hub_ids.looks_like_hub_id(str(path)):  # its snapshot in the HF cache
+    try:
+      return open_model_path(hub_ids.snapshot_folder(str(path)), step)
+    except hub_ids.HubIdError as e:
+      raise ModelPathError(str(e)) from None
   # (a bucket lists a file as an empty folder)
-  if listing.names is None and hub_ids.looks_like_hub_id(str(path)):
-    raise ModelPathError(hub_ids.hub_id_message(str(path)))
   if listing.names is None or (not listing.names and paths.isfile(listing.path)):
     what = "a file, not a folder" if paths.exists(listing.path) else "no such directory"
     raise ModelPathError(f"{path}: not a model path ({what}); expected a folder: an HF mT5/mT0 or BLOOM "

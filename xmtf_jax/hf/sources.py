@@ -9,6 +9,8 @@ our layout, as a host numpy array on every process. Sources:
   CheckpointParams   one step of our training, each tensor restored alone by an orbax partial restore
                      straight into host memory (an XXL checkpoint exports on a host that could not
                      hold the model); read with `checkpoint/xmtf_format.py`
+  MeshTFParams       a Mesh TensorFlow checkpoint (the original mT5 release), one variable at a time
+                     (`checkpoint/mesh_tf_format.py`)
 
 plus the facts a model card needs (`card_facts`) and the way to get the whole model for verification
 (`load_for_verify`). `open_source(path, step)` opens any model path (`checkpoint.open_model_path`).
@@ -21,8 +23,8 @@ import jax
 import numpy as np
 
 from xmtf_jax import paths
-from xmtf_jax.checkpoint import xmtf_format
-from xmtf_jax.checkpoint.model_path import HF_FOLDER, ModelPath, open_model_path
+from xmtf_jax.checkpoint import mesh_tf_format, xmtf_format
+from xmtf_jax.checkpoint.model_path import HF_FOLDER, MESH_TF, ModelPath, open_model_path
 from xmtf_jax.errors import UserError
 from xmtf_jax.hf import accounting, families
 from xmtf_jax.hf import reader as hf_reader
@@ -192,8 +194,36 @@ class CheckpointParams(ParamSource):
     return f"checkpoint {self.step_dir}"
 
 
+class MeshTFParams(ParamSource):
+  """A Mesh TensorFlow checkpoint, each variable read alone (TensorFlow's checkpoint reader); its
+  vocabulary is a SentencePiece model beside it or the one its operative_config.gin names."""
+
+  def __init__(self, path: Union[str, ModelPath], step: Optional[int] = None):
+    opened = open_model_path(path, step)
+    self._reader = mesh_tf_format.MeshTFReader(opened.step_dir, opened.names)
+    self.prefix = opened.step_dir
+    self.config = self._reader.config
+    self.vocabulary_path = self._reader.vocabulary_path
+
+  def check(self) -> None:
+    _check_shapes({path: self._reader.our_shape(path) for path in self._reader.plan}, self.config,
+                  self.prefix)  # every variable named and placed, or a UserError
+
+  def read(self, path):
+    return self._reader.read(path)
+
+  def load_for_verify(self):
+    config, params = self._reader.load_params(dropout_rate=0.0)
+    return model_family.model_for(config), params
+
+  def describe(self):
+    return f"Mesh TensorFlow checkpoint {self.prefix}"
+
+
 def open_source(path: Union[str, ModelPath], step: Optional[int] = None) -> ParamSource:
-  """The export source of any model path: an HF folder or one of our checkpoints (MODEL_DIR: `step`,
-  default its latest; or a checkpoint_<step> directory)."""
+  """The export source of any model path: an HF folder, one of our checkpoints (MODEL_DIR: `step`,
+  default its latest; or a checkpoint_<step> directory) or a Mesh TensorFlow checkpoint."""
   opened = open_model_path(path, step)
-  return HFFolderParams(opened) if opened.kind == HF_FOLDER else CheckpointParams(opened)
+  if opened.kind == HF_FOLDER:
+    return HFFolderParams(opened)
+  return MeshTFParams(opened) if opened.kind == MESH_TF else CheckpointParams(opened)

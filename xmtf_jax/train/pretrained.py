@@ -6,15 +6,18 @@ checkpoint's metadata; `model.family.model_for` builds the matching task-level m
 
 What the path holds is decided once, by `checkpoint.open_model_path` (one listing, one precedence);
 this module reads each kind with its reader: HF folders with `hf/reader.py`, our checkpoints with
-`checkpoint/xmtf_format.py`. Training starts from these (INITIAL_CHECKPOINT_PATH); evaluation and
-inference read them. Imports neither seqio nor TensorFlow (the vocabulary: `train/vocabulary.py`).
+`checkpoint/xmtf_format.py`, Mesh TensorFlow checkpoints with `checkpoint/mesh_tf_format.py` (which
+imports TensorFlow only when it reads one). Training starts from these (INITIAL_CHECKPOINT_PATH);
+evaluation and inference read them. Imports neither seqio nor TensorFlow (the vocabulary:
+`train/vocabulary.py`).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Optional, Union
 
-from xmtf_jax.checkpoint import xmtf_format
-from xmtf_jax.checkpoint.model_path import HF_FOLDER, ModelPath, open_model_path
+from xmtf_jax.checkpoint import mesh_tf_format, xmtf_format
+from xmtf_jax.checkpoint.model_path import HF_FOLDER, MESH_TF, ModelPath, open_model_path
 from xmtf_jax.hf import reader as hf_reader
 from xmtf_jax.model import family
 from xmtf_jax.parallel import partitioning
@@ -27,6 +30,9 @@ def read_config(path: PathLike, **config_overrides) -> family.ModelConfig:
   path = open_model_path(path)
   if path.kind == HF_FOLDER:
     return hf_reader.read_hf_config(path.path, **config_overrides)
+  if path.kind == MESH_TF:
+    return dataclasses.replace(mesh_tf_format.MeshTFReader(path.step_dir, path.names).config,
+                               **config_overrides)
   return xmtf_format.config_from_metadata(path.metadata, **config_overrides)
 
 
@@ -37,6 +43,9 @@ def load_params(path: PathLike, mesh: Optional[Any] = None, logical_axis_rules=N
   path = open_model_path(path)
   if path.kind == HF_FOLDER:
     return hf_reader.load_hf_folder(path.path, mesh, logical_axis_rules, **config_overrides)
+  if path.kind == MESH_TF:
+    return mesh_tf_format.MeshTFReader(path.step_dir, path.names).load_params(mesh, logical_axis_rules,
+                                                                              **config_overrides)
   return xmtf_format.load_model_params(path.step_dir, mesh, logical_axis_rules, metadata=path.metadata,
                                        **config_overrides)
 
@@ -47,8 +56,9 @@ def load_pretrained(path: PathLike, mesh: Optional[Any] = None, *, logical_axis_
 
   path: an HF mT5/mT0 or BLOOM folder (config.json + safetensors or pytorch_model.bin), or one of our
     training checkpoints: a MODEL_DIR (its latest checkpoint) or a MODEL_DIR/checkpoint_<step>
-    directory (the config and its family come from the checkpoint's metadata; no gin needed); or a
-    `ModelPath` already opened.
+    directory (the config and its family come from the checkpoint's metadata; no gin needed); a Mesh
+    TensorFlow checkpoint (folder or model.ckpt-<step> prefix); an HF Hub id (`google/mt5-small`, through
+    the HF cache); or a `ModelPath` already opened.
   mesh: a `jax.sharding.Mesh` with axes (data, model) (see `partitioning.make_mesh`); parameters are
     placed on it directly with the shardings of `logical_axis_rules` (default rules if None).
   config_overrides: config fields to change, e.g. dtype="bfloat16", dropout_rate=0.0.
