@@ -152,6 +152,10 @@ def test_export_is_a_umt5_folder_transformers_loads(hf_umt5, tmp_path):
     config = json.load(f)
   assert config["model_type"] == "umt5" and config["architectures"] == ["UMT5ForConditionalGeneration"]
   assert os.path.exists(os.path.join(out, "spiece.model"))
+  with open(os.path.join(out, "README.md")) as f:
+    readme = f.read()
+  assert "UMT5ForConditionalGeneration.from_pretrained(PATH)" in readme
+  assert "MT5ForConditionalGeneration" not in readme.replace("UMT5ForConditionalGeneration", "")
   tensors = load_file(os.path.join(out, "model.safetensors"))
   for name, value in hf_model.state_dict().items():
     if "embed_tokens" not in name:
@@ -188,3 +192,10 @@ def test_umt5_folder_with_shared_tables_config_is_refused(hf_umt5):
   folder = hf_umt5[0]
   with pytest.raises(UserError, match="relative_attention_bias"):
     xmtf_jax.load_pretrained(folder, relative_attention_per_layer=False)
+
+
+def test_training_from_umt5_with_a_shared_table_gin_model_names_the_field():
+  from xmtf_jax.train import run_checks
+  mt5 = T5Config(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_heads=2)
+  with pytest.raises(UserError, match="relative_attention_per_layer: True there vs False in gin"):
+    run_checks.check_same_shapes(mt5.replace(relative_attention_per_layer=True), mt5, "/umt5-folder")
