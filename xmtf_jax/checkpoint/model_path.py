@@ -8,6 +8,8 @@ The path is listed once; the kinds are tried in one order (`KINDS`), the first t
   hf_folder   config.json inside: an HF mT5/mT0 or BLOOM folder (hf/reader.py reads it; its family
               is config.json's `model_type`)
   our_step    params/ and metadata/ inside: one `checkpoint_<step>` of our training (xmtf_format.py)
+  t5x         a t5x checkpoint (t5x_format.py): a `checkpoint_<step>` holding the msgpack `checkpoint`
+              file or an Orbax `state/`, that file itself, or a t5x model dir of such steps
   our_run     `checkpoint_<step>/` folders inside: a MODEL_DIR; its latest complete step (or `step`)
 
 An HF folder exported into a run's directory (MODEL_DIR/hf) is an HF folder when named itself; the
@@ -21,12 +23,13 @@ import functools
 from typing import Any, Callable, Optional
 
 from xmtf_jax import paths
-from xmtf_jax.checkpoint import hub_ids, xmtf_format
+from xmtf_jax.checkpoint import hub_ids, t5x_format, xmtf_format
 from xmtf_jax.errors import MissingPathError, UserError
 
 HF_FOLDER = "hf_folder"
 OUR_STEP = "our_step"
 OUR_RUN = "our_run"
+T5X = "t5x"
 VOCABULARY_FILES = ("spiece.model", "sentencepiece.model")
 
 
@@ -84,9 +87,17 @@ class ModelPath:
       raise ValueError(f"{self.path} is an {self.kind}, not a checkpoint of our training")
     return xmtf_format.StepReader(self.step_dir, self.metadata)
 
+  def t5x(self) -> t5x_format.T5xCheckpoint:
+    """The t5x checkpoint of a T5X path (see t5x_format.T5xCheckpoint)."""
+    if self.kind != T5X:
+      raise ValueError(f"{self.path} is an {self.kind}, not a t5x checkpoint")
+    return t5x_format.T5xCheckpoint(self.step_dir, self.step)
+
   def describe(self) -> str:
     if self.kind == HF_FOLDER:
       return f"HF folder {self.path}"
+    if self.kind == T5X:
+      return f"t5x checkpoint {self.step_dir} (step {self.step})"
     return f"checkpoint {self.step_dir} (step {self.step})"
 
 
@@ -110,6 +121,14 @@ def _our_step(listing: Listing, step: Optional[int]) -> Optional[ModelPath]:
   if own is None:  # a renamed step folder: its metadata knows the step
     own = xmtf_format.read_metadata(listing.path).get("step")
   return ModelPath(OUR_STEP, listing.path, listing.names, step=own, step_dir=listing.path)
+
+
+def _t5x(listing: Listing, step: Optional[int]) -> Optional[ModelPath]:
+  found = t5x_format.find_step_dir(listing.path, listing.names, step)
+  if found is None:
+    return None
+  step_dir, own = found
+  return ModelPath(T5X, listing.path, listing.names or frozenset(), step=own, step_dir=step_dir)
 
 
 def _our_run(listing: Listing, step: Optional[int]) -> Optional[ModelPath]:
@@ -141,6 +160,8 @@ KINDS: tuple[tuple[str, str, Callable[[Listing, Optional[int]], Optional[ModelPa
     (HF_FOLDER, "no config.json (an HF mT5/mT0 or BLOOM folder)", _hf_folder),
     (OUR_STEP, "neither a checkpoint directory (checkpoint_<step>/ with params/ and metadata/)",
      _our_step),
+    (T5X, "nor a t5x checkpoint (checkpoint_<step>/ with a `checkpoint` file or an Orbax state/, or a "
+     "t5x model dir of them)", _t5x),
     (OUR_RUN, f"nor a MODEL_DIR holding one ({xmtf_format.STEP_PREFIX}_<step>/ folders)", _our_run),
 )
 
@@ -176,7 +197,7 @@ def open_model_path(path: Any, step: Optional[int] = None) -> ModelPath:
     what = "a file, not a folder" if paths.exists(listing.path) else "no such directory"
     raise ModelPathError(f"{path}: not a model path ({what}); expected a folder: an HF mT5/mT0 or BLOOM "
                          f"folder (config.json inside), a training run's MODEL_DIR or one of its "
-                         f"{xmtf_format.STEP_PREFIX}_<step> directories")
+                         f"{xmtf_format.STEP_PREFIX}_<step> directories, or a t5x checkpoint")
   looked_for = "; ".join(text for _, text, _ in KINDS)
   raise ModelPathError(f"{path}: not a model path: {looked_for}. It holds "
                        f"{_shown(sorted(listing.names))}")

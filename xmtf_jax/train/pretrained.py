@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any, Optional, Union
 
-from xmtf_jax.checkpoint import xmtf_format
-from xmtf_jax.checkpoint.model_path import HF_FOLDER, ModelPath, open_model_path
+from xmtf_jax.checkpoint import t5x_names, xmtf_format
+from xmtf_jax.checkpoint.model_path import HF_FOLDER, T5X, ModelPath, open_model_path
 from xmtf_jax.hf import reader as hf_reader
 from xmtf_jax.model import family
 from xmtf_jax.parallel import partitioning
@@ -27,6 +27,8 @@ def read_config(path: PathLike, **config_overrides) -> family.ModelConfig:
   path = open_model_path(path)
   if path.kind == HF_FOLDER:
     return hf_reader.read_hf_config(path.path, **config_overrides)
+  if path.kind == T5X:
+    return t5x_names.read_config(path.t5x(), **config_overrides)
   return xmtf_format.config_from_metadata(path.metadata, **config_overrides)
 
 
@@ -37,6 +39,8 @@ def load_params(path: PathLike, mesh: Optional[Any] = None, logical_axis_rules=N
   path = open_model_path(path)
   if path.kind == HF_FOLDER:
     return hf_reader.load_hf_folder(path.path, mesh, logical_axis_rules, **config_overrides)
+  if path.kind == T5X:
+    return t5x_names.load_params(path.t5x(), mesh, logical_axis_rules, **config_overrides)
   return xmtf_format.load_model_params(path.step_dir, mesh, logical_axis_rules, metadata=path.metadata,
                                        **config_overrides)
 
@@ -47,8 +51,9 @@ def load_pretrained(path: PathLike, mesh: Optional[Any] = None, *, logical_axis_
 
   path: an HF mT5/mT0 or BLOOM folder (config.json + safetensors or pytorch_model.bin), or one of our
     training checkpoints: a MODEL_DIR (its latest checkpoint) or a MODEL_DIR/checkpoint_<step>
-    directory (the config and its family come from the checkpoint's metadata; no gin needed); or a
-    `ModelPath` already opened.
+    directory (the config and its family come from the checkpoint's metadata; no gin needed); a t5x
+    checkpoint (model dir, checkpoint_<step> or its `checkpoint` file; legacy or Orbax, scanned or
+    not: `checkpoint/t5x_names.py`); or a `ModelPath` already opened.
   mesh: a `jax.sharding.Mesh` with axes (data, model) (see `partitioning.make_mesh`); parameters are
     placed on it directly with the shardings of `logical_axis_rules` (default rules if None).
   config_overrides: config fields to change, e.g. dtype="bfloat16", dropout_rate=0.0.
