@@ -23,7 +23,7 @@ TOL = 1e-4
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
   """(HF model, t5x target tree, our config, token batch, HF logits, root folder)."""
-  hf = build_random_hf_mt5(relative_attention_max_distance=128)
+  hf = build_random_hf_mt5(relative_attention_max_distance=128, vocab_size=256)
   with torch.no_grad():  # bfloat16-exact weights: every storage dtype then holds them exactly
     for p in hf.parameters():
       p.copy_(p.to(torch.bfloat16).to(torch.float32))
@@ -38,11 +38,6 @@ def base(tmp_path_factory):
               decoder_input_ids=torch.tensor(dec, dtype=torch.long)).logits.numpy()
   return dict(hf=hf, tree=t5x_fixtures.t5x_tree(params), config=config, enc=enc, dec=dec, want=want,
               root=tmp_path_factory.mktemp("t5x"))
-
-
-def _logits(path, **overrides):
-  model, params = xmtf_jax.load_pretrained(path, **overrides)
-  return model, params
 
 
 def _check_logits(base, path, **overrides):
@@ -154,15 +149,16 @@ def _arrays(node):
   return {k: _arrays(v) if isinstance(v, dict) else np.asarray(v, np.float32) for k, v in node.items()}
 
 
-def test_export_hf_of_a_t5x_checkpoint_loads_in_transformers(base, data_spm_path, tmp_path):
+def test_export_hf_of_a_t5x_checkpoint_loads_in_transformers(base, tmp_path):
   from transformers import MT5ForConditionalGeneration
+  from tests.test_hf_export import train_spm
   from xmtf_jax.hf import export, sources
   model_dir = os.path.join(base["root"], "orbax")
   if not os.path.exists(model_dir):
     t5x_fixtures.write_orbax(os.path.join(model_dir, "checkpoint_3"), base["tree"])
   source = sources.open_source(model_dir)
   assert isinstance(source, sources.T5xParams)
-  export.export_source(source, data_spm_path, str(tmp_path / "hf"), verify=False)
+  export.export_source(source, train_spm(tmp_path / "spiece.model"), str(tmp_path / "hf"), verify=False)
   exported = MT5ForConditionalGeneration.from_pretrained(str(tmp_path / "hf")).eval()
   with torch.no_grad():
     got = exported(input_ids=torch.tensor(base["enc"], dtype=torch.long),
