@@ -8,12 +8,12 @@ The path is listed once; the kinds are tried in one order (`KINDS`), the first t
   hf_folder   config.json inside: an HF mT5/mT0 or BLOOM folder (hf/reader.py reads it; its family
               is config.json's `model_type`)
   our_step    params/ and metadata/ inside: one `checkpoint_<step>` of our training (xmtf_format.py)
+  our_run     `checkpoint_<step>/` folders inside: a MODEL_DIR; its latest complete step (or `step`)
   t5x         a t5x checkpoint (t5x_format.py): a `checkpoint_<step>` holding the msgpack `checkpoint`
               file or an Orbax `state/`, that file itself, or a t5x model dir of such steps
-  our_run     `checkpoint_<step>/` folders inside: a MODEL_DIR; its latest complete step (or `step`)
 
 An HF folder exported into a run's directory (MODEL_DIR/hf) is an HF folder when named itself; the
-run's directory stays a run. More kinds (a t5x checkpoint, a Mesh TensorFlow checkpoint, an HF Hub
+run's directory stays a run. More kinds (a Mesh TensorFlow checkpoint, an HF Hub
 id) are one more entry in `KINDS`: a function from the listing to a ModelPath or None.
 """
 from __future__ import annotations
@@ -142,9 +142,12 @@ def _our_run(listing: Listing, step: Optional[int]) -> Optional[ModelPath]:
   for candidate in ([step] if step is not None else reversed(named)):  # the latest complete one
     step_dir = xmtf_format.step_directory(listing.path, candidate)
     try:
-      complete = xmtf_format.is_step_listing(paths.listdir(step_dir), remote)
+      names = paths.listdir(step_dir)
     except (FileNotFoundError, NotADirectoryError):
-      complete = False
+      names = []
+    if t5x_format.is_step_listing(names):
+      return None  # a t5x model dir (the t5x kind)
+    complete = xmtf_format.is_step_listing(names, remote)
     if complete:
       return ModelPath(OUR_RUN, listing.path, listing.names, step=candidate, step_dir=step_dir,
                        steps=tuple(named))
@@ -160,9 +163,9 @@ KINDS: tuple[tuple[str, str, Callable[[Listing, Optional[int]], Optional[ModelPa
     (HF_FOLDER, "no config.json (an HF mT5/mT0 or BLOOM folder)", _hf_folder),
     (OUR_STEP, "neither a checkpoint directory (checkpoint_<step>/ with params/ and metadata/)",
      _our_step),
+    (OUR_RUN, f"nor a MODEL_DIR holding one ({xmtf_format.STEP_PREFIX}_<step>/ folders)", _our_run),
     (T5X, "nor a t5x checkpoint (checkpoint_<step>/ with a `checkpoint` file or an Orbax state/, or a "
      "t5x model dir of them)", _t5x),
-    (OUR_RUN, f"nor a MODEL_DIR holding one ({xmtf_format.STEP_PREFIX}_<step>/ folders)", _our_run),
 )
 
 
