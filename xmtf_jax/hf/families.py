@@ -3,6 +3,8 @@
 
   mt5     MT5ForConditionalGeneration (model_type mt5 / t5): hf/mapping.py, hf/mt5_tensors.py, a
           SentencePiece vocabulary (hf/tokenizer.py), hf/verify.py
+  umt5    UMT5ForConditionalGeneration (model_type umt5): our mT5 family with
+          `T5Config.relative_attention_per_layer`; the same modules (the mapping adds every block's table)
   bloom   BloomForCausalLM (model_type bloom): hf/bloom_mapping.py, hf/bloom_tensors.py, a byte-level
           BPE tokenizer.json (hf/bloom_export.py), hf/bloom_verify.py
 
@@ -11,6 +13,7 @@ Adding an HF architecture is one more `HFFamily` here (and its family in `model/
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Mapping
 
 from xmtf_jax.errors import UserError
@@ -75,7 +78,7 @@ def _bloom_export_config(config: BloomConfig, dtype: str) -> dict:
 
 
 MT5 = HFFamily(
-    name=T5Config.family, model_types=("mt5", "t5", "umt5"), architecture="MT5ForConditionalGeneration",
+    name=T5Config.family, model_types=("mt5", "t5"), architecture="MT5ForConditionalGeneration",
     label="mT5", vocabulary="SentencePiece model",
     vocabulary_example="/path/to/sentencepiece.model",
     folder_vocabulary="spiece.model",
@@ -85,6 +88,11 @@ MT5 = HFFamily(
     generation_config={"decoder_start_token_id": 0, "eos_token_id": 1, "pad_token_id": 0},
     tokenizer_files=hf_tokenizer.sentencepiece_folder_files, render_card=model_card.render,
     verify=mt5_verify.verify)
+
+# umT5 is the mT5 family with a relative position table in every layer; only the HF class differs.
+UMT5 = dataclasses.replace(
+    MT5, model_types=("umt5",), architecture="UMT5ForConditionalGeneration", label="umT5",
+    verify=functools.partial(mt5_verify.verify, architecture="UMT5ForConditionalGeneration"))
 
 BLOOM = HFFamily(
     name=BloomConfig.family, model_types=("bloom",), architecture="BloomForCausalLM",
@@ -98,22 +106,24 @@ BLOOM = HFFamily(
     generation_config=bloom_export.GENERATION_CONFIG, tokenizer_files=bloom_export.tokenizer_files,
     render_card=bloom_export.render_card, verify=bloom_verify.verify)
 
-FAMILIES = {f.name: f for f in (MT5, BLOOM)}
+HF_FAMILIES = (MT5, UMT5, BLOOM)
+FAMILIES = {f.name: f for f in (MT5, BLOOM)}  # by model/family.py's name; umT5 is an mT5 variant
 
 
 def for_config(config: Any) -> HFFamily:
-  """The HF family of one of our configs (T5Config, BloomConfig)."""
+  """The HF family of one of our configs (T5Config, BloomConfig): umT5 for per-layer tables."""
+  if getattr(config, "relative_attention_per_layer", False):
+    return UMT5
   return FAMILIES[model_family.family_of(config)]
 
 
 def for_hf_config(hf_config: Mapping[str, Any], origin: str = "config.json") -> HFFamily:
   """The family a folder's config.json belongs to, by its `model_type` (none: mT5, as older T5 folders)."""
   model_type = hf_config.get("model_type", "mt5")
-  for hf_family in FAMILIES.values():
+  for hf_family in HF_FAMILIES:
     if model_type in hf_family.model_types:
       return hf_family
-  known = "; ".join(f"{'/'.join(t for t in f.model_types if t != 'umt5')} ({f.architecture})"
-                    for f in FAMILIES.values())
+  known = "; ".join(f"{'/'.join(f.model_types)} ({f.architecture})" for f in HF_FAMILIES)
   raise UserError(f"{origin}: model_type {model_type!r} is not a model xmtf_jax reads (known model_type "
                   f"values: {known}); the field `model_type` of config.json names the architecture")
 

@@ -1,4 +1,6 @@
-"""The one mapping between our parameters and HF `MT5ForConditionalGeneration` (names, layouts, config).
+"""The one mapping between our parameters and HF `MT5ForConditionalGeneration` (names, layouts, config),
+and `UMT5ForConditionalGeneration` (`T5Config.relative_attention_per_layer`: the same names, plus every
+block's own `layer.0.SelfAttention.relative_attention_bias.weight`).
 
 Names: `parameter_mapping(config)` lists (our path, HF name, layout) for every tensor. Layouts:
   "same"  identical arrays (shared embedding, layer norms, relative position bias [buckets, heads])
@@ -47,11 +49,15 @@ def parameter_mapping(config: T5Config) -> list[tuple[tuple[str, ...], str, str]
     for name in ("wi_0", "wi_1", "wo"):
       entries.append((ours + (name, "kernel"), f"{hf}.{name}.weight", "dense"))
 
+  relpos = "layer.0.SelfAttention.relative_attention_bias.weight"
+  per_layer = config.relative_attention_per_layer
   for stack, layers in (("encoder", config.num_encoder_layers), ("decoder", config.num_decoder_layers)):
-    entries.append(((stack, "relpos_bias", "embedding"),
-                    f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight", "same"))
+    if not per_layer:  # MT5: block 0's table serves every block
+      entries.append(((stack, "relpos_bias", "embedding"), f"{stack}.block.0.{relpos}", "same"))
     for i in range(layers):
       ours, hf = (stack, f"layers_{i}"), f"{stack}.block.{i}.layer"
+      if per_layer:
+        entries.append((ours + ("relpos_bias", "embedding"), f"{stack}.block.{i}.{relpos}", "same"))
       if stack == "encoder":
         entries.append((ours + ("pre_attention_layer_norm", "scale"), f"{hf}.0.layer_norm.weight", "same"))
         attention(ours + ("attention",), f"{hf}.0.SelfAttention")
@@ -134,8 +140,6 @@ def t5config_from_hf(hf_config: Mapping[str, Any], origin: str = "config.json", 
   model_type = hf_config.get("model_type", "mt5")
   if model_type not in ("mt5", "t5", "umt5"):
     raise UserError(f"{origin}: model_type {model_type!r} is not an mT5/T5 model")
-  if model_type == "umt5":
-    raise UserError(f"{origin}: umT5 has per-layer relative position biases; xmtf_jax implements mT5")
   proj = hf_config.get("feed_forward_proj", "gated-gelu")
   if proj != "gated-gelu":
     raise UserError(f"{origin}: feed_forward_proj={proj!r}; xmtf_jax implements mT5 / T5.1.1 "
@@ -146,15 +150,21 @@ def t5config_from_hf(hf_config: Mapping[str, Any], origin: str = "config.json", 
     raise UserError(f"{origin}: missing fields {missing}")
   values = {ours: hf_config[hf] for hf, ours in _HF_TO_OURS.items() if hf_config.get(hf) is not None}
   values.setdefault("num_decoder_layers", values["num_encoder_layers"])
+  values["relative_attention_per_layer"] = model_type == "umt5"  # UMT5Attention: a table in every block
   values.update(overrides)
   return T5Config(**values)
 
 
 def t5config_to_hf(config: T5Config) -> dict[str, Any]:
-  """T5Config -> HF `config.json` dict for an untied MT5ForConditionalGeneration (float32 weights)."""
+  """T5Config -> HF `config.json` dict for an untied MT5ForConditionalGeneration, or with per-layer
+  tables a UMT5ForConditionalGeneration as Google's umT5 folders write it (float32 weights)."""
   hf = {hf: getattr(config, ours) for hf, ours in _HF_TO_OURS.items()}
+  if config.relative_attention_per_layer:
+    hf.update({"architectures": ["UMT5ForConditionalGeneration"], "model_type": "umt5",
+               "scalable_attention": True, "classifier_dropout": 0.0})
+  else:
+    hf.update({"architectures": ["MT5ForConditionalGeneration"], "model_type": "mt5"})
   hf.update({
-      "architectures": ["MT5ForConditionalGeneration"], "model_type": "mt5",
       "feed_forward_proj": "gated-gelu", "dense_act_fn": "gelu_new", "is_gated_act": True,
       "tie_word_embeddings": False, "is_encoder_decoder": True, "initializer_factor": 1.0,
       "decoder_start_token_id": 0, "pad_token_id": 0, "eos_token_id": 1, "use_cache": True,

@@ -117,8 +117,11 @@ def render(card: ModelCard, *, config: Any, dtype: str, num_parameters: int,
   """The card as Markdown with HF's YAML front matter (license, languages, tags, base model).
   inputs_end_with_eos: how the model's prompts are encoded (the tokenizer appends EOS or not)."""
   languages = card.resolved_languages()
+  # umT5 (per-layer relative position tables) loads as its own transformers class.
+  umt5 = getattr(config, "relative_attention_per_layer", False)
+  architecture = "UMT5ForConditionalGeneration" if umt5 else "MT5ForConditionalGeneration"
   front = ["---", f"license: {card.license or 'apache-2.0'}", "library_name: transformers",
-           "pipeline_tag: text2text-generation", "tags:", "- mt5", "- mt0", "- xmtf_jax"]
+           "pipeline_tag: text2text-generation", "tags:", "- umt5" if umt5 else "- mt5", "- mt0", "- xmtf_jax"]
   iso = [code for code in languages if code != "code"]
   if iso:
     front += ["language:"] + [f"- {code}" for code in iso]
@@ -127,9 +130,9 @@ def render(card: ModelCard, *, config: Any, dtype: str, num_parameters: int,
   front.append("---")
 
   lines = front + ["", f"# {title(card)}", "",
-                   "An mT5 encoder-decoder finetuned with multitask prompted finetuning (the mT0 recipe "
+                   f"An {'umT5' if umt5 else 'mT5'} encoder-decoder finetuned with multitask prompted finetuning (the mT0 recipe "
                    "of *Crosslingual Generalization through Multitask Finetuning*), trained with "
-                   "xmtf_jax and exported to `MT5ForConditionalGeneration`.", "",
+                   f"xmtf_jax and exported to `{architecture}`.", "",
                    "## Training", ""]
   facts = [("base model", card.base_model), ("mixture", card.mixture),
            ("training steps", card.steps)]
@@ -145,9 +148,9 @@ def render(card: ModelCard, *, config: Any, dtype: str, num_parameters: int,
   if eval_lines:
     lines += ["", "## Zero-shot evaluation (rank classification)"] + eval_lines
   lines += ["", "## How to use", "", "```python",
-            "from transformers import AutoTokenizer, MT5ForConditionalGeneration",
+            f"from transformers import AutoTokenizer, {architecture}",
             "tokenizer = AutoTokenizer.from_pretrained(PATH)",
-            "model = MT5ForConditionalGeneration.from_pretrained(PATH)",
+            f"model = {architecture}.from_pretrained(PATH)",
             "inputs = tokenizer(\"Translate to English: Je t'aime.\", return_tensors=\"pt\")",
             "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=32)[0], "
             "skip_special_tokens=True))", "```", "",

@@ -3,14 +3,18 @@
     report = hf_verify.verify(folder, model, params)
     print(report.summary()); assert report.ok
 
-Loads the folder offline (`HF_HUB_OFFLINE=1`) as `MT5ForConditionalGeneration` (torch, CPU, float32
-whatever the stored dtype) and `AutoTokenizer`, then on a few multilingual prompts plus random token
+Loads the folder offline (`HF_HUB_OFFLINE=1`) as `MT5ForConditionalGeneration` (umT5:
+`UMT5ForConditionalGeneration`; torch, CPU, float32 whatever the stored dtype) and `AutoTokenizer`, then on a few multilingual prompts plus random token
 rows compares:
   - teacher-forced logits with ours (`model.logits`, float32 matmuls at "highest" precision) computed
     on our parameters rounded to the exported dtype, so the check is of the export, not of bfloat16;
   - greedy generations, token for token (ours from `xmtf_jax.inference.generation`, KV cache);
   - the tokenizer's ids against our seqio SentencePiece vocabulary;
   - and that transformers found every tensor (no missing/unexpected keys, LM head untied).
+transformers 5.x's UMT5 multiplies the decoder output by d_model**-0.5 before its untied LM head (its
+config forces tie_word_embeddings=True, and its forward scales when that is set; T5 has its own
+`scale_decoder_outputs` for this since transformers#42815, UMT5 not yet), which umT5 (t5x, transformers
+4.x) does not: `hf_logit_scale` reads the condition as the model does and ours are compared scaled.
 torch and transformers are test extras (requirements-test.txt).
 """
 from __future__ import annotations
@@ -122,10 +126,21 @@ def _greedy_ours(model, params, encoder_tokens: np.ndarray, max_new_tokens: int)
   return fetch_global(predict(params, encoder_tokens)), "xmtf_jax.inference.generation (KV cache)"
 
 
+def hf_logit_scale(hf_model: Any) -> float:
+  """The factor transformers' forward applies to the logits of this MT5/UMT5 model (1 or d_model**-0.5):
+  `scale_decoder_outputs` where the class has it, else UMT5's `tie_word_embeddings` test; MT5 none."""
+  hf_config = hf_model.config
+  if hf_config.model_type != "umt5":
+    return 1.0
+  scaled = getattr(hf_config, "scale_decoder_outputs", hf_config.tie_word_embeddings)
+  return hf_config.d_model**-0.5 if scaled else 1.0
+
+
 def verify(folder: str, model: Any, params: Any, *, dtype: str = "float32",
            vocabulary_path: Optional[str] = None, texts=SAMPLE_TEXTS, num_random_rows: int = 2,
            max_new_tokens: int = 12, rtol: float = 1e-4, seed: int = 0,
-           inputs_end_with_eos: Optional[bool] = None) -> VerifyReport:
+           inputs_end_with_eos: Optional[bool] = None,
+           architecture: str = "MT5ForConditionalGeneration") -> VerifyReport:
   """Compares the folder, loaded by transformers, with `model`/`params` (see the module docstring).
 
   The logit tolerance is rtol x max(1, max |logit|): float32 sums over d_model terms per layer grow
@@ -138,7 +153,8 @@ def verify(folder: str, model: Any, params: Any, *, dtype: str = "float32",
   os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
   import seqio
   import torch
-  from transformers import AutoTokenizer, MT5ForConditionalGeneration
+  import transformers
+  from transformers import AutoTokenizer
 
   config = model.config
   rng = np.random.default_rng(seed)
@@ -170,7 +186,7 @@ def verify(folder: str, model: Any, params: Any, *, dtype: str = "float32",
   # Theirs.
   problems = []
   with _without_untied_head_warning():
-    hf_model, info = MT5ForConditionalGeneration.from_pretrained(
+    hf_model, info = getattr(transformers, architecture).from_pretrained(
         folder, dtype=torch.float32, output_loading_info=True, local_files_only=True)
   hf_model.eval()
   for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
@@ -188,7 +204,7 @@ def verify(folder: str, model: Any, params: Any, *, dtype: str = "float32",
         input_ids=enc, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
         use_cache=config.num_encoder_layers == config.num_decoder_layers).numpy()[:, 1:]  # drop start 0
 
-  diff = float(np.max(np.abs(ours_logits - theirs_logits)))
+  diff = float(np.max(np.abs(ours_logits * hf_logit_scale(hf_model) - theirs_logits)))
   scale = float(np.max(np.abs(theirs_logits)))
   ours_rows = [_trim(r) for r in ours_generated]
   theirs_rows = [_trim(r) for r in generated]
@@ -207,4 +223,4 @@ def verify(folder: str, model: Any, params: Any, *, dtype: str = "float32",
   return VerifyReport(max_abs_logit_diff=diff, logit_tolerance=rtol * max(1.0, scale),
                       max_abs_logit=scale, generations_equal=ours_rows == theirs_rows, ours=ours_rows,
                       theirs=theirs_rows, decoder=decoder_name, tokenizer_mismatches=mismatches,
-                      loading_problems=problems)
+                      loading_problems=problems, architecture=architecture)

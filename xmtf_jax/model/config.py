@@ -27,6 +27,9 @@ class T5Config:
   num_decoder_layers: int = 8
   relative_attention_num_buckets: int = 32
   relative_attention_max_distance: int = 128
+  # Every layer has its own relative position table (`layers_{i}/relpos_bias`), as umT5 (HF
+  # UMT5ForConditionalGeneration) and every scanned t5x checkpoint; False: one table per stack (mT5).
+  relative_attention_per_layer: bool = False
   dropout_rate: float = 0.1
   layer_norm_epsilon: float = 1e-6
   dtype: str = "float32"

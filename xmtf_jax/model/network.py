@@ -2,7 +2,8 @@
 
 Architecture (matches HF `MT5ForConditionalGeneration`, checked logit by logit in tests/test_network_hf.py):
 RMS layer norm without bias or mean subtraction; relative position bias (bucketed, bidirectional in the
-encoder, causal in the decoder) computed once per stack and added to every layer's attention logits; no
+encoder, causal in the decoder) computed once per stack and added to every layer's self-attention logits
+(with `T5Config.relative_attention_per_layer`: each layer's own table, umT5 / scanned t5x; see below); no
 1/sqrt(d_kv) scaling of queries (mT5 folds it into the initialisation); gated-GELU MLP (tanh approximation,
 `gelu_new`); no biases; an input embedding shared by encoder and decoder and a separate, unscaled LM head.
 
@@ -26,6 +27,11 @@ Parameter tree (the `params` collection; every leaf float32, boxed with logical 
   decoder/layers_{i}/mlp/...                                (as encoder mlp)
   decoder/decoder_norm/scale                                [embed]
   decoder/logits_dense/kernel                               [embed, vocab]
+
+With `T5Config.relative_attention_per_layer`, `{encoder,decoder}/relpos_bias` is absent and every layer
+has its own `layers_{i}/relpos_bias/embedding` [relpos_buckets, heads] (HF `UMT5ForConditionalGeneration`:
+`block.{i}.layer.0.SelfAttention.relative_attention_bias` in every block); the stack then passes the
+positions to its layers with a mask-only bias.
 
 With `T5Config.scan_layers`, each stack's `layers_{i}` subtrees are one `layers` subtree whose leaves
 have a leading `layers` axis ([layers, embed, heads, kv], ...); `layer_stacking.py` converts.
@@ -74,14 +80,25 @@ REMAT_POLICIES = {
 }
 
 
+def layer_self_bias(module: nn.Module, cfg: T5Config, bias: Array, positions: Optional[tuple],
+                    bidirectional: bool) -> Array:
+  """A layer's self-attention bias: the stack's `bias` as it is, or (per-layer tables) plus this
+  layer's own relative position bias of `positions` = (query_positions, key_positions)."""
+  if not cfg.relative_attention_per_layer:
+    return bias
+  return bias + RelativePositionBias(cfg, bidirectional=bidirectional, name="relpos_bias", parent=module)(
+      *positions)
+
+
 class EncoderLayer(nn.Module):
   config: T5Config
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x: Array, bias: Array) -> Array:
+  def __call__(self, x: Array, bias: Array, positions: Optional[tuple] = None) -> Array:
     cfg = self.config
     dropout = Dropout(cfg.dropout_rate)
+    bias = layer_self_bias(self, cfg, bias, positions, bidirectional=True)
     y = RMSNorm(cfg, name="pre_attention_layer_norm")(x)
     y = MultiHeadAttention(cfg, self.deterministic, name="attention")(y, y, bias)
     x = x + dropout(y, deterministic=self.deterministic)
@@ -98,9 +115,10 @@ class DecoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, encoded: Array, self_bias: Array, cross_bias: Array,
-               cache_index: Optional[Array] = None) -> Array:
+               cache_index: Optional[Array] = None, positions: Optional[tuple] = None) -> Array:
     cfg = self.config
     dropout = Dropout(cfg.dropout_rate)
+    self_bias = layer_self_bias(self, cfg, self_bias, positions, bidirectional=False)
     y = RMSNorm(cfg, name="pre_self_attention_layer_norm")(x)
     y = MultiHeadAttention(cfg, self.deterministic, self.decode, name="self_attention")(
         y, y, self_bias, cache_index)
@@ -170,15 +188,18 @@ class Encoder(nn.Module):
       key_valid = encoder_input_tokens > 0
     if encoder_positions is None:
       encoder_positions = jnp.arange(encoder_input_tokens.shape[1], dtype=jnp.int32)[None]
-    # One bias for all layers: relative positions (shared, from layer 0 in HF terms) plus the mask.
-    bias = RelativePositionBias(cfg, bidirectional=True, name="relpos_bias")(
-        encoder_positions, encoder_positions)
-    bias = bias + mask_bias(key_valid, encoder_segment_ids, encoder_segment_ids)
+    bias = mask_bias(key_valid, encoder_segment_ids, encoder_segment_ids)
+    positions = None
+    if cfg.relative_attention_per_layer:  # each layer adds its own table's bias of these positions
+      positions = (encoder_positions, encoder_positions)
+    else:  # one bias for all layers: relative positions (shared, from layer 0 in HF terms) plus the mask
+      bias = RelativePositionBias(cfg, bidirectional=True, name="relpos_bias")(
+          encoder_positions, encoder_positions) + bias
 
     x = Dropout(cfg.dropout_rate)(embedded, deterministic=deterministic)
     x = constrain(x, ("batch", "length", "embed"))
     layer_cls = maybe_remat(EncoderLayer, cfg.remat_policy, cfg.scan_layers)
-    x = apply_layers(layer_cls, cfg, cfg.num_encoder_layers, x, (bias,), (deterministic,))
+    x = apply_layers(layer_cls, cfg, cfg.num_encoder_layers, x, (bias, positions), (deterministic,))
     x = RMSNorm(cfg, name="encoder_norm")(x)
     return Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
@@ -193,7 +214,9 @@ class Decoder(nn.Module):
     cfg = self.config
     deterministic = not enable_dropout
     batch, length = embedded.shape[:2]
-    relpos = RelativePositionBias(cfg, bidirectional=False, name="relpos_bias")
+    per_layer = cfg.relative_attention_per_layer
+    # Shared table: its bias is added here once; per-layer tables: each layer adds its own (positions).
+    relpos = None if per_layer else RelativePositionBias(cfg, bidirectional=False, name="relpos_bias")
 
     cache_index = None
     if decode and self.has_variable("cache", "cache_index"):
@@ -206,8 +229,9 @@ class Decoder(nn.Module):
       max_length = layer_cache["self_attention"]["cached_key"].shape[-3]  # [batch, (layers,) length, h, kv]
       query_positions = (cache_index + jnp.arange(length, dtype=jnp.int32))[None]
       key_positions = jnp.arange(max_length, dtype=jnp.int32)[None]
-      self_bias = relpos(query_positions, key_positions) + mask_bias(
-          jnp.ones((batch, max_length), bool), causal_offset=cache_index, query_length=length)
+      positions = (query_positions, key_positions)
+      self_bias = mask_bias(jnp.ones((batch, max_length), bool), causal_offset=cache_index,
+                            query_length=length)
       index_var.value = cache_index + length
     else:
       if decode:  # the init call that creates the cache
@@ -217,8 +241,13 @@ class Decoder(nn.Module):
                              else jnp.arange(length, dtype=jnp.int32)[None])
       key_valid = (decoder_segment_ids > 0 if decoder_segment_ids is not None
                    else jnp.ones((batch, length), bool))
-      self_bias = relpos(decoder_positions, decoder_positions) + mask_bias(
-          key_valid, decoder_segment_ids, decoder_segment_ids, causal_offset=0, query_length=length)
+      positions = (decoder_positions, decoder_positions)
+      self_bias = mask_bias(key_valid, decoder_segment_ids, decoder_segment_ids, causal_offset=0,
+                            query_length=length)
+    if per_layer:
+      self_bias_args = (self_bias, positions)
+    else:
+      self_bias_args = (relpos(*positions) + self_bias, None)
 
     if encoder_segment_ids is not None:
       if decoder_segment_ids is None:
@@ -231,7 +260,8 @@ class Decoder(nn.Module):
     x = constrain(x, ("batch", "length", "embed"))
     layer_cls = DecoderLayer if decode else maybe_remat(DecoderLayer, cfg.remat_policy, cfg.scan_layers)
     x = apply_layers(layer_cls, cfg, cfg.num_decoder_layers, x,
-                     (encoded, self_bias, cross_bias, cache_index), (deterministic, decode))
+                     (encoded, self_bias_args[0], cross_bias, cache_index, self_bias_args[1]),
+                     (deterministic, decode))
     x = RMSNorm(cfg, name="decoder_norm")(x)
     x = Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     return LMHead(cfg, name="logits_dense")(x)

@@ -49,7 +49,8 @@ def task_features(mixture_or_task_name: str, model_config: family.ModelConfig, f
 
 
 SHAPE_FIELDS = ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_encoder_layers",
-                "num_decoder_layers", "relative_attention_num_buckets", "relative_attention_max_distance")
+                "num_decoder_layers", "relative_attention_num_buckets", "relative_attention_max_distance",
+                "relative_attention_per_layer")
 
 
 def check_same_shapes(theirs: family.ModelConfig, ours: family.ModelConfig, origin: str) -> None:
