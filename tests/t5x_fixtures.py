@@ -33,12 +33,12 @@ def t5x_tree(params: dict) -> dict:
 
 
 def scanned_tree(tree: dict, layers: dict, four_d: bool, heads: int) -> dict:
-  """A t5x unscanned tree -> scanned (`encoder/encoder`, layer axis 1), per-layer relpos tables;
-  q/k/v [d, L, H, kv] and out [H, L, kv, d] when `four_d` (scalable_t5), else joined (flaxformer)."""
+  """A t5x unscanned tree -> scanned (`encoder/encoder`, layer axis 1), per-layer relpos tables (the
+  layers' own, else the shared one repeated); q/k/v [d, L, H, kv] and out [H, L, kv, d] when `four_d`
+  (scalable_t5), else joined (flaxformer)."""
   out = {"token_embedder": tree["token_embedder"]}
   for stack, count in layers.items():
     per_layer = [tree[stack][f"layers_{i}"] for i in range(count)]
-    table = tree[stack]["relpos_bias"]["rel_embedding"]
 
     def stack_leaves(nodes, path=()):
       if isinstance(nodes[0], dict):
@@ -53,7 +53,9 @@ def scanned_tree(tree: dict, layers: dict, four_d: bool, heads: int) -> dict:
         return np.moveaxis(x, 0, 1)  # [H, L, kv, d] or [H*kv, L, d]
       return x
     scanned = stack_leaves(per_layer)
-    scanned["relpos_bias"] = {"rel_embedding": np.stack([table] * count, axis=1)}
+    if "relpos_bias" in tree[stack]:
+      table = tree[stack]["relpos_bias"]["rel_embedding"]
+      scanned["relpos_bias"] = {"rel_embedding": np.stack([table] * count, axis=1)}
     out[stack] = {stack: scanned, f"{stack}_norm": tree[stack][f"{stack}_norm"]}
   if "logits_dense" in tree["decoder"]:
     out["decoder"]["logits_dense"] = tree["decoder"]["logits_dense"]

@@ -101,21 +101,74 @@ def test_scanned_checkpoints_give_hf_logits(base, four_d):
     f.write(t5x_fixtures.GIN.format(layers=config.num_encoder_layers, d_model=config.d_model))
   model, params = _check_logits(base, model_dir)
   assert model.config.dropout_rate == 0.0  # from config.gin
+  assert not model.config.relative_attention_per_layer  # all layers' tables equal: mT5's shared one
   # Into our scanned layout too.
   scanned_model, scanned_params = _check_logits(base, model_dir, scan_layers=True)
   assert scanned_params["encoder"]["layers"]["mlp"]["wo"]["kernel"].shape[0] == config.num_encoder_layers
 
 
-def test_per_layer_tables_that_differ_are_refused(base):
+@pytest.fixture(scope="module")
+def per_layer(base):
+  """(HF UMT5 model with every block's own table, its t5x tree, HF logits): the base model's weights."""
+  from transformers import UMT5Config, UMT5ForConditionalGeneration
+  from xmtf_jax.hf import verify as hf_verify
+  hf_config = {k: v for k, v in base["hf"].config.to_dict().items() if k != "model_type"}
+  umt5 = UMT5ForConditionalGeneration(UMT5Config(**{**hf_config, "tie_word_embeddings": False})).eval()
+  umt5.load_state_dict(base["hf"].state_dict(), strict=False)
+  torch.manual_seed(1)
+  with torch.no_grad():
+    for name, p in umt5.named_parameters():
+      if "relative_attention_bias" in name:
+        p.copy_(torch.randn_like(p).to(torch.bfloat16).to(torch.float32))
+    want = umt5(input_ids=torch.tensor(base["enc"], dtype=torch.long),
+                decoder_input_ids=torch.tensor(base["dec"], dtype=torch.long)).logits.numpy()
+  config = hf_reader.families.config_from_hf(umt5.config.to_dict())
+  assert config.relative_attention_per_layer
+  params = hf_reader.params_from_hf({k: v.numpy() for k, v in umt5.state_dict().items()}, config)
+  return dict(hf=umt5, tree=t5x_fixtures.t5x_tree(params), want=want / hf_verify.hf_logit_scale(umt5))
+
+
+@pytest.mark.parametrize("scanned", [True, False], ids=["scalable_t5_scanned", "scalable_t5_unscanned"])
+def test_per_layer_tables_load_into_per_layer_configs(base, per_layer, scanned):
   config = base["config"]
-  scanned = t5x_fixtures.scanned_tree(base["tree"], {"encoder": config.num_encoder_layers,
-                                                     "decoder": config.num_decoder_layers}, True,
-                                      config.num_heads)
-  scanned["encoder"]["encoder"]["relpos_bias"]["rel_embedding"][:, 1] += 1.0
-  step_dir = os.path.join(base["root"], "per_layer", "checkpoint_1")
-  t5x_fixtures.write_legacy(step_dir, scanned)
-  with pytest.raises(UserError, match="different relative position tables.*per-layer switch"):
-    xmtf_jax.load_pretrained(step_dir)
+  tree = per_layer["tree"]
+  if scanned:
+    tree = t5x_fixtures.scanned_tree(tree, {"encoder": config.num_encoder_layers,
+                                            "decoder": config.num_decoder_layers}, True, config.num_heads)
+  step_dir = os.path.join(base["root"], f"per_layer_{scanned}", "checkpoint_1")
+  t5x_fixtures.write_legacy(step_dir, tree, inline=False)
+  for scan_layers in (False, True):
+    model, params = xmtf_jax.load_pretrained(step_dir, scan_layers=scan_layers)
+    assert model.config.relative_attention_per_layer
+    got = np.asarray(model.logits(params, base["enc"], base["dec"]))
+    np.testing.assert_allclose(got, per_layer["want"], atol=TOL, rtol=0)
+  want = per_layer["hf"].state_dict()["decoder.block.2.layer.0.SelfAttention.relative_attention_bias.weight"]
+  np.testing.assert_array_equal(np.asarray(params["decoder"]["layers"]["relpos_bias"]["embedding"][2]),
+                                want.numpy())
+  with pytest.raises(UserError, match="decoder's layers have different relative position tables.*"
+                                      "relative_attention_per_layer=True"):
+    xmtf_jax.load_pretrained(step_dir, relative_attention_per_layer=False)
+
+
+def test_export_hf_of_per_layer_tables_is_a_umt5_folder(base, per_layer, tmp_path):
+  from transformers import UMT5ForConditionalGeneration
+  from tests.test_hf_export import train_spm
+  from xmtf_jax.hf import export, sources
+  config = base["config"]
+  tree = t5x_fixtures.scanned_tree(per_layer["tree"], {"encoder": config.num_encoder_layers,
+                                                       "decoder": config.num_decoder_layers}, False,
+                                   config.num_heads)
+  t5x_fixtures.write_orbax(str(tmp_path / "run" / "checkpoint_2"), tree)
+  export.export_source(sources.open_source(str(tmp_path / "run")), train_spm(tmp_path / "spiece.model"),
+                       str(tmp_path / "hf"), verify=False)
+  with open(tmp_path / "hf" / "config.json") as f:
+    assert json.load(f)["architectures"] == ["UMT5ForConditionalGeneration"]
+  exported = UMT5ForConditionalGeneration.from_pretrained(str(tmp_path / "hf")).eval()
+  with torch.no_grad():
+    got = exported(input_ids=torch.tensor(base["enc"], dtype=torch.long),
+                   decoder_input_ids=torch.tensor(base["dec"], dtype=torch.long)).logits.numpy()
+  from xmtf_jax.hf import verify as hf_verify
+  np.testing.assert_allclose(got / hf_verify.hf_logit_scale(exported), per_layer["want"], atol=TOL, rtol=0)
 
 
 def test_without_logits_dense_the_head_is_the_scaled_embedding(base):

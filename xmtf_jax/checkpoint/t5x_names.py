@@ -11,9 +11,12 @@ unscanned T5 uses the same), so a parameter maps by name; only the layouts diffe
 Scanned checkpoints (scalable_t5, flaxformer `scan_layers`) keep each stack's layers in one array
 under `encoder/encoder/...` / `decoder/decoder/...` with the layer axis at `param_scan_axis` (the
 run's config.gin, else 1): layer i is the slice at that axis, read alone. Their relative position
-tables are per layer ([heads, layers, buckets]); our T5Config has one table per stack, so they load
-when all layers' tables are equal and are refused otherwise. The config comes from config.gin when
-the model dir has one, else from the array shapes (logged).
+tables are per layer ([heads, layers, buckets]; scalable_t5 unscanned: `layers_i/relpos_bias`): when
+all of a stack's layers hold the same table it becomes our shared one (an mT5, exported as
+MT5ForConditionalGeneration), otherwise `T5Config.relative_attention_per_layer` keeps every layer's
+own (umT5 style, exported as UMT5ForConditionalGeneration); either is logged, and the override
+`relative_attention_per_layer` picks. The config comes from config.gin when the model dir has one,
+else from the array shapes (logged).
 """
 from __future__ import annotations
 
@@ -89,6 +92,7 @@ class T5xLayout:
     self.scanned = any(n.startswith(("encoder/encoder/", "decoder/decoder/")) for n in self.names)
     self.gin = gin_bindings(ckpt.gin_text() or "")
     self.axis = int(self.gin.get("param_scan_axis", 1))
+    self._table_cache: dict = {}  # stack -> its per-layer tables (or None), read once
 
   def _stack_name(self, stack: str, rest: str) -> str:
     return f"{stack}/{stack}/{rest}" if self.scanned else f"{stack}/layers_0/{rest}"
@@ -111,7 +115,25 @@ class T5xLayout:
                       "implements mT5's gated GELU ('gelu', 'linear') only")
     log.info("t5x checkpoint %s: the model config comes from %s", self.ckpt.step_dir,
              "its run's config.gin (the rest from array shapes)" if from_gin else "the array shapes")
-    return T5Config(**{**shapes, **from_gin, "scan_layers": False, **overrides})
+    config = T5Config(**{**shapes, **from_gin, "scan_layers": False, **overrides})
+    return config.replace(relative_attention_per_layer=self._per_layer(
+        config, overrides.get("relative_attention_per_layer")))
+
+  def _per_layer(self, config: T5Config, wanted: Optional[bool]) -> bool:
+    """Whether our config keeps per-layer tables: those the checkpoint's layers hold when they differ
+    (or `wanted`, the caller's override; False with tables that differ is refused)."""
+    differ = [stack for stack in STACK_KEYS if self._tables_differ(stack, config)]
+    if wanted is None:
+      if any(self._tables(stack, config) is not None for stack in STACK_KEYS):
+        log.info("t5x checkpoint %s: per-layer relative position tables, %s", self.ckpt.step_dir,
+                 f"which differ in the {' and '.join(differ)}: relative_attention_per_layer=True"
+                 if differ else "all equal: one shared table per stack (mT5)")
+      return bool(differ)
+    if not wanted and differ:
+      raise UserError(f"{self.ckpt.describe()}: the {' and '.join(differ)}'s layers have different "
+                      "relative position tables (umT5 / scalable_t5 style); they need "
+                      "relative_attention_per_layer=True (the default for this checkpoint)")
+    return bool(wanted)
 
   def _relpos_shape(self, stack: str) -> tuple[int, int]:
     shape = self.names.get(f"{stack}/relpos_bias/rel_embedding") or self._per_layer_relpos(stack)
@@ -138,7 +160,8 @@ class T5xLayout:
       scale = 1.0 / np.sqrt(config.d_model)  # logits via the embedding, which t5x scales by 1/sqrt(d)
       return lambda: np.ascontiguousarray(self._read("token_embedder/embedding").T) * np.float32(scale)
     if path[-2:] == ("relpos_bias", "embedding"):
-      return lambda: self._relpos(path[0], config).T
+      layer = int(path[1][len("layers_"):]) if len(path) == 4 else None
+      return lambda: self._relpos(path[0], config, layer).T
     match = re.match(r"(encoder|decoder)/layers_(\d+)/(.+)$", name)
     if match and self.scanned:
       stack, layer, rest = match.groups()
@@ -151,20 +174,34 @@ class T5xLayout:
       raise UserError(f"{self.ckpt.describe()}: no array {name}")
     return np.asarray(self.ckpt.read(name, index), np.float32)
 
-  def _relpos(self, stack: str, config: T5Config) -> np.ndarray:
-    """[heads, buckets]: the stack's shared table, or the per-layer tables when all are equal."""
-    shared = f"{stack}/relpos_bias/rel_embedding"
-    if shared in self.names:
-      return self._read(shared)
-    if self.scanned:
-      tables = np.moveaxis(self._read(f"{stack}/{stack}/relpos_bias/rel_embedding"), self.axis, 0)
-    else:
-      tables = np.stack([self._read(f"{stack}/layers_{i}/relpos_bias/rel_embedding")
-                         for i in range(getattr(config, STACK_KEYS[stack][0]))])
-    if not all(np.array_equal(tables[0], t) for t in tables[1:]):
+  def _tables(self, stack: str, config: T5Config) -> Optional[np.ndarray]:
+    """[layers, heads, buckets]: the stack's per-layer tables (read once); None for a shared table."""
+    cache = self._table_cache
+    if stack not in cache:
+      if f"{stack}/relpos_bias/rel_embedding" in self.names:
+        cache[stack] = None
+      elif self.scanned:
+        cache[stack] = np.moveaxis(self._read(f"{stack}/{stack}/relpos_bias/rel_embedding"), self.axis, 0)
+      else:
+        cache[stack] = np.stack([self._read(f"{stack}/layers_{i}/relpos_bias/rel_embedding")
+                                 for i in range(getattr(config, STACK_KEYS[stack][0]))])
+    return cache[stack]
+
+  def _tables_differ(self, stack: str, config: T5Config) -> bool:
+    tables = self._tables(stack, config)
+    return tables is not None and not all(np.array_equal(tables[0], t) for t in tables[1:])
+
+  def _relpos(self, stack: str, config: T5Config, layer: Optional[int] = None) -> np.ndarray:
+    """[heads, buckets]: layer `layer`'s table (per-layer configs), else the stack's shared table
+    (or the per-layer tables' one when all are equal)."""
+    tables = self._tables(stack, config)
+    if tables is None:
+      return self._read(f"{stack}/relpos_bias/rel_embedding")
+    if layer is not None:
+      return tables[layer]
+    if self._tables_differ(stack, config):
       raise UserError(f"{self.ckpt.describe()}: the {stack}'s layers have different relative position "
-                      "tables (umT5 / scalable_t5 style); our T5Config shares one per stack, so per-layer "
-                      "tables need its per-layer switch")
+                      "tables; they need relative_attention_per_layer=True")
     return tables[0]
 
 
