@@ -230,3 +230,22 @@ def test_read_from_the_gcs_emulator(base, gcs_bucket, tmp_path):
     opened = open_model_path(remote, step)
     assert (opened.kind, opened.step) == (T5X, step)
     _check_logits(base, opened)
+
+
+def test_loaded_onto_a_mesh_with_the_model_shardings(base):
+  """As training's INITIAL_CHECKPOINT_PATH loads it: onto the mesh, scanned, each array sharded."""
+  import jax
+  from xmtf_jax.parallel import partitioning
+  from xmtf_jax.train import pretrained
+  step_dir = os.path.join(base["root"], "mesh", "checkpoint_4")
+  t5x_fixtures.write_legacy(step_dir, base["tree"], inline=False, compressor="zstd", dtype="bfloat16")
+  mesh = partitioning.make_mesh(num_partitions=2)
+  model, params = xmtf_jax.load_pretrained(step_dir, mesh, scan_layers=True)
+  shardings = model.param_shardings()
+  for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(shardings)):
+    assert got.sharding.is_equivalent_to(want, got.ndim)
+  config = pretrained.read_config(step_dir)
+  assert (config.num_encoder_layers, config.relative_attention_per_layer) == (base["config"].num_encoder_layers,
+                                                                              False)
+  got = np.asarray(model.logits(params, base["enc"], base["dec"]))
+  np.testing.assert_allclose(got, base["want"], atol=TOL, rtol=0)
