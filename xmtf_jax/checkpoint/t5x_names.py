@@ -157,8 +157,7 @@ class T5xLayout:
     """A function reading our per-layer parameter `path` as float32 in our layout."""
     name = "/".join(path)
     if path == ("decoder", "logits_dense", "kernel") and name not in self.names:
-      scale = 1.0 / np.sqrt(config.d_model)  # logits via the embedding, which t5x scales by 1/sqrt(d)
-      return lambda: np.ascontiguousarray(self._read("token_embedder/embedding").T) * np.float32(scale)
+      return lambda: self._tied_head(config)
     if path[-2:] == ("relpos_bias", "embedding"):
       layer = int(path[1][len("layers_"):]) if len(path) == 4 else None
       return lambda: self._relpos(path[0], config, layer).T
@@ -168,6 +167,13 @@ class T5xLayout:
       index = tuple([slice(None)] * self.axis + [int(layer)])
       return lambda: self._read(f"{stack}/{stack}/{rest}", index)
     return lambda: self._read(name)
+
+  def _tied_head(self, config: T5Config) -> np.ndarray:
+    """embedding.T / sqrt(d_model) (t5x's logits via the embedding), scaled in place: two copies of
+    the largest array at most (benchmarks/t5x_load_memory.py)."""
+    head = np.ascontiguousarray(self._read("token_embedder/embedding").T)
+    head *= np.float32(1.0 / np.sqrt(config.d_model))
+    return head
 
   def _read(self, name: str, index: Any = ()) -> np.ndarray:
     if name not in self.names:

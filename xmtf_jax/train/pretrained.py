@@ -1,13 +1,14 @@
 """Pretrained weights from any model path: an HF folder (mT5/mT0 or BLOOM/BLOOMZ), one of our training
-checkpoints or a t5x checkpoint (mT5 family), of either model family (the family comes from config.json's `model_type` or from the
-checkpoint's metadata; `model.family.model_for` builds the matching task-level model).
+checkpoints (either model family) or a t5x checkpoint (mT5 family). The family comes from config.json's
+`model_type` or from the checkpoint's metadata; `model.family.model_for` builds the matching model.
 
     model, params = load_pretrained(path, mesh)        # also `xmtf_jax.load_pretrained`
 
 What the path holds is decided once, by `checkpoint.open_model_path` (one listing, one precedence);
 this module reads each kind with its reader: HF folders with `hf/reader.py`, our checkpoints with
-`checkpoint/xmtf_format.py`, t5x checkpoints with `checkpoint/t5x_names.py`. Training starts from these (INITIAL_CHECKPOINT_PATH); evaluation and
-inference read them. Imports neither seqio nor TensorFlow (the vocabulary: `train/vocabulary.py`).
+`checkpoint/xmtf_format.py`, t5x checkpoints with `checkpoint/t5x_names.py`. Training starts from
+these (INITIAL_CHECKPOINT_PATH); evaluation and inference read them. Imports neither seqio nor
+TensorFlow (the vocabulary: `train/vocabulary.py`).
 """
 from __future__ import annotations
 
