@@ -17,7 +17,7 @@ import xmtf_jax
 from xmtf_jax.cli import param_count
 from xmtf_jax.errors import UserError
 from xmtf_jax.hf import export as hf_export
-from xmtf_jax.hf import families, mapping
+from xmtf_jax.hf import families, mapping, model_card
 from xmtf_jax.hf import verify as hf_verify
 from xmtf_jax.inference import generation
 from xmtf_jax.model import layer_stacking
@@ -156,6 +156,7 @@ def test_export_is_a_umt5_folder_transformers_loads(hf_umt5, tmp_path):
     readme = f.read()
   assert "UMT5ForConditionalGeneration.from_pretrained(PATH)" in readme
   assert "MT5ForConditionalGeneration" not in readme.replace("UMT5ForConditionalGeneration", "")
+  assert "- umt5" in readme and "d_model**-0.5" in readme
   tensors = load_file(os.path.join(out, "model.safetensors"))
   for name, value in hf_model.state_dict().items():
     if "embed_tokens" not in name:
@@ -180,12 +181,19 @@ def test_default_config_keeps_one_table_per_stack_and_config_round_trips():
   hf = mapping.t5config_to_hf(umt5)
   assert hf["model_type"] == "umt5" and mapping.t5config_from_hf(hf) == umt5
   assert mapping.t5config_from_hf(mapping.t5config_to_hf(mt5)) == mt5
-  # param_count: per-layer tables are counted in the same group, once per layer.
+  # param_count: per-layer tables are counted in the same group, once per layer, in either layout.
   mesh = partitioning.abstract_mesh(1, 1)
   groups = param_count.count(umt5, mesh, partitioning.PartitioningConfig())["groups"]
-  assert groups["encoder/relpos_bias"][0] == 2 * 32 * 2
+  assert groups["encoder/relpos_bias"][0] == groups["decoder/relpos_bias"][0] == 2 * 32 * 2
+  scanned = param_count.count(umt5.replace(scan_layers=True), mesh, partitioning.PartitioningConfig())
+  assert scanned["groups"] == groups
   assert param_count.count(mt5, mesh, partitioning.PartitioningConfig())["groups"][
       "encoder/relpos_bias"][0] == 32 * 2
+  # The model card of an mT5 export stays mT5's.
+  card = model_card.render(model_card.ModelCard(), config=mt5, dtype="float32", num_parameters=1,
+                           tokenizer_class="T5TokenizerFast")
+  assert "MT5ForConditionalGeneration.from_pretrained" in card and "UMT5" not in card
+  assert "- mt5" in card and "d_model**-0.5" not in card
 
 
 def test_umt5_folder_with_shared_tables_config_is_refused(hf_umt5):
@@ -199,3 +207,48 @@ def test_training_from_umt5_with_a_shared_table_gin_model_names_the_field():
   mt5 = T5Config(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_heads=2)
   with pytest.raises(UserError, match="relative_attention_per_layer: True there vs False in gin"):
     run_checks.check_same_shapes(mt5.replace(relative_attention_per_layer=True), mt5, "/umt5-folder")
+
+
+def test_train_step_and_checkpoint_convert_per_layer_tables_between_layouts(tmp_path):
+  """One Adafactor step per layer equals the scanned one (each table its own block), and a checkpoint
+  written per layer restores stacked (params and optimizer state: the next step is the same)."""
+  from test_scan_layers import UNEQUAL, _one_step, assemble, assert_trees_close, both
+  from test_trainer import packed_batch
+  from xmtf_jax.train import checkpoints, trainer
+  config = UNEQUAL.replace(relative_attention_per_layer=True)
+  mesh = partitioning.make_mesh(2)
+  (flat, params), (scanned, stacked) = both(config, mesh=mesh)
+  assert stacked["decoder"]["layers"]["relpos_bias"]["embedding"].shape == (3, 8, 4)
+  assert tuple(scanned.param_logical_axes()["decoder"]["layers"]["relpos_bias"]["embedding"]) == (
+      "layers", "relpos_buckets", "heads")
+  assert jax.tree.map(lambda x: x.shape, scanned.abstract_params()) == jax.tree.map(np.shape, stacked)
+  batch = packed_batch(rows=16, seed=3)
+  flat_state, flat_metrics = _one_step(flat, params, batch)
+  scan_state, scan_metrics = _one_step(scanned, stacked, batch)
+  for key in ("loss", "grad_norm", "param_norm"):
+    assert scan_metrics[key] == pytest.approx(flat_metrics[key], rel=1e-5), key
+  assert_trees_close(layer_stacking.unstack_layers(scan_state.params, config), flat_state.params,
+                     rtol=1e-5, atol=1e-6)
+  for i in range(3):  # every layer's table is trained
+    table = ("decoder", f"layers_{i}", "relpos_bias", "embedding")
+    assert np.abs(layer_stacking.layer_leaf(flat_state.params, table) -
+                  layer_stacking.layer_leaf(params, table)).max() > 1e-4
+
+  checkpointer = checkpoints.Checkpointer(str(tmp_path), save_period=1, async_save=False)
+  checkpointer.save(1, flat_state.params, flat_state.opt_state, {"t5_config": config.to_dict()}, [{}],
+                    force=True)
+  scan_step, flat_step = assemble(scanned.config, mesh), assemble(config, mesh)
+  restored = checkpointer.restore(1, scan_step.abstract_state.params, scan_step.abstract_state.opt_state)
+  checkpointer.close()
+  assert_trees_close(jax.device_get(restored.params), layer_stacking.stack_layers(flat_state.params, config),
+                     rtol=0, atol=0)
+  next_batch = packed_batch(rows=16, seed=6)
+  state = trainer.TrainState(step=jax.numpy.asarray(1, jax.numpy.int32), params=restored.params,
+                             opt_state=restored.opt_state)
+  _, got = scan_step.train_step(jax.device_put(state, scan_step.state_shardings),
+                                partitioning.host_local_to_global(next_batch, mesh))
+  _, want = flat_step.train_step(jax.device_put(flat_state, flat_step.state_shardings),
+                                 partitioning.host_local_to_global(next_batch, mesh))
+  got, want = trainer.host_metrics(got), trainer.host_metrics(want)
+  for key in ("loss", "grad_norm", "param_norm"):
+    assert got[key] == pytest.approx(want[key], rel=1e-5), key

@@ -1,5 +1,6 @@
-"""Export to a HuggingFace folder, one tensor at a time: `MT5ForConditionalGeneration` for mT5 models,
-`BloomForCausalLM` for BLOOM ones (what differs per family is its `hf/families.py` entry).
+"""Export to a HuggingFace folder, one tensor at a time: `MT5ForConditionalGeneration` for mT5 models
+(`UMT5ForConditionalGeneration` with `T5Config.relative_attention_per_layer`), `BloomForCausalLM` for
+BLOOM ones (what differs per family is its `hf/families.py` entry).
 
     result = xmtf_jax.hf.export.export(config, params, "/path/spiece.model", "/out/mt0-small")
     result = xmtf_jax.hf.export.export_source(CheckpointParams("/runs/mt0", step=7000), vocab, "/out")
@@ -12,7 +13,8 @@ complete, so a failure leaves nothing at `output_dir`; on a bucket, where a fold
 at once, straight into `output_dir` with each shard streamed up as it is written and config.json
 written last, so a folder without config.json is an unfinished export; a failure deletes it). For mT5:
 
-  config.json                    MT5Config: shapes, untied head, gelu_new, token ids, dtype
+  config.json                    MT5Config (umT5: UMT5Config, model_type umt5): shapes, untied head,
+                                 gelu_new, token ids, dtype
   generation_config.json         decoder_start 0, eos 1, pad 0
   model.safetensors              or model-0000k-of-0000n.safetensors + model.safetensors.index.json
                                  when the weights exceed `max_shard_size`

@@ -121,7 +121,8 @@ def render(card: ModelCard, *, config: Any, dtype: str, num_parameters: int,
   umt5 = getattr(config, "relative_attention_per_layer", False)
   architecture = "UMT5ForConditionalGeneration" if umt5 else "MT5ForConditionalGeneration"
   front = ["---", f"license: {card.license or 'apache-2.0'}", "library_name: transformers",
-           "pipeline_tag: text2text-generation", "tags:", "- umt5" if umt5 else "- mt5", "- mt0", "- xmtf_jax"]
+           "pipeline_tag: text2text-generation", "tags:", "- umt5" if umt5 else "- mt5", "- mt0",
+           "- xmtf_jax"]
   iso = [code for code in languages if code != "code"]
   if iso:
     front += ["language:"] + [f"- {code}" for code in iso]
@@ -130,9 +131,9 @@ def render(card: ModelCard, *, config: Any, dtype: str, num_parameters: int,
   front.append("---")
 
   lines = front + ["", f"# {title(card)}", "",
-                   f"An {'umT5' if umt5 else 'mT5'} encoder-decoder finetuned with multitask prompted finetuning (the mT0 recipe "
-                   "of *Crosslingual Generalization through Multitask Finetuning*), trained with "
-                   f"xmtf_jax and exported to `{architecture}`.", "",
+                   f"An {'umT5' if umt5 else 'mT5'} encoder-decoder finetuned with multitask prompted "
+                   "finetuning (the mT0 recipe of *Crosslingual Generalization through Multitask "
+                   f"Finetuning*), trained with xmtf_jax and exported to `{architecture}`.", "",
                    "## Training", ""]
   facts = [("base model", card.base_model), ("mixture", card.mixture),
            ("training steps", card.steps)]
@@ -163,6 +164,12 @@ def render(card: ModelCard, *, config: Any, dtype: str, num_parameters: int,
                 "(the paper's evaluation feeds none either), as `xmtf_jax.infer` feeds them. Do not "
                 "add one; HF's own mT5/mT0 tokenizers do, so use this folder's."), "",
             "With xmtf_jax: `model, params = xmtf_jax.load_pretrained(PATH)`."]
+  if umt5:
+    lines += ["", "Note: transformers 5.x's `UMT5ForConditionalGeneration` multiplies the decoder output by "
+              f"d_model**-0.5 = {config.d_model**-0.5:.6g} before the LM head (its config forces "
+              "`tie_word_embeddings`), which umT5, transformers 4.x and xmtf_jax do not: its logits are "
+              "this model's times that factor (so its loss differs), its argmax and greedy generations "
+              "are the same."]
   if card.notes:
     lines += ["", card.notes]
   return "\n".join(lines) + "\n"

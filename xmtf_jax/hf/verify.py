@@ -4,8 +4,8 @@
     print(report.summary()); assert report.ok
 
 Loads the folder offline (`HF_HUB_OFFLINE=1`) as `MT5ForConditionalGeneration` (umT5:
-`UMT5ForConditionalGeneration`; torch, CPU, float32 whatever the stored dtype) and `AutoTokenizer`, then on a few multilingual prompts plus random token
-rows compares:
+`UMT5ForConditionalGeneration`; torch, CPU, float32 whatever the stored dtype) and `AutoTokenizer`,
+then on a few multilingual prompts plus random token rows compares:
   - teacher-forced logits with ours (`model.logits`, float32 matmuls at "highest" precision) computed
     on our parameters rounded to the exported dtype, so the check is of the export, not of bfloat16;
   - greedy generations, token for token (ours from `xmtf_jax.inference.generation`, KV cache);

@@ -27,8 +27,10 @@ class T5Config:
   num_decoder_layers: int = 8
   relative_attention_num_buckets: int = 32
   relative_attention_max_distance: int = 128
-  # Every layer has its own relative position table (`layers_{i}/relpos_bias`), as umT5 (HF
-  # UMT5ForConditionalGeneration) and every scanned t5x checkpoint; False: one table per stack (mT5).
+  # Every layer has its own relative position table (`layers_{i}/relpos_bias/embedding` [buckets, heads];
+  # scanned: `layers/relpos_bias/embedding` [layers, buckets, heads]), as umT5 (HF
+  # UMT5ForConditionalGeneration; t5x's scanned umT5 checkpoints store one table per layer too).
+  # False (default): one table per stack, `{encoder,decoder}/relpos_bias`, shared by its layers (mT5).
   relative_attention_per_layer: bool = False
   dropout_rate: float = 0.1
   layer_norm_epsilon: float = 1e-6
