@@ -172,7 +172,8 @@ def test_export_hf_of_per_layer_tables_is_a_umt5_folder(base, per_layer, tmp_pat
 
 
 def test_without_logits_dense_the_head_is_the_scaled_embedding(base):
-  tree = {**base["tree"], "decoder": {k: v for k, v in base["tree"]["decoder"].items() if k != "logits_dense"}}
+  decoder = {k: v for k, v in base["tree"]["decoder"].items() if k != "logits_dense"}
+  tree = {**base["tree"], "decoder": decoder}
   step_dir = os.path.join(base["root"], "tied", "checkpoint_1")
   t5x_fixtures.write_legacy(step_dir, tree)
   _, params = xmtf_jax.load_pretrained(step_dir)
@@ -184,7 +185,8 @@ def test_without_logits_dense_the_head_is_the_scaled_embedding(base):
 @pytest.mark.parametrize("change, message", [
     (lambda t: t["encoder"]["layers_0"]["mlp"].update(wi={"kernel": np.zeros((2, 2), np.float32)}),
      "T5 v1.0 MLP"),
-    (lambda t: t["encoder"]["layers_0"]["attention"].update(qkv_fused={"kernel": np.zeros((2, 2), np.float32)}),
+    (lambda t: t["encoder"]["layers_0"]["attention"].update(
+        qkv_fused={"kernel": np.zeros((2, 2), np.float32)}),
      "fused flaxformer kernels.*qkv_fused"),
     (lambda t: t["encoder"]["layers_1"]["mlp"]["wo"].update(kernel=np.zeros((3, 3), np.float32)),
      "encoder/layers_1/mlp/wo/kernel: stored \\[3, 3\\]"),
@@ -245,7 +247,25 @@ def test_loaded_onto_a_mesh_with_the_model_shardings(base):
   for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(shardings)):
     assert got.sharding.is_equivalent_to(want, got.ndim)
   config = pretrained.read_config(step_dir)
-  assert (config.num_encoder_layers, config.relative_attention_per_layer) == (base["config"].num_encoder_layers,
-                                                                              False)
+  assert config.num_encoder_layers == base["config"].num_encoder_layers
+  assert not config.relative_attention_per_layer
   got = np.asarray(model.logits(params, base["enc"], base["dec"]))
   np.testing.assert_allclose(got, base["want"], atol=TOL, rtol=0)
+
+
+def test_the_vocabulary_comes_from_the_runs_config_gin(base, tmp_path):
+  """evaluate/infer with a t5x MODEL_PATH find the SentencePiece model t5x's config.gin names."""
+  from tests.test_hf_export import train_spm
+  from xmtf_jax.train.vocabulary import load_vocabulary
+  spm = train_spm(tmp_path / "mc4.model")
+  from xmtf_jax.errors import MissingPathError
+  t5x_fixtures.write_legacy(str(tmp_path / "run" / "checkpoint_1"), base["tree"])
+  with pytest.raises(MissingPathError, match="no vocabulary"):
+    load_vocabulary(str(tmp_path / "run"))
+  with open(tmp_path / "run" / "config.gin", "w") as f:
+    f.write(t5x_fixtures.GIN.format(layers=base["config"].num_encoder_layers, d_model=base["config"].d_model)
+            + f"seqio.SentencePieceVocabulary.sentencepiece_model_file = '{spm}'\n")
+  vocabulary = load_vocabulary(str(tmp_path / "run"))
+  text = "The quick brown fox"
+  assert vocabulary.encode(text) == load_vocabulary(None, str(spm)).encode(text)
+  assert str(spm) in open_model_path(str(tmp_path / "run")).vocabulary_candidates()

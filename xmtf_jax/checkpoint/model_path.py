@@ -69,10 +69,13 @@ class ModelPath:
 
   def vocabulary_candidates(self) -> list[str]:
     """SentencePiece models that go with the model, in order: a file in the folder, then the one
-    our training recorded (not checked for existence: it may lie on another machine's disk)."""
+    our training recorded or a t5x run's config.gin names (not checked for existence: it may lie on
+    another machine's disk)."""
     found = [paths.join(self.path, name) for name in VOCABULARY_FILES if name in self.names]
     if self.is_ours and self.metadata.get("vocabulary_path"):
       found.append(self.metadata["vocabulary_path"])
+    if self.kind == T5X and self.t5x().vocabulary_path():
+      found.append(self.t5x().vocabulary_path())
     return found
 
   @property

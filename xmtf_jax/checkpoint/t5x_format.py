@@ -189,8 +189,8 @@ class T5xCheckpoint:
     for key, entry in metadata.get("tree_metadata", {}).items():
       keys = ([k["key"] for k in entry["key_metadata"]] if "key_metadata" in entry
               else list(ast.literal_eval(key)))
-      self._leaves["/".join(map(str, keys))] = {"orbax": ".".join(map(str, keys)),
-                                                "value_type": entry.get("value_metadata", {}).get("value_type")}
+      value_type = entry.get("value_metadata", {}).get("value_type")
+      self._leaves["/".join(map(str, keys))] = {"orbax": ".".join(map(str, keys)), "value_type": value_type}
 
   # -- names --
 
@@ -264,6 +264,11 @@ class T5xCheckpoint:
     """The run's operative gin (`config.gin` in the model dir), if t5x wrote one."""
     gin = paths.join(self.model_dir, GIN_FILE)
     return paths.read_text(gin) if paths.exists(gin) else None
+
+  def vocabulary_path(self) -> Optional[str]:
+    """The SentencePiece model the run's config.gin names (`sentencepiece_model_file`), if any."""
+    match = re.search(r"sentencepiece_model_file\s*=\s*['\"]([^'\"]+)['\"]", self.gin_text() or "")
+    return match.group(1) if match else None
 
   def describe(self) -> str:
     version = f" version {self.version}" if self.format == "legacy" else ""

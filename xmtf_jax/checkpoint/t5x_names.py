@@ -3,10 +3,10 @@
 Our names are t5x's minimal-model names (`encoder/layers_0/attention/query/kernel`, flaxformer's
 unscanned T5 uses the same), so a parameter maps by name; only the layouts differ:
 
-  q/k/v kernels   t5x [embed, heads*kv] (flaxformer split_head_kernel: [embed, heads, kv]) -> [embed, heads, kv]
-  out kernels     [heads*kv, embed] (or [heads, kv, embed])                               -> [heads, kv, embed]
-  relpos_bias     `rel_embedding` [heads, buckets]                                          -> `embedding` [buckets, heads]
-  logits_dense    absent (logits via the embedding, which t5x divides by sqrt(d_model))     -> embedding.T / sqrt(d)
+  q/k/v kernels  [embed, heads*kv] (split heads, scalable_t5: [embed, heads, kv]) -> [embed, heads, kv]
+  out kernels    [heads*kv, embed] (split: [heads, kv, embed])                   -> [heads, kv, embed]
+  relpos_bias    `rel_embedding` [heads, buckets]                     -> `embedding` [buckets, heads]
+  logits_dense   absent: the embedding (t5x divides its logits by sqrt(d_model)) -> embedding.T / sqrt(d)
 
 Scanned checkpoints (scalable_t5, flaxformer `scan_layers`) keep each stack's layers in one array
 under `encoder/encoder/...` / `decoder/decoder/...` with the layer axis at `param_scan_axis` (the
@@ -56,7 +56,8 @@ def gin_bindings(text: str) -> dict[str, Any]:
   found = {}
   for field, value in re.findall(r"^(?:[\w.]*\.)?T5Config\.(\w+)\s*=\s*(.+?)\s*$", text, flags=re.MULTILINE):
     found[field] = value
-  for field, value in re.findall(r"^[\w.]*?\b((?:param_)?scan_axis)\s*=\s*(.+?)\s*$", text, flags=re.MULTILINE):
+  scan_axis = r"^[\w.]*?\b((?:param_)?scan_axis)\s*=\s*(.+?)\s*$"
+  for field, value in re.findall(scan_axis, text, flags=re.MULTILINE):
     found.setdefault("param_scan_axis", value)
   values = {}
   for field, value in found.items():
