@@ -32,10 +32,10 @@ def t5x_tree(params: dict) -> dict:
   return walk(params)
 
 
-def scanned_tree(tree: dict, layers: dict, four_d: bool, heads: int) -> dict:
+def scanned_tree(tree: dict, layers: dict, four_d: bool, heads: int, axis: int = 1) -> dict:
   """A t5x unscanned tree -> scanned (`encoder/encoder`, layer axis 1), per-layer relpos tables (the
   layers' own, else the shared one repeated); q/k/v [d, L, H, kv] and out [H, L, kv, d] when `four_d`
-  (scalable_t5), else joined (flaxformer)."""
+  (scalable_t5), else joined (flaxformer); the layer axis then moved to `axis` (param_scan_axis)."""
   out = {"token_embedder": tree["token_embedder"]}
   for stack, count in layers.items():
     per_layer = [tree[stack][f"layers_{i}"] for i in range(count)]
@@ -56,10 +56,15 @@ def scanned_tree(tree: dict, layers: dict, four_d: bool, heads: int) -> dict:
     if "relpos_bias" in tree[stack]:
       table = tree[stack]["relpos_bias"]["rel_embedding"]
       scanned["relpos_bias"] = {"rel_embedding": np.stack([table] * count, axis=1)}
+    scanned = _map(lambda x: np.ascontiguousarray(np.moveaxis(x, 1, axis)), scanned)
     out[stack] = {stack: scanned, f"{stack}_norm": tree[stack][f"{stack}_norm"]}
   if "logits_dense" in tree["decoder"]:
     out["decoder"]["logits_dense"] = tree["decoder"]["logits_dense"]
   return out
+
+
+def _map(fn, tree):
+  return {k: _map(fn, v) if isinstance(v, dict) else fn(v) for k, v in tree.items()}
 
 
 def _flat(tree, prefix=()):
@@ -133,7 +138,7 @@ NUM_LAYERS = {layers}
 network.T5Config.emb_dim = {d_model}
 network.T5Config.num_encoder_layers = %NUM_LAYERS
 network.T5Config.mlp_activations = ('gelu', 'linear')
-network.T5Config.param_scan_axis = 1
+network.T5Config.param_scan_axis = {axis}
 network.T5Config.dropout_rate = 0.0
 network.T5Config.dtype = 'bfloat16'
 """

@@ -88,17 +88,19 @@ def test_orbax_ocdbt_checkpoint_gives_hf_logits(base):
   _check_logits(base, model_dir)
 
 
-@pytest.mark.parametrize("four_d", [True, False], ids=["scalable_t5_4d", "flaxformer_3d"])
-def test_scanned_checkpoints_give_hf_logits(base, four_d):
+@pytest.mark.parametrize("four_d, axis", [(True, 1), (False, 1), (True, 0)],
+                         ids=["scalable_t5_4d", "flaxformer_3d", "scalable_t5_4d_param_scan_axis_0"])
+def test_scanned_checkpoints_give_hf_logits(base, four_d, axis):
+  """The layer axis at config.gin's param_scan_axis (1 in t5x's gin files)."""
   config = base["config"]
   scanned = t5x_fixtures.scanned_tree(
       base["tree"], {"encoder": config.num_encoder_layers, "decoder": config.num_decoder_layers},
-      four_d, config.num_heads)
-  model_dir = os.path.join(base["root"], f"scanned_{four_d}")
+      four_d, config.num_heads, axis)
+  model_dir = os.path.join(base["root"], f"scanned_{four_d}_{axis}")
   t5x_fixtures.write_legacy(os.path.join(model_dir, "checkpoint_1"), scanned, inline=False,
                             compressor="zstd")
   with open(os.path.join(model_dir, "config.gin"), "w") as f:
-    f.write(t5x_fixtures.GIN.format(layers=config.num_encoder_layers, d_model=config.d_model))
+    f.write(t5x_fixtures.GIN.format(axis=axis, layers=config.num_encoder_layers, d_model=config.d_model))
   model, params = _check_logits(base, model_dir)
   assert model.config.dropout_rate == 0.0  # from config.gin
   assert not model.config.relative_attention_per_layer  # all layers' tables equal: mT5's shared one
@@ -263,7 +265,7 @@ def test_the_vocabulary_comes_from_the_runs_config_gin(base, tmp_path):
   with pytest.raises(MissingPathError, match="no vocabulary"):
     load_vocabulary(str(tmp_path / "run"))
   with open(tmp_path / "run" / "config.gin", "w") as f:
-    f.write(t5x_fixtures.GIN.format(layers=base["config"].num_encoder_layers, d_model=base["config"].d_model)
+    f.write(t5x_fixtures.GIN.format(axis=1, layers=base["config"].num_encoder_layers, d_model=base["config"].d_model)
             + f"seqio.SentencePieceVocabulary.sentencepiece_model_file = '{spm}'\n")
   vocabulary = load_vocabulary(str(tmp_path / "run"))
   text = "The quick brown fox"

@@ -137,13 +137,14 @@ class T5xLayout:
     return bool(wanted)
 
   def _relpos_shape(self, stack: str) -> tuple[int, int]:
-    shape = self.names.get(f"{stack}/relpos_bias/rel_embedding") or self._per_layer_relpos(stack)
-    return shape[0], shape[-1]
-
-  def _per_layer_relpos(self, stack: str) -> tuple[int, ...]:
-    for name in (f"{stack}/{stack}/relpos_bias/rel_embedding", f"{stack}/layers_0/relpos_bias/rel_embedding"):
+    """(heads, buckets) of the stack's table: shared, layer 0's, or scanned (the layer axis dropped)."""
+    for name in (f"{stack}/relpos_bias/rel_embedding", f"{stack}/layers_0/relpos_bias/rel_embedding"):
       if name in self.names:
         return self.names[name]
+    scanned = self.names.get(f"{stack}/{stack}/relpos_bias/rel_embedding")
+    if scanned is not None:
+      heads, buckets = (s for j, s in enumerate(scanned) if j != self.axis)
+      return heads, buckets
     raise UserError(f"{self.ckpt.describe()}: no relative position table for the {stack} "
                     f"({stack}/relpos_bias/rel_embedding)")
 
