@@ -271,3 +271,30 @@ def test_the_vocabulary_comes_from_the_runs_config_gin(base, tmp_path):
   text = "The quick brown fox"
   assert vocabulary.encode(text) == load_vocabulary(None, str(spm)).encode(text)
   assert str(spm) in open_model_path(str(tmp_path / "run")).vocabulary_candidates()
+
+
+def test_each_host_reads_only_its_part(base):
+  """Two processes, a model axis spanning both: each reads about half of the sharded arrays from
+  the tensorstore checkpoint (q/k/v by heads out of t5x's joined [embed, heads*kv]) and every shard
+  equals the whole array's part (tests/t5x_multiprocess_worker.py)."""
+  import subprocess
+  import sys
+  from tests.test_multiprocess import free_port
+  step_dir = os.path.join(base["root"], "hosts", "checkpoint_1")
+  t5x_fixtures.write_legacy(step_dir, base["tree"], inline=False)
+  worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "t5x_multiprocess_worker.py")
+  port = str(free_port())
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  workers = [subprocess.Popen([sys.executable, worker, str(i), port, step_dir], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+  outputs = []
+  for process in workers:
+    try:
+      outputs.append(process.communicate(timeout=180)[0])
+    except subprocess.TimeoutExpired:
+      for w in workers:
+        w.kill()
+      raise
+  for i, (process, output) in enumerate(zip(workers, outputs)):
+    assert process.returncode == 0 and f"process {i}: OK" in output, output[-3000:]

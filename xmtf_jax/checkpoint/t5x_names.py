@@ -155,20 +155,34 @@ class T5xLayout:
 
   # -- reading one of our parameters --
 
-  def reader(self, path: Path, config: T5Config) -> Callable[[], np.ndarray]:
-    """A function reading our per-layer parameter `path` as float32 in our layout."""
+  def reader(self, path: Path, config: T5Config, shape: tuple) -> Callable[..., np.ndarray]:
+    """A function reading our per-layer parameter `path` (our `shape`) as float32 in our layout, or
+    only its part `box` (a tuple of slices of our shape): read alone from storage where the stored
+    layout names it (same or joined axes), else cut from the whole array."""
     name = "/".join(path)
     if path == ("decoder", "logits_dense", "kernel") and name not in self.names:
-      return lambda: self._tied_head(config)
+      return _cut(lambda: self._tied_head(config))
     if path[-2:] == ("relpos_bias", "embedding"):
       layer = int(path[1][len("layers_"):]) if len(path) == 4 else None
-      return lambda: self._relpos(path[0], config, layer).T
+      return _cut(lambda: self._relpos(path[0], config, layer).T)
     match = re.match(r"(encoder|decoder)/layers_(\d+)/(.+)$", name)
+    layer = None
     if match and self.scanned:
       stack, layer, rest = match.groups()
-      index = tuple([slice(None)] * self.axis + [int(layer)])
-      return lambda: self._read(f"{stack}/{stack}/{rest}", index)
-    return lambda: self._read(name)
+      name, layer = f"{stack}/{stack}/{rest}", int(layer)
+
+    def read(box: Optional[tuple] = None) -> np.ndarray:
+      stored = self.names.get(name, ())
+      if layer is not None:
+        stored = tuple(s for j, s in enumerate(stored) if j != self.axis)
+      index = None if box is None else _stored_index(box, shape, stored)
+      if index is None:  # the whole array (cut to the box, if any)
+        whole = self._read(name, () if layer is None else (slice(None),) * self.axis + (layer,))
+        return whole.reshape(shape) if box is None else whole.reshape(shape)[box]
+      if layer is not None:
+        index = index[:self.axis] + (layer,) + index[self.axis:]
+      return self._read(name, index).reshape([b.stop - b.start for b in box])
+    return read
 
   def _tied_head(self, config: T5Config) -> np.ndarray:
     """embedding.T / sqrt(d_model) (t5x's logits via the embedding), scaled in place: two copies of
@@ -227,7 +241,7 @@ def read_plan(layout: T5xLayout, config: T5Config) -> dict[Path, tuple[Callable[
   for key_path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]:
     path = layer_stacking.path_keys(key_path)
     try:
-      plan[path] = (layout.reader(path, config), tuple(leaf.shape))
+      plan[path] = (layout.reader(path, config, tuple(leaf.shape)), tuple(leaf.shape))
     except UserError as error:
       problems.append(str(error))
       continue
@@ -250,10 +264,40 @@ def _stored_shape(layout: T5xLayout, path: Path) -> Optional[tuple]:
   return layout.names.get(name) if path[-2:] != ("relpos_bias", "embedding") else None
 
 
-def read_param(plan, path: Path) -> np.ndarray:
-  """One of our per-layer parameters, float32, in our layout."""
+def read_param(plan, path: Path, box: Optional[tuple] = None) -> np.ndarray:
+  """One of our per-layer parameters, float32, in our layout (or its part `box`: slices, steps 1)."""
   read, shape = plan[path]
+  if box is not None:
+    return np.ascontiguousarray(read(box))
   return np.ascontiguousarray(read()).reshape(shape)
+
+
+def _cut(whole: Callable[[], np.ndarray]) -> Callable[..., np.ndarray]:
+  return lambda box=None: whole() if box is None else whole()[box]
+
+
+def _stored_index(box: tuple, ours: tuple, stored: tuple) -> Optional[tuple]:
+  """The index of stored data holding `box` of our shape: the box itself when the shapes agree, the
+  joined range when the store joins two of our axes (t5x's [embed, heads*kv] for our [embed, heads,
+  kv]) and the box spans the second whole; None otherwise."""
+  if tuple(stored) == tuple(ours):
+    return box
+  for k in range(len(ours) - 1):
+    if tuple(stored) == ours[:k] + (ours[k] * ours[k + 1],) + ours[k + 2:]:
+      if (box[k + 1].start, box[k + 1].stop) != (0, ours[k + 1]):
+        return None
+      joined = slice(box[k].start * ours[k + 1], box[k].stop * ours[k + 1])
+      return box[:k] + (joined,) + box[k + 2:]
+  return None
+
+
+def host_box(sharding: Any, shape: tuple) -> Optional[tuple]:
+  """The smallest box (slices) holding every part of an array of `shape` that this host's devices
+  hold under `sharding`; None when that is the whole array (one host, or replicated)."""
+  parts = [tuple(s.indices(d)[:2] for s, d in zip(index, shape))
+           for index in sharding.addressable_devices_indices_map(shape).values()]
+  box = tuple(slice(min(p[i][0] for p in parts), max(p[i][1] for p in parts)) for i in range(len(shape)))
+  return None if all((b.start, b.stop) == (0, d) for b, d in zip(box, shape)) else box
 
 
 def load_params(ckpt: T5xCheckpoint, mesh: Any = None, logical_axis_rules=None, **overrides):
@@ -273,17 +317,24 @@ def load_params(ckpt: T5xCheckpoint, mesh: Any = None, logical_axis_rules=None, 
   params: dict = {}
   for leaf, per_layer in groups.items():
     per_layer.sort(key=lambda p: layer_stacking.stacked_location(p)[1] or 0)
-    if len(per_layer) == 1 and leaf == per_layer[0]:
-      array = read_param(plan, leaf)
+    single = len(per_layer) == 1 and leaf == per_layer[0]
+    shape = plan[leaf][1] if single else (len(per_layer),) + plan[per_layer[0]][1]
+    target = shardings
+    for key in leaf if shardings is not None else ():
+      target = target[key]
+    # Several hosts: each reads only the part its devices hold (the box), where storage allows.
+    box = host_box(target, shape) if target is not None else None
+    if single:
+      array = read_param(plan, leaf, box)
     else:
-      array = np.stack([read_param(plan, p) for p in per_layer])
-    if shardings is None:
+      layers = per_layer if box is None else per_layer[box[0]]
+      array = np.stack([read_param(plan, p, None if box is None else box[1:]) for p in layers])
+    if target is None:
       placed = jax.device_put(array)
     else:
-      target = shardings
-      for key in leaf:
-        target = target[key]
-      placed = jax.make_array_from_callback(array.shape, target, lambda index, a=array: a[index])
+      start = [0] * len(shape) if box is None else [b.start for b in box]
+      placed = jax.make_array_from_callback(shape, target, lambda index, a=array, s=start: a[tuple(
+          slice(i.indices(d)[0] - o, i.indices(d)[1] - o) for i, d, o in zip(index, shape, s))])
     node = params
     for key in leaf[:-1]:
       node = node.setdefault(key, {})
