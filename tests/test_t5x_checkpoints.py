@@ -265,7 +265,8 @@ def test_the_vocabulary_comes_from_the_runs_config_gin(base, tmp_path):
   with pytest.raises(MissingPathError, match="no vocabulary"):
     load_vocabulary(str(tmp_path / "run"))
   with open(tmp_path / "run" / "config.gin", "w") as f:
-    f.write(t5x_fixtures.GIN.format(axis=1, layers=base["config"].num_encoder_layers, d_model=base["config"].d_model)
+    config = base["config"]
+    f.write(t5x_fixtures.GIN.format(axis=1, layers=config.num_encoder_layers, d_model=config.d_model)
             + f"seqio.SentencePieceVocabulary.sentencepiece_model_file = '{spm}'\n")
   vocabulary = load_vocabulary(str(tmp_path / "run"))
   text = "The quick brown fox"

@@ -302,7 +302,8 @@ def host_box(sharding: Any, shape: tuple) -> Optional[tuple]:
 
 def load_params(ckpt: T5xCheckpoint, mesh: Any = None, logical_axis_rules=None, **overrides):
   """(config, float32 params) of a t5x checkpoint, one array at a time onto `mesh` (or the default
-  device), in the layer layout of the config (`scan_layers` among `overrides`)."""
+  device), in the layer layout of the config (`scan_layers` among `overrides`). On a mesh spanning
+  hosts each host reads only the box its devices hold (`host_box`), from storage where it can."""
   layout = T5xLayout(ckpt)
   config = layout.config(**overrides)
   plan = read_plan(layout, config)
