@@ -5,7 +5,7 @@
 
 Writing checkpoints (and resuming a run's optimizer state and data position) is `train/checkpoints.py`.
 """
-from xmtf_jax.checkpoint.model_path import (HF_FOLDER, OUR_RUN, OUR_STEP, ModelPath, ModelPathError,
+from xmtf_jax.checkpoint.model_path import (HF_FOLDER, OUR_RUN, OUR_STEP, T5X, ModelPath, ModelPathError,
                                             open_model_path)
 
-__all__ = ["HF_FOLDER", "OUR_RUN", "OUR_STEP", "ModelPath", "ModelPathError", "open_model_path"]
+__all__ = ["HF_FOLDER", "OUR_RUN", "OUR_STEP", "T5X", "ModelPath", "ModelPathError", "open_model_path"]

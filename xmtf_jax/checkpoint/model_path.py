@@ -11,13 +11,15 @@ The path is listed once; the kinds are tried in one order (`KINDS`), the first t
   our_run     `checkpoint_<step>/` folders inside: a MODEL_DIR; its latest complete step (or `step`)
   mesh_tf     a Mesh TensorFlow checkpoint (model.ckpt-<step>.index + .data-*): its folder or prefix;
               `step_dir` is the prefix read (mesh_tf_format.py)
+  t5x         a t5x checkpoint (t5x_format.py): a `checkpoint_<step>` holding the msgpack `checkpoint`
+              file or an Orbax `state/`, that file itself, or a t5x model dir of such steps
 
 A Hub id (`google/mt5-small`: no such local path) is resolved into the HF cache (hub_ids.py) and its
 snapshot folder opened as above.
 
 An HF folder exported into a run's directory (MODEL_DIR/hf) is an HF folder when named itself; the
-run's directory stays a run. More kinds (a t5x checkpoint, a Mesh TensorFlow checkpoint) are one more
-entry in `KINDS`: a function from the listing to a ModelPath or None.
+run's directory stays a run. Another format is one more entry in `KINDS`: a function from the listing
+to a ModelPath or None.
 """
 from __future__ import annotations
 
@@ -26,12 +28,13 @@ import functools
 from typing import Any, Callable, Optional
 
 from xmtf_jax import paths
-from xmtf_jax.checkpoint import hub_ids, mesh_tf_format, xmtf_format
+from xmtf_jax.checkpoint import hub_ids, mesh_tf_format, t5x_format, xmtf_format
 from xmtf_jax.errors import MissingPathError, UserError
 
 HF_FOLDER = "hf_folder"
 OUR_STEP = "our_step"
 OUR_RUN = "our_run"
+T5X = "t5x"
 MESH_TF = "mesh_tf"
 VOCABULARY_FILES = ("spiece.model", "sentencepiece.model")
 
@@ -72,11 +75,13 @@ class ModelPath:
 
   def vocabulary_candidates(self) -> list[str]:
     """SentencePiece models that go with the model, in order: a file in the folder, then the one
-    our training (or a Mesh TF run's gin) recorded (not checked for existence: it may lie on another
-    machine's disk, or in gs://t5-data)."""
+    our training recorded, a t5x run's config.gin or a Mesh TF run's operative_config.gin names (not
+    checked for existence: it may lie on another machine's disk, or in gs://t5-data)."""
     found = [paths.join(self.path, name) for name in VOCABULARY_FILES if name in self.names]
     if self.is_ours and self.metadata.get("vocabulary_path"):
       found.append(self.metadata["vocabulary_path"])
+    if self.kind == T5X and self.t5x().vocabulary_path():
+      found.append(self.t5x().vocabulary_path())
     if self.kind == MESH_TF:  # the one its operative_config.gin names
       found += mesh_tf_format.gin_vocabularies(self.path, self.names)
     return found
@@ -93,9 +98,17 @@ class ModelPath:
       raise ValueError(f"{self.path} is an {self.kind}, not a checkpoint of our training")
     return xmtf_format.StepReader(self.step_dir, self.metadata)
 
+  def t5x(self) -> t5x_format.T5xCheckpoint:
+    """The t5x checkpoint of a T5X path (see t5x_format.T5xCheckpoint)."""
+    if self.kind != T5X:
+      raise ValueError(f"{self.path} is an {self.kind}, not a t5x checkpoint")
+    return t5x_format.T5xCheckpoint(self.step_dir, self.step)
+
   def describe(self) -> str:
     if self.kind == HF_FOLDER:
       return f"HF folder {self.path}"
+    if self.kind == T5X:
+      return f"t5x checkpoint {self.step_dir} (step {self.step})"
     return f"checkpoint {self.step_dir} (step {self.step})"
 
 
@@ -121,6 +134,14 @@ def _our_step(listing: Listing, step: Optional[int]) -> Optional[ModelPath]:
   return ModelPath(OUR_STEP, listing.path, listing.names, step=own, step_dir=listing.path)
 
 
+def _t5x(listing: Listing, step: Optional[int]) -> Optional[ModelPath]:
+  found = t5x_format.find_step_dir(listing.path, listing.names, step)
+  if found is None:
+    return None
+  step_dir, own = found
+  return ModelPath(T5X, listing.path, listing.names or frozenset(), step=own, step_dir=step_dir)
+
+
 def _our_run(listing: Listing, step: Optional[int]) -> Optional[ModelPath]:
   named = sorted(s for s in map(xmtf_format.step_of_name, listing.names or ()) if s is not None)
   if not named:
@@ -132,9 +153,12 @@ def _our_run(listing: Listing, step: Optional[int]) -> Optional[ModelPath]:
   for candidate in ([step] if step is not None else reversed(named)):  # the latest complete one
     step_dir = xmtf_format.step_directory(listing.path, candidate)
     try:
-      complete = xmtf_format.is_step_listing(paths.listdir(step_dir), remote)
+      names = paths.listdir(step_dir)
     except (FileNotFoundError, NotADirectoryError):
-      complete = False
+      names = []
+    if t5x_format.is_step_listing(names):
+      return None  # a t5x model dir (the t5x kind)
+    complete = xmtf_format.is_step_listing(names, remote)
     if complete:
       return ModelPath(OUR_RUN, listing.path, listing.names, step=candidate, step_dir=step_dir,
                        steps=tuple(named))
@@ -152,14 +176,17 @@ def _mesh_tf(listing: Listing, step: Optional[int]) -> Optional[ModelPath]:
   return ModelPath(MESH_TF, folder, names, step=own, step_dir=prefix)
 
 
-# (kind, what it looks for, detector): the one precedence. A detector returns None when the listing
-# is not its kind, and raises only for a `step` its kind cannot give.
+# (kind, what it looks for, detector): the one precedence (Mesh TF before t5x: a Mesh TF folder's
+# TensorFlow `checkpoint` state file would look like a t5x step's msgpack). A detector returns None
+# when the listing is not its kind, and raises only for a `step` its kind cannot give.
 KINDS: tuple[tuple[str, str, Callable[[Listing, Optional[int]], Optional[ModelPath]]], ...] = (
     (HF_FOLDER, "no config.json (an HF mT5/mT0 or BLOOM folder)", _hf_folder),
     (OUR_STEP, "neither a checkpoint directory (checkpoint_<step>/ with params/ and metadata/)",
      _our_step),
     (OUR_RUN, f"nor a MODEL_DIR holding one ({xmtf_format.STEP_PREFIX}_<step>/ folders)", _our_run),
     (MESH_TF, "nor a Mesh TensorFlow checkpoint (model.ckpt-<step>.index and .data-*)", _mesh_tf),
+    (T5X, "nor a t5x checkpoint (checkpoint_<step>/ with a `checkpoint` file or an Orbax state/, or a "
+     "t5x model dir of them)", _t5x),
 )
 
 
@@ -197,7 +224,7 @@ def open_model_path(path: Any, step: Optional[int] = None) -> ModelPath:
     what = "a file, not a folder" if paths.exists(listing.path) else "no such directory"
     raise ModelPathError(f"{path}: not a model path ({what}); expected a folder: an HF mT5/mT0 or BLOOM "
                          f"folder (config.json inside), a training run's MODEL_DIR or one of its "
-                         f"{xmtf_format.STEP_PREFIX}_<step> directories")
+                         f"{xmtf_format.STEP_PREFIX}_<step> directories, or a t5x checkpoint")
   looked_for = "; ".join(text for _, text, _ in KINDS)
   raise ModelPathError(f"{path}: not a model path: {looked_for}. It holds "
                        f"{_shown(sorted(listing.names))}")

@@ -6,6 +6,7 @@ our layout, as a host numpy array on every process. Sources:
   InMemoryParams     a loaded params tree (numpy or jax arrays, sharded over a mesh, even multi-host:
                      a tensor spanning hosts is all-gathered, so every process must read in step)
   HFFolderParams     an HF folder of either family (re-export: another dtype or sharding), memory-mapped
+  T5xParams          a t5x checkpoint, one tensor (or one layer of a scanned array) at a time
   CheckpointParams   one step of our training, each tensor restored alone by an orbax partial restore
                      straight into host memory (an XXL checkpoint exports on a host that could not
                      hold the model); read with `checkpoint/xmtf_format.py`
@@ -23,8 +24,8 @@ import jax
 import numpy as np
 
 from xmtf_jax import paths
-from xmtf_jax.checkpoint import mesh_tf_format, xmtf_format
-from xmtf_jax.checkpoint.model_path import HF_FOLDER, MESH_TF, ModelPath, open_model_path
+from xmtf_jax.checkpoint import mesh_tf_format, t5x_names, xmtf_format
+from xmtf_jax.checkpoint.model_path import HF_FOLDER, MESH_TF, T5X, ModelPath, open_model_path
 from xmtf_jax.errors import UserError
 from xmtf_jax.hf import accounting, families
 from xmtf_jax.hf import reader as hf_reader
@@ -220,10 +221,35 @@ class MeshTFParams(ParamSource):
     return f"Mesh TensorFlow checkpoint {self.prefix}"
 
 
+class T5xParams(ParamSource):
+  """A t5x checkpoint (legacy or Orbax, scanned or not), one tensor (one layer's slice) at a time
+  (`checkpoint/t5x_names.py`); every name and shape is checked when it is opened."""
+
+  def __init__(self, path: Union[str, ModelPath], step: Optional[int] = None):
+    opened = open_model_path(path, step)
+    self._ckpt = opened.t5x()
+    layout = t5x_names.T5xLayout(self._ckpt)
+    self.config = layout.config()
+    self._plan = t5x_names.read_plan(layout, self.config)
+    self.step = opened.step
+
+  def read(self, path):
+    return t5x_names.read_param(self._plan, path)
+
+  def load_for_verify(self):
+    config, params = t5x_names.load_params(self._ckpt, dropout_rate=0.0)
+    return model_family.model_for(config), params
+
+  def card_facts(self) -> dict:
+    return {"steps": self.step}
+
+  def describe(self):
+    return self._ckpt.describe()
+
+
 def open_source(path: Union[str, ModelPath], step: Optional[int] = None) -> ParamSource:
   """The export source of any model path: an HF folder, one of our checkpoints (MODEL_DIR: `step`,
-  default its latest; or a checkpoint_<step> directory) or a Mesh TensorFlow checkpoint."""
+  default its latest; or a checkpoint_<step> directory), a t5x or a Mesh TensorFlow checkpoint."""
   opened = open_model_path(path, step)
-  if opened.kind == HF_FOLDER:
-    return HFFolderParams(opened)
-  return MeshTFParams(opened) if opened.kind == MESH_TF else CheckpointParams(opened)
+  sources = {HF_FOLDER: HFFolderParams, T5X: T5xParams, MESH_TF: MeshTFParams}
+  return sources.get(opened.kind, CheckpointParams)(opened)

@@ -1,23 +1,23 @@
-"""Pretrained weights from any model path: an HF folder (mT5/mT0 or BLOOM/BLOOMZ) or one of our training
-checkpoints, of either model family (the family comes from config.json's `model_type` or from the
-checkpoint's metadata; `model.family.model_for` builds the matching task-level model).
+"""Pretrained weights from any model path: an HF folder (mT5/mT0 or BLOOM/BLOOMZ), one of our training
+checkpoints (either model family) or a t5x checkpoint (mT5 family). The family comes from config.json's
+`model_type` or from the checkpoint's metadata; `model.family.model_for` builds the matching model.
 
     model, params = load_pretrained(path, mesh)        # also `xmtf_jax.load_pretrained`
 
 What the path holds is decided once, by `checkpoint.open_model_path` (one listing, one precedence);
 this module reads each kind with its reader: HF folders with `hf/reader.py`, our checkpoints with
-`checkpoint/xmtf_format.py`, Mesh TensorFlow checkpoints with `checkpoint/mesh_tf_format.py` (which
-imports TensorFlow only when it reads one). Training starts from these (INITIAL_CHECKPOINT_PATH);
-evaluation and inference read them. Imports neither seqio nor TensorFlow (the vocabulary:
-`train/vocabulary.py`).
+`checkpoint/xmtf_format.py`, t5x checkpoints with `checkpoint/t5x_names.py`, Mesh TensorFlow
+checkpoints with `checkpoint/mesh_tf_format.py` (which imports TensorFlow only when it reads one).
+Training starts from these (INITIAL_CHECKPOINT_PATH); evaluation and inference read them. Imports
+neither seqio nor TensorFlow (the vocabulary: `train/vocabulary.py`).
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, Optional, Union
 
-from xmtf_jax.checkpoint import mesh_tf_format, xmtf_format
-from xmtf_jax.checkpoint.model_path import HF_FOLDER, MESH_TF, ModelPath, open_model_path
+from xmtf_jax.checkpoint import mesh_tf_format, t5x_names, xmtf_format
+from xmtf_jax.checkpoint.model_path import HF_FOLDER, MESH_TF, T5X, ModelPath, open_model_path
 from xmtf_jax.hf import reader as hf_reader
 from xmtf_jax.model import family
 from xmtf_jax.parallel import partitioning
@@ -30,6 +30,8 @@ def read_config(path: PathLike, **config_overrides) -> family.ModelConfig:
   path = open_model_path(path)
   if path.kind == HF_FOLDER:
     return hf_reader.read_hf_config(path.path, **config_overrides)
+  if path.kind == T5X:
+    return t5x_names.read_config(path.t5x(), **config_overrides)
   if path.kind == MESH_TF:
     return dataclasses.replace(mesh_tf_format.MeshTFReader(path.step_dir, path.names).config,
                                **config_overrides)
@@ -43,6 +45,8 @@ def load_params(path: PathLike, mesh: Optional[Any] = None, logical_axis_rules=N
   path = open_model_path(path)
   if path.kind == HF_FOLDER:
     return hf_reader.load_hf_folder(path.path, mesh, logical_axis_rules, **config_overrides)
+  if path.kind == T5X:
+    return t5x_names.load_params(path.t5x(), mesh, logical_axis_rules, **config_overrides)
   if path.kind == MESH_TF:
     return mesh_tf_format.MeshTFReader(path.step_dir, path.names).load_params(mesh, logical_axis_rules,
                                                                               **config_overrides)
@@ -56,9 +60,10 @@ def load_pretrained(path: PathLike, mesh: Optional[Any] = None, *, logical_axis_
 
   path: an HF mT5/mT0 or BLOOM folder (config.json + safetensors or pytorch_model.bin), or one of our
     training checkpoints: a MODEL_DIR (its latest checkpoint) or a MODEL_DIR/checkpoint_<step>
-    directory (the config and its family come from the checkpoint's metadata; no gin needed); a Mesh
-    TensorFlow checkpoint (folder or model.ckpt-<step> prefix); an HF Hub id (`google/mt5-small`, through
-    the HF cache); or a `ModelPath` already opened.
+    directory (the config and its family come from the checkpoint's metadata; no gin needed); a t5x
+    checkpoint (model dir, checkpoint_<step> or its `checkpoint` file; legacy or Orbax, scanned or
+    not: `checkpoint/t5x_names.py`); a Mesh TensorFlow checkpoint (folder or model.ckpt-<step>
+    prefix); an HF Hub id (`google/mt5-small`, through the HF cache); or a `ModelPath` already opened.
   mesh: a `jax.sharding.Mesh` with axes (data, model) (see `partitioning.make_mesh`); parameters are
     placed on it directly with the shardings of `logical_axis_rules` (default rules if None).
   config_overrides: config fields to change, e.g. dtype="bfloat16", dropout_rate=0.0.

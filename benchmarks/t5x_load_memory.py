@@ -1,0 +1,107 @@
+"""Host memory of loading a t5x checkpoint against the size of the model and of its largest array.
+
+    .venv/bin/python benchmarks/t5x_load_memory.py [--size=base] [--format=legacy] [--workdir=/tmp/t5x_bench]
+
+Writes a random-weight T5.1.1-shaped model (vocabulary 32128) as a t5x checkpoint, bfloat16 as t5x
+stores it: `legacy` (msgpack + tensorstore zarr directories, gzip) or `orbax` (OCDBT), as
+tests/t5x_fixtures.py writes them. Then, in fresh processes, peak resident memory (VmHWM) of
+  1. the imports (jax with its CPU backend started, tensorstore, the checkpoint modules): the floor;
+  2. `read`: every parameter read (float32, our layout) one at a time and dropped, as the export and
+     a load onto an accelerator (the array leaves the host) do;
+  3. `load`: `pretrained.load_params` onto the CPU device, where the loaded model itself lives in
+     host memory (floor + the float32 model is then the least possible).
+The reader should stay near floor + a few copies of the largest array (read as stored, cast to
+float32, transposed for the LM head), far below floor + the model.
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZES = {  # d_model, d_ff, heads, layers (T5.1.1 shapes, vocabulary 32128)
+    "small": (512, 1024, 6, 8), "base": (768, 2048, 12, 12)}
+
+
+def child(kind: str, workdir: str) -> None:
+  sys.path.insert(0, REPO)
+  os.environ["JAX_PLATFORMS"] = "cpu"
+  import jax
+  import tensorstore  # noqa: F401  (the reader imports it when it opens an array: part of the floor)
+  from xmtf_jax.checkpoint import open_model_path, t5x_names
+  from xmtf_jax.train import pretrained
+  jax.numpy.zeros(1).block_until_ready()  # the CPU backend, as every kind starts it: the floor too
+  run = os.path.join(workdir, "run")
+  if kind == "read":
+    layout = t5x_names.T5xLayout(open_model_path(run).t5x())
+    plan = t5x_names.read_plan(layout, layout.config())
+    for path in plan:
+      t5x_names.read_param(plan, path)
+  elif kind == "load":
+    pretrained.load_params(run)
+  with open("/proc/self/status") as f:  # VmHWM: this process image's peak (ru_maxrss carries the parent's)
+    peak = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+  print(json.dumps({"peak_rss_bytes": peak}))
+
+
+def make_checkpoint(size: str, fmt: str, workdir: str) -> dict:
+  sys.path.insert(0, REPO)
+  os.environ["JAX_PLATFORMS"] = "cpu"
+  import jax
+  import numpy as np
+  from tests import t5x_fixtures
+  from xmtf_jax.model import family, layer_stacking
+  from xmtf_jax.model.config import T5Config
+  d_model, d_ff, heads, layers = SIZES[size]
+  config = T5Config(vocab_size=32128, d_model=d_model, d_ff=d_ff, num_heads=heads, d_kv=64,
+                    num_encoder_layers=layers, num_decoder_layers=layers)
+  rng = np.random.default_rng(0)
+  params: dict = {}
+  for key_path, leaf in jax.tree_util.tree_flatten_with_path(family.model_for(config).abstract_params())[0]:
+    node = params
+    path = layer_stacking.path_keys(key_path)
+    for key in path[:-1]:
+      node = node.setdefault(key, {})
+    node[path[-1]] = (rng.standard_normal(leaf.shape, np.float32) * 0.05)
+  tree = t5x_fixtures.t5x_tree(params)
+  del params
+  step_dir = os.path.join(workdir, "run", "checkpoint_1")
+  if fmt == "legacy":
+    t5x_fixtures.write_legacy(step_dir, tree, inline=False, dtype="bfloat16")
+  else:
+    t5x_fixtures.write_orbax(step_dir, tree)
+  sizes = [x.size * 4 for x in jax.tree.leaves(tree)]
+  stored = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(step_dir) for f in fs)
+  return {"model_bytes": sum(sizes), "largest_tensor_bytes": max(sizes), "stored_bytes": stored}
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--size", default="base", choices=sorted(SIZES))
+  parser.add_argument("--format", default="legacy", choices=("legacy", "orbax"))
+  parser.add_argument("--workdir", default="/tmp/t5x_bench")
+  parser.add_argument("--child", default=None)
+  args = parser.parse_args()
+  if args.child:
+    return child(args.child, args.workdir)
+  shutil.rmtree(args.workdir, ignore_errors=True)
+  os.makedirs(args.workdir)
+  facts = make_checkpoint(args.size, args.format, args.workdir)
+  kinds = ("imports", "read", "load")
+  for kind in kinds:
+    out = subprocess.run([sys.executable, __file__, f"--child={kind}", f"--workdir={args.workdir}"],
+                         check=True, capture_output=True, text=True).stdout
+    facts[kind] = json.loads(out.strip().splitlines()[-1])["peak_rss_bytes"]
+  mb = lambda b: f"{b / 1e6:.0f} MB"
+  print(f"t5x {args.format} checkpoint, T5.1.1-{args.size} shapes: stored {mb(facts['stored_bytes'])} "
+        f"(bfloat16), model {mb(facts['model_bytes'])} float32, largest array "
+        f"{mb(facts['largest_tensor_bytes'])} float32")
+  for kind in kinds:
+    print(f"  peak RSS {kind:8s} {mb(facts[kind])}  (above imports: {mb(facts[kind] - facts['imports'])})")
+  shutil.rmtree(args.workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+  main()
