@@ -1,0 +1,212 @@
+"""Continuing a t5x run (train/t5x_optimizer.py): a legacy t5x checkpoint written with Adafactor slots
+for step N (tests/t5x_fixtures.py), restored into our train state; the next update must be t5x's
+Adafactor update (t5x/adafactor.py `apply_param_gradient`, written out in numpy below) from the same
+moments, step and gradients, for factored and full second moments, with and without momentum, in
+either layer layout; slots that do not fit are named."""
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from tests import t5x_fixtures
+from xmtf_jax.checkpoint import open_model_path
+from xmtf_jax.errors import UserError
+from xmtf_jax.model import family, layer_stacking
+from xmtf_jax.model.config import T5Config
+from xmtf_jax.parallel import partitioning
+from xmtf_jax.train import checkpoints, loop, optim, reporting, step_assembly, t5x_optimizer
+
+STEP = 1000
+# d_model 16 with min_dim_size_to_factor 16: wi/wo/embedding/logits factored; q/k/v/out, norms and
+# the relative position table ([heads, buckets], stored transposed) keep a full v.
+CONFIG = T5Config(vocab_size=64, d_model=16, d_kv=4, num_heads=2, d_ff=24, num_encoder_layers=2,
+                  num_decoder_layers=1, relative_attention_num_buckets=8, dropout_rate=0.0)
+MIN_DIM = 16
+
+
+def _factored(shape):
+  if len(shape) < 2:
+    return None
+  order = np.argsort(shape)
+  return None if shape[order[-2]] < MIN_DIM else (int(order[-2]), int(order[-1]))
+
+
+def _slots(target: dict, momentum: bool, rng) -> dict:
+  """t5x's param_states for `target`: used slots random (v > 0), unused ones (1,) zeros."""
+  states = {}
+  for path, x in t5x_fixtures._flat(target):
+    slot = {k: np.zeros((1,), np.float32) for k in t5x_optimizer.SLOTS}
+    dims = _factored(x.shape)
+    if dims is not None:
+      d1, d0 = dims
+      slot["v_row"] = rng.uniform(0.5, 2.0, np.delete(x.shape, d0)).astype(np.float32)
+      slot["v_col"] = rng.uniform(0.5, 2.0, np.delete(x.shape, d1)).astype(np.float32)
+    else:
+      slot["v"] = rng.uniform(0.5, 2.0, x.shape).astype(np.float32)
+    if momentum:
+      slot["m"] = rng.normal(0, 1e-3, x.shape).astype(np.float32)
+    t5x_fixtures._set(states, path, slot)
+  return states
+
+
+def t5x_update(param, grad, slot, step, lr, beta1):
+  """t5x's Adafactor (decay_rate 0.8, step_offset 0, clipping 1.0, parameter scale, epsilon1 1e-30,
+  epsilon2 1e-3): the update (new param - param) of one parameter, in t5x's layout."""
+  decay = 1.0 - (step + 1.0) ** -0.8
+  grad_sqr = grad * grad + 1e-30
+  dims = _factored(param.shape)
+  if dims is not None:
+    d1, d0 = dims
+    v_row = decay * slot["v_row"] + (1 - decay) * grad_sqr.mean(axis=d0)
+    v_col = decay * slot["v_col"] + (1 - decay) * grad_sqr.mean(axis=d1)
+    row_factor = (v_row / v_row.mean(axis=d1 - 1 if d1 > d0 else d1, keepdims=True)) ** -0.5
+    y = grad * np.expand_dims(row_factor, d0) * np.expand_dims(v_col ** -0.5, d1)
+  else:
+    y = grad * (decay * slot["v"] + (1 - decay) * grad_sqr) ** -0.5
+  y = y / max(1.0, np.sqrt(np.mean(y * y)) / 1.0)
+  subtrahend = lr * max(np.sqrt(np.mean(param * param)), 1e-3) * y
+  if beta1 is not None:
+    subtrahend = beta1 * slot["m"] + (1 - beta1) * subtrahend
+  return -subtrahend
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  """Our per-layer params (numpy), their t5x tree and a t5x model dir per momentum setting."""
+  rng = np.random.default_rng(0)
+  abstract = family.model_for(CONFIG).abstract_params()
+  params = jax.tree.map(lambda a: rng.normal(0, 0.5, a.shape).astype(np.float32), abstract)
+  target = t5x_fixtures.t5x_tree(params)
+  root = tmp_path_factory.mktemp("t5x_opt")
+  dirs, slots = {}, {}
+  for momentum in (False, True):
+    slots[momentum] = _slots(target, momentum, rng)
+    dirs[momentum] = str(root / f"momentum_{momentum}")
+    t5x_fixtures.write_legacy(os.path.join(dirs[momentum], f"checkpoint_{STEP}"), target, inline=False,
+                              step=STEP, param_states=slots[momentum])
+  return dict(params=params, target=target, slots=slots, dirs=dirs, root=root, rng=rng)
+
+
+def _optimizer_config(**changes):
+  settings = dict(learning_rate=0.01, schedule="rsqrt", warmup_steps=10, min_dim_size_to_factor=MIN_DIM)
+  return optim.OptimizerConfig(**{**settings, **changes})
+
+
+def _train_config(model_dir, initial, **changes):
+  settings = dict(model_dir=model_dir, mixture_or_task_name="unused", train_steps=STEP + 5,
+                  task_feature_lengths={"inputs": 8, "targets": 8}, initial_checkpoint_path=initial)
+  return loop.TrainConfig(**{**settings, **changes})
+
+
+@pytest.mark.parametrize("scan_layers,momentum,restore_step", [(False, None, False), (True, 0.9, True)])
+def test_next_update_is_t5x_adafactors(run, tmp_path, scan_layers, momentum, restore_step):
+  config = CONFIG.replace(scan_layers=scan_layers)
+  optimizer_config = _optimizer_config(momentum=momentum)
+  assembly = step_assembly.assemble_step(config, partitioning.PartitioningConfig(), optimizer_config)
+  train_config = _train_config(str(tmp_path), run["dirs"][momentum is not None],
+                               restore_optimizer_state=True, restore_step=restore_step)
+  model_dir = str(tmp_path)
+  state = loop.restore_or_initialize(train_config, assembly, checkpoints.Checkpointer(model_dir), None,
+                                     reporting.MetricsLog(model_dir), optimizer_config)
+  assert int(state.step) == (STEP if restore_step else 0)
+  grads = jax.tree.map(lambda p: run["rng"].normal(0, 1.0, p.shape).astype(np.float32), state.params)
+  updates, new_opt_state = jax.jit(assembly.optimizer.update)(grads, state.opt_state, state.params)
+  if scan_layers:
+    updates, grads = (layer_stacking.unstack_layers(jax.device_get(t), config) for t in (updates, grads))
+  got = dict(t5x_fixtures._flat(t5x_fixtures.t5x_tree(jax.device_get(updates))))
+  grads = dict(t5x_fixtures._flat(t5x_fixtures.t5x_tree(jax.device_get(grads))))
+  # The learning rate is the schedule's at our step: t5x's step when it is restored.
+  lr = 0.01 * np.sqrt(10 / max(STEP if restore_step else 0, 10))
+  slots = dict(t5x_fixtures._flat(run["slots"][momentum is not None]))
+  checked = 0
+  for path, param in t5x_fixtures._flat(run["target"]):
+    slot = {k: slots[path + (k,)] for k in t5x_optimizer.SLOTS}
+    want = t5x_update(param, grads[path], slot, STEP, lr, momentum)
+    np.testing.assert_allclose(got[path], want, rtol=2e-5, atol=1e-9, err_msg="/".join(path))
+    checked += _factored(param.shape) is not None
+  assert checked >= 4  # factored parameters were among them
+  # The moments continue: Adafactor counts STEP + 1 updates now.
+  factored_state = [n for n in jax.tree.leaves(new_opt_state, is_leaf=t5x_optimizer._is_state_node)
+                    if isinstance(n, t5x_optimizer.FactoredState)]
+  assert int(factored_state[0].count) == STEP + 1
+
+
+def _template(momentum=None, **changes):
+  """(our optimizer config, its fresh state of the per-layer model): what a restore fills."""
+  optimizer_config = _optimizer_config(momentum=momentum, **changes)
+  model = family.model_for(CONFIG)
+  optimizer = optim.make_optimizer(optimizer_config, model.param_logical_axes(), model.abstract_params())
+  params = jax.tree.map(lambda a: np.zeros(a.shape, np.float32), model.abstract_params())
+  return optimizer_config, optimizer.init(params)
+
+
+def _restore(path, momentum=None, **changes):
+  optimizer_config, opt_state = _template(momentum, **changes)
+  return t5x_optimizer.restore_adafactor_state(open_model_path(path).t5x(), opt_state, optimizer_config)
+
+
+def test_restored_slots_are_t5xs_in_our_layout(run):
+  restored = _restore(run["dirs"][False])
+  factored = restored[0]
+  slots = run["slots"][False]
+  wi = slots["encoder"]["layers_1"]["mlp"]["wi_0"]["kernel"]
+  np.testing.assert_array_equal(factored.v_row["encoder"]["layers_1"]["mlp"]["wi_0"]["kernel"], wi["v_row"])
+  np.testing.assert_array_equal(factored.v_col["encoder"]["layers_1"]["mlp"]["wi_0"]["kernel"], wi["v_col"])
+  table = slots["decoder"]["relpos_bias"]["rel_embedding"]["v"]  # [heads, buckets] -> ours [buckets, heads]
+  np.testing.assert_array_equal(factored.v["decoder"]["relpos_bias"]["embedding"], table.T)
+  query = slots["encoder"]["layers_0"]["attention"]["query"]["kernel"]["v"]  # joined [embed, heads*kv]
+  np.testing.assert_array_equal(factored.v["encoder"]["layers_0"]["attention"]["query"]["kernel"], query)
+  assert int(factored.count) == STEP
+
+
+def _rewrite(run, tmp_path, name, change, momentum=False):
+  """A copy of the t5x checkpoint whose slot `name` ('/'-joined) is `change(slots)`'s."""
+  slots = jax.tree.map(np.copy, run["slots"][momentum])
+  change(slots)
+  model_dir = str(tmp_path / name.replace("/", "_"))
+  t5x_fixtures.write_legacy(os.path.join(model_dir, f"checkpoint_{STEP}"), run["target"], step=STEP,
+                            param_states=slots)
+  return model_dir
+
+
+def test_a_slot_of_the_wrong_shape_is_named(run, tmp_path):
+  def change(slots):
+    slots["encoder"]["layers_0"]["mlp"]["wi_0"]["kernel"]["v_row"] = np.ones((24,), np.float32)
+  path = _rewrite(run, tmp_path, "wrong_shape", change)
+  with pytest.raises(UserError, match=r"state/param_states/encoder/layers_0/mlp/wi_0/kernel/v_row: "
+                                      r"shape \[24\], expected \[16\]"):
+    _restore(path)
+
+
+@pytest.mark.parametrize("momentum,changes,message", [
+    (0.9, {}, r"/m: shape \[1\], expected \[16, 64\] \(the t5x run had no momentum"),
+    (None, {"min_dim_size_to_factor": 128}, r"wi_0/kernel/v_row: shape \[16\], expected \[1\] \(t5x's "
+     r"slot is used, ours a placeholder: the runs factor differently"),
+    (None, {"decay_offset": 5}, r"decay_offset=5 .*set decay_offset=0"),
+])
+def test_optimizer_settings_that_do_not_fit_are_named(run, momentum, changes, message):
+  with pytest.raises(UserError, match=message):
+    _restore(run["dirs"][False], momentum, **changes)
+
+
+def test_momentum_in_the_checkpoint_needs_ours(run):
+  with pytest.raises(UserError, match=r"/m: shape \[\d+(, \d+)*\], expected \[1\] \(the t5x run used "
+                                      r"momentum \(beta1\)"):
+    _restore(run["dirs"][True])
+
+
+def test_switches_need_a_t5x_checkpoint_and_a_later_train_steps(run, tmp_path, hf_mt5_dir):
+  optimizer_config, opt_state = _template()
+  state = t5x_optimizer.trainer.TrainState(step=np.int32(0), params={}, opt_state=opt_state)
+  # Default: weights only, the state as it was.
+  assert t5x_optimizer.continue_initial_checkpoint(
+      _train_config(str(tmp_path), run["dirs"][False]), state, optimizer_config) is state
+  with pytest.raises(UserError, match=r"restore_step=True .* t5x step 1000.*TRAIN_STEPS=1000 is not above"):
+    t5x_optimizer.continue_initial_checkpoint(
+        _train_config(str(tmp_path), run["dirs"][False], restore_step=True, train_steps=STEP),
+        state, optimizer_config)
+  with pytest.raises(UserError, match=r"restore_optimizer_state=True continues a t5x checkpoint's run, "
+                                      r"but there is HF"):
+    t5x_optimizer.continue_initial_checkpoint(
+        _train_config(str(tmp_path), hf_mt5_dir[0], restore_optimizer_state=True), state, optimizer_config)
