@@ -18,30 +18,33 @@ from xmtf_jax.parallel import partitioning
 from xmtf_jax.train import checkpoints, loop, optim, reporting, step_assembly, t5x_optimizer
 
 STEP = 1000
-# d_model 16 with min_dim_size_to_factor 16: wi/wo/embedding/logits factored; q/k/v/out, norms and
-# the relative position table ([heads, buckets], stored transposed) keep a full v.
-CONFIG = T5Config(vocab_size=64, d_model=16, d_kv=4, num_heads=2, d_ff=24, num_encoder_layers=2,
+# min_dim_size_to_factor 16: wi/wo [16, 24] and the embedding/logits factored; q/k/v/out [16, 8],
+# norms and the relative position table ([heads, buckets] = [8, 8], stored transposed) keep a full v.
+# 8: every matrix factored, the square table too (ours averages over the axis t5x's other slot does).
+CONFIG = T5Config(vocab_size=64, d_model=16, d_kv=1, num_heads=8, d_ff=24, num_encoder_layers=2,
                   num_decoder_layers=1, relative_attention_num_buckets=8, dropout_rate=0.0)
-MIN_DIM = 16
+MIN_DIMS = (16, 8)
 
 
-def _factored(shape):
+def _factored(shape, min_dim):
   if len(shape) < 2:
     return None
   order = np.argsort(shape)
-  return None if shape[order[-2]] < MIN_DIM else (int(order[-2]), int(order[-1]))
+  return None if shape[order[-2]] < min_dim else (int(order[-2]), int(order[-1]))
 
 
-def _slots(target: dict, momentum: bool, rng) -> dict:
+def _slots(target: dict, momentum: bool, min_dim: int, rng) -> dict:
   """t5x's param_states for `target`: used slots random (v > 0), unused ones (1,) zeros."""
   states = {}
   for path, x in t5x_fixtures._flat(target):
     slot = {k: np.zeros((1,), np.float32) for k in t5x_optimizer.SLOTS}
-    dims = _factored(x.shape)
+    dims = _factored(x.shape, min_dim)
     if dims is not None:
       d1, d0 = dims
-      slot["v_row"] = rng.uniform(0.5, 2.0, np.delete(x.shape, d0)).astype(np.float32)
-      slot["v_col"] = rng.uniform(0.5, 2.0, np.delete(x.shape, d1)).astype(np.float32)
+      # Means of one positive matrix, as Adafactor's statistics are: mean(v_row) == mean(v_col).
+      full = rng.uniform(0.5, 2.0, x.shape)
+      slot["v_row"] = full.mean(axis=d0).astype(np.float32)
+      slot["v_col"] = full.mean(axis=d1).astype(np.float32)
     else:
       slot["v"] = rng.uniform(0.5, 2.0, x.shape).astype(np.float32)
     if momentum:
@@ -50,12 +53,12 @@ def _slots(target: dict, momentum: bool, rng) -> dict:
   return states
 
 
-def t5x_update(param, grad, slot, step, lr, beta1):
+def t5x_update(param, grad, slot, step, lr, beta1, min_dim):
   """t5x's Adafactor (decay_rate 0.8, step_offset 0, clipping 1.0, parameter scale, epsilon1 1e-30,
   epsilon2 1e-3): the update (new param - param) of one parameter, in t5x's layout."""
   decay = 1.0 - (step + 1.0) ** -0.8
   grad_sqr = grad * grad + 1e-30
-  dims = _factored(param.shape)
+  dims = _factored(param.shape, min_dim)
   if dims is not None:
     d1, d0 = dims
     v_row = decay * slot["v_row"] + (1 - decay) * grad_sqr.mean(axis=d0)
@@ -80,16 +83,16 @@ def run(tmp_path_factory):
   target = t5x_fixtures.t5x_tree(params)
   root = tmp_path_factory.mktemp("t5x_opt")
   dirs, slots = {}, {}
-  for momentum in (False, True):
-    slots[momentum] = _slots(target, momentum, rng)
-    dirs[momentum] = str(root / f"momentum_{momentum}")
-    t5x_fixtures.write_legacy(os.path.join(dirs[momentum], f"checkpoint_{STEP}"), target, inline=False,
-                              step=STEP, param_states=slots[momentum])
+  for key in [(False, MIN_DIMS[0]), (True, MIN_DIMS[0]), (False, MIN_DIMS[1])]:
+    slots[key] = _slots(target, key[0], key[1], rng)
+    dirs[key] = str(root / f"momentum_{key[0]}_min_dim_{key[1]}")
+    t5x_fixtures.write_legacy(os.path.join(dirs[key], f"checkpoint_{STEP}"), target, inline=False,
+                              step=STEP, param_states=slots[key])
   return dict(params=params, target=target, slots=slots, dirs=dirs, root=root, rng=rng)
 
 
 def _optimizer_config(**changes):
-  settings = dict(learning_rate=0.01, schedule="rsqrt", warmup_steps=10, min_dim_size_to_factor=MIN_DIM)
+  settings = dict(learning_rate=0.01, schedule="rsqrt", warmup_steps=10, min_dim_size_to_factor=MIN_DIMS[0])
   return optim.OptimizerConfig(**{**settings, **changes})
 
 
@@ -99,12 +102,14 @@ def _train_config(model_dir, initial, **changes):
   return loop.TrainConfig(**{**settings, **changes})
 
 
-@pytest.mark.parametrize("scan_layers,momentum,restore_step", [(False, None, False), (True, 0.9, True)])
-def test_next_update_is_t5x_adafactors(run, tmp_path, scan_layers, momentum, restore_step):
+@pytest.mark.parametrize("scan_layers,momentum,restore_step,min_dim", [
+    (False, None, False, MIN_DIMS[0]), (True, 0.9, True, MIN_DIMS[0]), (False, None, False, MIN_DIMS[1])])
+def test_next_update_is_t5x_adafactors(run, tmp_path, scan_layers, momentum, restore_step, min_dim):
   config = CONFIG.replace(scan_layers=scan_layers)
-  optimizer_config = _optimizer_config(momentum=momentum)
+  optimizer_config = _optimizer_config(momentum=momentum, min_dim_size_to_factor=min_dim)
   assembly = step_assembly.assemble_step(config, partitioning.PartitioningConfig(), optimizer_config)
-  train_config = _train_config(str(tmp_path), run["dirs"][momentum is not None],
+  key = (momentum is not None, min_dim)
+  train_config = _train_config(str(tmp_path), run["dirs"][key],
                                restore_optimizer_state=True, restore_step=restore_step)
   model_dir = str(tmp_path)
   state = loop.restore_or_initialize(train_config, assembly, checkpoints.Checkpointer(model_dir), None,
@@ -118,13 +123,13 @@ def test_next_update_is_t5x_adafactors(run, tmp_path, scan_layers, momentum, res
   grads = dict(t5x_fixtures._flat(t5x_fixtures.t5x_tree(jax.device_get(grads))))
   # The learning rate is the schedule's at our step: t5x's step when it is restored.
   lr = 0.01 * np.sqrt(10 / max(STEP if restore_step else 0, 10))
-  slots = dict(t5x_fixtures._flat(run["slots"][momentum is not None]))
+  slots = dict(t5x_fixtures._flat(run["slots"][key]))
   checked = 0
   for path, param in t5x_fixtures._flat(run["target"]):
     slot = {k: slots[path + (k,)] for k in t5x_optimizer.SLOTS}
-    want = t5x_update(param, grads[path], slot, STEP, lr, momentum)
+    want = t5x_update(param, grads[path], slot, STEP, lr, momentum, min_dim)
     np.testing.assert_allclose(got[path], want, rtol=2e-5, atol=1e-9, err_msg="/".join(path))
-    checked += _factored(param.shape) is not None
+    checked += _factored(param.shape, min_dim) is not None
   assert checked >= 4  # factored parameters were among them
   # The moments continue: Adafactor counts STEP + 1 updates now.
   factored_state = [n for n in jax.tree.leaves(new_opt_state, is_leaf=t5x_optimizer._is_state_node)
@@ -147,9 +152,9 @@ def _restore(path, momentum=None, **changes):
 
 
 def test_restored_slots_are_t5xs_in_our_layout(run):
-  restored = _restore(run["dirs"][False])
+  restored = _restore(run["dirs"][(False, MIN_DIMS[0])])
   factored = restored[0]
-  slots = run["slots"][False]
+  slots = run["slots"][(False, MIN_DIMS[0])]
   wi = slots["encoder"]["layers_1"]["mlp"]["wi_0"]["kernel"]
   np.testing.assert_array_equal(factored.v_row["encoder"]["layers_1"]["mlp"]["wi_0"]["kernel"], wi["v_row"])
   np.testing.assert_array_equal(factored.v_col["encoder"]["layers_1"]["mlp"]["wi_0"]["kernel"], wi["v_col"])
@@ -162,7 +167,7 @@ def test_restored_slots_are_t5xs_in_our_layout(run):
 
 def _rewrite(run, tmp_path, name, change, momentum=False):
   """A copy of the t5x checkpoint whose slot `name` ('/'-joined) is `change(slots)`'s."""
-  slots = jax.tree.map(np.copy, run["slots"][momentum])
+  slots = jax.tree.map(np.copy, run["slots"][(momentum, MIN_DIMS[0])])
   change(slots)
   model_dir = str(tmp_path / name.replace("/", "_"))
   t5x_fixtures.write_legacy(os.path.join(model_dir, f"checkpoint_{STEP}"), run["target"], step=STEP,
@@ -187,13 +192,13 @@ def test_a_slot_of_the_wrong_shape_is_named(run, tmp_path):
 ])
 def test_optimizer_settings_that_do_not_fit_are_named(run, momentum, changes, message):
   with pytest.raises(UserError, match=message):
-    _restore(run["dirs"][False], momentum, **changes)
+    _restore(run["dirs"][(False, MIN_DIMS[0])], momentum, **changes)
 
 
 def test_momentum_in_the_checkpoint_needs_ours(run):
   with pytest.raises(UserError, match=r"/m: shape \[\d+(, \d+)*\], expected \[1\] \(the t5x run used "
                                       r"momentum \(beta1\)"):
-    _restore(run["dirs"][True])
+    _restore(run["dirs"][(True, MIN_DIMS[0])])
 
 
 def test_switches_need_a_t5x_checkpoint_and_a_later_train_steps(run, tmp_path, hf_mt5_dir):
@@ -201,10 +206,10 @@ def test_switches_need_a_t5x_checkpoint_and_a_later_train_steps(run, tmp_path, h
   state = t5x_optimizer.trainer.TrainState(step=np.int32(0), params={}, opt_state=opt_state)
   # Default: weights only, the state as it was.
   assert t5x_optimizer.continue_initial_checkpoint(
-      _train_config(str(tmp_path), run["dirs"][False]), state, optimizer_config) is state
+      _train_config(str(tmp_path), run["dirs"][(False, MIN_DIMS[0])]), state, optimizer_config) is state
   with pytest.raises(UserError, match=r"restore_step=True .* t5x step 1000.*TRAIN_STEPS=1000 is not above"):
     t5x_optimizer.continue_initial_checkpoint(
-        _train_config(str(tmp_path), run["dirs"][False], restore_step=True, train_steps=STEP),
+        _train_config(str(tmp_path), run["dirs"][(False, MIN_DIMS[0])], restore_step=True, train_steps=STEP),
         state, optimizer_config)
   with pytest.raises(UserError, match=r"restore_optimizer_state=True continues a t5x checkpoint's run, "
                                       r"but there is HF"):
