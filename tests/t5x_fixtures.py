@@ -123,14 +123,18 @@ def _store(step_dir: str, prefix: str, tree: dict, version: int, inline: bool, c
   return stored
 
 
-def write_orbax(step_dir: str, target: dict, dtype: str = "bfloat16") -> None:
-  """An Orbax t5x step: `state/` (OCDBT, zarr) holding {"target", "state"}, as t5x ≥2024 writes."""
+def write_orbax(step_dir: str, target: dict, dtype: str = "bfloat16", step: int = 7,
+                param_states: Optional[dict] = None) -> None:
+  """An Orbax t5x step: `state/` (OCDBT, zarr) holding {"target", "state"}, as t5x ≥2024 writes
+  (`param_states`: Adafactor's slots, float32)."""
   import orbax.checkpoint as ocp
   cast = {p: (v.astype(ml_dtypes.bfloat16) if dtype == "bfloat16" else v) for p, v in _flat(target)}
   tree: dict = {}
   for path, value in cast.items():
     _set(tree, ("target",) + path, value)
-  tree["state"] = {"step": np.array(7, np.int32)}
+  tree["state"] = {"step": np.array(step, np.int32)}
+  if param_states:
+    tree["state"]["param_states"] = param_states
   checkpointer = ocp.PyTreeCheckpointer()
   checkpointer.save(os.path.join(step_dir, "state"), tree)
   checkpointer.close()

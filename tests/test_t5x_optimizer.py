@@ -151,8 +151,13 @@ def _restore(path, momentum=None, **changes):
   return t5x_optimizer.restore_adafactor_state(open_model_path(path).t5x(), opt_state, optimizer_config)
 
 
-def test_restored_slots_are_t5xs_in_our_layout(run):
-  restored = _restore(run["dirs"][(False, MIN_DIMS[0])])
+@pytest.mark.parametrize("storage", ["legacy_inline", "orbax"])
+def test_restored_slots_are_t5xs_in_our_layout(run, storage):
+  path = str(run["root"] / storage)
+  write = t5x_fixtures.write_legacy if storage == "legacy_inline" else t5x_fixtures.write_orbax
+  write(os.path.join(path, f"checkpoint_{STEP}"), run["target"], step=STEP,
+        param_states=run["slots"][(False, MIN_DIMS[0])])
+  restored = _restore(path)
   factored = restored[0]
   slots = run["slots"][(False, MIN_DIMS[0])]
   wi = slots["encoder"]["layers_1"]["mlp"]["wi_0"]["kernel"]
@@ -215,3 +220,25 @@ def test_switches_need_a_t5x_checkpoint_and_a_later_train_steps(run, tmp_path, h
                                       r"but there is HF"):
     t5x_optimizer.continue_initial_checkpoint(
         _train_config(str(tmp_path), hf_mt5_dir[0], restore_optimizer_state=True), state, optimizer_config)
+
+
+def test_scanned_checkpoints_keep_weights_only(run, tmp_path):
+  scanned = t5x_fixtures.scanned_tree(run["target"], {"encoder": 2, "decoder": 1}, four_d=False,
+                                      heads=CONFIG.num_heads)
+  t5x_fixtures.write_legacy(str(tmp_path / f"checkpoint_{STEP}"), scanned, step=STEP)
+  with pytest.raises(UserError, match=r"is scanned .*each layer's relative position table has its own "
+                                      r"statistics.*restore_optimizer_state=False"):
+    _restore(str(tmp_path))
+
+
+def test_the_switches_are_gin_bindings():
+  import gin
+  from xmtf_jax.cli import configurables, gin_flags
+  gin.clear_config()
+  try:
+    gin_flags.parse_gin(["--gin_file=gin/runs/demo.gin", "--gin.TrainConfig.restore_optimizer_state=True",
+                         "--gin.TrainConfig.restore_step=True"])
+    config = configurables.TrainConfig()
+    assert config.restore_optimizer_state and config.restore_step
+  finally:
+    gin.clear_config()

@@ -16,8 +16,13 @@ restored state carries that n as Adafactor's count, so the first update continue
 learning-rate schedule, checkpoint numbers, TRAIN_STEPS) is a separate choice: 0 (default) or t5x's
 step (`restore_step`, t5x's own behaviour: TRAIN_STEPS = pretrained step + finetuning steps).
 
-Scanned t5x checkpoints (`encoder/encoder/...`) factor their 3-D slots by t5x's logical rules (the
-layer axis moves inside v_row / v_col); their optimizer state is refused here (weights load).
+The relative position table's transposition is exact for t5x's statistics, whose v_row and v_col
+have the same mean (both average one matrix of squared gradients); a square table swaps the two.
+
+Scanned t5x checkpoints (`encoder/encoder/...`) keep one relative position table per layer, each with
+its own statistics, where our T5Config shares one per stack (and factor their 3-D slots by t5x's
+logical rules: the layer axis moves inside v_row / v_col): their optimizer state is refused here
+(their weights load).
 """
 from __future__ import annotations
 
@@ -206,9 +211,10 @@ def restore_adafactor_state(ckpt: T5xCheckpoint, opt_state: Any, optimizer_confi
                     f"state of {origin}: the restored state already carries t5x's step for the decay; "
                     "set decay_offset=0")
   if t5x_names.T5xLayout(ckpt).scanned:
-    raise UserError(f"{origin} is scanned (encoder/encoder/...): continuing its Adafactor state is not "
-                    "supported (its slots are factored by t5x's logical rules); train from its weights "
-                    "only (TrainConfig.restore_optimizer_state=False)")
+    raise UserError(f"{origin} is scanned (encoder/encoder/...): its Adafactor state cannot continue "
+                    "here: each layer's relative position table has its own statistics where our "
+                    "T5Config shares one table per stack (and its slots are factored by t5x's logical "
+                    "rules); train from its weights only (TrainConfig.restore_optimizer_state=False)")
   age = t5x_step(ckpt) - t5x_step_offset(ckpt)
   if age < 0:
     raise UserError(f"{origin}: step {t5x_step(ckpt)} is below its run's Adafactor.step_offset "
