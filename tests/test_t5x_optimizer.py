@@ -242,3 +242,35 @@ def test_the_switches_are_gin_bindings():
     assert config.restore_optimizer_state and config.restore_step
   finally:
     gin.clear_config()
+
+
+def test_a_run_continues_the_t5x_step_and_its_checkpoints_are_numbered_on(tmp_path):
+  """loop.train from a t5x checkpoint with both switches: steps N+1, N+2, checkpoints named so, and a
+  restart resumes from our own checkpoint (the switches then play no part)."""
+  import mixtures  # noqa: F401  (registers the demo tasks)
+  from xmtf_jax.train import losses
+  config = T5Config(vocab_size=2048, d_model=32, d_kv=8, d_ff=48, num_heads=4, num_encoder_layers=1,
+                    num_decoder_layers=1, dropout_rate=0.0)
+  rng = np.random.default_rng(1)
+  params = jax.tree.map(lambda a: rng.normal(0, 0.05, a.shape).astype(np.float32),
+                        family.model_for(config).abstract_params())
+  target = t5x_fixtures.t5x_tree(params)
+  t5x_fixtures.write_legacy(str(tmp_path / "t5x" / f"checkpoint_{STEP}"), target, step=STEP,
+                            param_states=_slots(target, False, 32, rng))
+  optimizer_config = optim.OptimizerConfig(min_dim_size_to_factor=32)
+  model_dir = str(tmp_path / "run")
+
+  def train(steps):
+    train_config = loop.TrainConfig(
+        model_dir=model_dir, mixture_or_task_name="demo_en", task_feature_lengths={"inputs": 32, "targets": 16},
+        train_steps=steps, batch_size=8, use_packing=True, checkpoint_period=1, eval_batches=0,
+        log_period=1, initial_checkpoint_path=str(tmp_path / "t5x"), restore_optimizer_state=True,
+        restore_step=True, async_checkpointing=False)
+    return loop.train(train_config, config, partitioning.PartitioningConfig(), optimizer_config,
+                      losses.LossConfig())
+
+  assert train(STEP + 2).step == STEP + 2
+  assert checkpoints.list_steps(model_dir) == [STEP + 1, STEP + 2]
+  assert [r["step"] for r in reporting.read_metrics(model_dir, "train")] == [STEP + 1, STEP + 2]
+  assert train(STEP + 3).step == STEP + 3  # resumed from checkpoint_1002
+  assert [r["step"] for r in reporting.read_metrics(model_dir, "train")] == [STEP + 1, STEP + 2, STEP + 3]
