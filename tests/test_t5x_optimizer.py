@@ -274,3 +274,17 @@ def test_a_run_continues_the_t5x_step_and_its_checkpoints_are_numbered_on(tmp_pa
   assert [r["step"] for r in reporting.read_metrics(model_dir, "train")] == [STEP + 1, STEP + 2]
   assert train(STEP + 3).step == STEP + 3  # resumed from checkpoint_1002
   assert [r["step"] for r in reporting.read_metrics(model_dir, "train")] == [STEP + 1, STEP + 2, STEP + 3]
+
+
+def test_the_runs_step_offset_sets_the_age_and_other_settings_are_named(run, tmp_path, caplog):
+  path = str(tmp_path / "with_gin")
+  t5x_fixtures.write_legacy(os.path.join(path, f"checkpoint_{STEP}"), run["target"], step=STEP,
+                            param_states=run["slots"][(False, MIN_DIMS[0])])
+  with open(os.path.join(path, "config.gin"), "w") as f:
+    f.write("OFFSET = 200\n# Parameters for adafactor.Adafactor:\nadafactor.Adafactor.decay_rate = 0.5\n"
+            "adafactor.Adafactor.step_offset = %OFFSET\nadafactor.Adafactor.beta1 = None\n")
+  with caplog.at_level("WARNING"):
+    restored = _restore(path)
+  assert int(restored[0].count) == STEP - 200  # t5x's decay: 1 - (step - step_offset + 1) ** -decay_rate
+  assert "decay_rate=0.5 there, OptimizerConfig.decay_rate=0.8 here" in caplog.text
+  assert "beta1" not in caplog.text  # the same setting in both

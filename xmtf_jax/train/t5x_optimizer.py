@@ -26,6 +26,7 @@ logical rules: the layer axis moves inside v_row / v_col): their optimizer state
 """
 from __future__ import annotations
 
+import ast
 import logging
 import re
 from typing import Any, Optional
@@ -46,7 +47,13 @@ log = logging.getLogger(__name__)
 
 SLOTS = ("v_row", "v_col", "v", "m")
 PLACEHOLDER = (1,)  # the shape both t5x and optax give an unused slot
-_STEP_OFFSET = re.compile(r"^(?:[\w./]*\.)?Adafactor\.step_offset\s*=\s*(\d+)\s*$", re.MULTILINE)
+_ADAFACTOR = re.compile(r"^(?:[\w./]*\.)?Adafactor\.(\w+)\s*=\s*(.+?)\s*$", re.MULTILINE)
+_MACRO = re.compile(r"^([A-Z][A-Z0-9_]*)\s*=\s*(.+?)\s*$", re.MULTILINE)
+# t5x's Adafactor arguments -> ours: the restored state continues t5x's update only where they agree.
+_SAME_MEANING = {"decay_rate": "decay_rate", "beta1": "momentum", "clipping_threshold": "clipping_threshold",
+                 "multiply_by_parameter_scale": "multiply_by_parameter_scale", "factored": "factored",
+                 "min_dim_size_to_factor": "min_dim_size_to_factor", "epsilon1": "epsilon",
+                 "weight_decay_rate": "weight_decay_rate"}
 
 
 # ---- the checkpoint's step ---------------------------------------------------------------------------
@@ -60,10 +67,34 @@ def t5x_step(ckpt: T5xCheckpoint) -> int:
   return int(ckpt.step)
 
 
+def adafactor_bindings(ckpt: T5xCheckpoint) -> dict[str, Any]:
+  """The run's `Adafactor.<argument>` values (its config.gin; macros resolved, non-literals left out)."""
+  text = ckpt.gin_text() or ""
+  macros = dict(_MACRO.findall(text))
+  values = {}
+  for name, value in _ADAFACTOR.findall(text):
+    value = macros.get(value[1:], value) if value.startswith("%") else value
+    try:
+      values[name] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      continue
+  return values
+
+
 def t5x_step_offset(ckpt: T5xCheckpoint) -> int:
-  """t5x's `Adafactor.step_offset` of the run (its config.gin), 0 when not bound."""
-  match = _STEP_OFFSET.search(ckpt.gin_text() or "")
-  return int(match.group(1)) if match else 0
+  """t5x's `Adafactor.step_offset` of the run, 0 when not bound."""
+  return int(adafactor_bindings(ckpt).get("step_offset", 0) or 0)
+
+
+def _warn_about_other_settings(ckpt: T5xCheckpoint, optimizer_config: optim.OptimizerConfig) -> None:
+  """Settings where the t5x run's Adafactor differs from ours: the update changes from there on."""
+  bound = adafactor_bindings(ckpt)
+  differ = [f"{theirs}={bound[theirs]!r} there, OptimizerConfig.{ours}={getattr(optimizer_config, ours)!r} here"
+            for theirs, ours in _SAME_MEANING.items()
+            if theirs in bound and bound[theirs] != getattr(optimizer_config, ours)]
+  if differ:
+    log.warning("%s: its run's Adafactor differs from ours (%s); the restored state continues with "
+                "ours", ckpt.describe(), "; ".join(differ))
 
 
 # ---- one parameter's slots ---------------------------------------------------------------------------
@@ -219,6 +250,7 @@ def restore_adafactor_state(ckpt: T5xCheckpoint, opt_state: Any, optimizer_confi
   if age < 0:
     raise UserError(f"{origin}: step {t5x_step(ckpt)} is below its run's Adafactor.step_offset "
                     f"{t5x_step_offset(ckpt)}")
+  _warn_about_other_settings(ckpt, optimizer_config)
   reader = SlotReader(ckpt)
 
   def replace(node):
