@@ -43,7 +43,8 @@ class TrainConfig:
 
   model_dir: where checkpoints, metrics, TensorBoard events and plots go (MODEL_DIR).
   mixture_or_task_name, task_feature_lengths, use_packing: the data (seqio names, {'inputs', 'targets'}).
-  train_steps: total optimizer steps (counted from 0 for a run started from an initial checkpoint).
+  train_steps: total optimizer steps (counted from 0 for a run started from an initial checkpoint;
+    from the t5x step with restore_step).
   batch_size: global batch in sequences (rows, packed or not); num_microbatches splits it for
     gradient accumulation.
   initial_checkpoint_path: an HF mT5/mT0 folder or one of our checkpoints (MODEL_DIR or
