@@ -4,6 +4,7 @@ an HF model (shared/facts/t5x_checkpoints.md §1-3 give the layouts)."""
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 import ml_dtypes
 import numpy as np
@@ -82,20 +83,34 @@ def _set(tree, path, value):
 
 
 def write_legacy(step_dir: str, target: dict, *, version: int = 3, inline: bool = True,
-                 compressor: str = "gzip", dtype: str = "float32", spec_style: str = "kvstore") -> None:
+                 compressor: str = "gzip", dtype: str = "float32", spec_style: str = "kvstore",
+                 step: int = 7, param_states: Optional[dict] = None) -> None:
   """A legacy t5x step: the msgpack `checkpoint` (version 3/2, or 0 without the optimizer wrapper),
   arrays inline or in tensorstore zarr directories beside it (spec_style "kvstore": kvstore.path and
-  the file driver; "path": top-level path and the gcs driver with t5x's dummy bucket)."""
+  the file driver; "path": top-level path and the gcs driver with t5x's dummy bucket). `state/step`
+  is `step`; `param_states` (Adafactor's slots, float32 as t5x keeps them) are stored like the target."""
   import flax.serialization
-  import tensorstore as ts
   os.makedirs(step_dir, exist_ok=True)
+  stored = _store(step_dir, "target", target, version, inline, compressor, dtype, spec_style)
+  slots = _store(step_dir, "state.param_states", param_states or {}, version, inline, compressor,
+                 "float32", spec_style)
+  state = {"target": stored, "state": {"step": np.int32(step), "param_states": slots}}
+  top = state if version == 0 else {"version": version, "optimizer": state}
+  with open(os.path.join(step_dir, "checkpoint"), "wb") as f:
+    f.write(flax.serialization.msgpack_serialize(top))
+
+
+def _store(step_dir: str, prefix: str, tree: dict, version: int, inline: bool, compressor: str,
+           dtype: str, spec_style: str) -> dict:
+  """The msgpack tree of `tree`: arrays inline, or t5x's spec dicts of zarr arrays written beside."""
+  import tensorstore as ts
   stored: dict = {}
-  for path, value in _flat(target):
+  for path, value in _flat(tree):
     array = value.astype(ml_dtypes.bfloat16) if dtype == "bfloat16" else value
     if inline:
       _set(stored, path, array)
       continue
-    name = "target." + ".".join(path)
+    name = prefix + "." + ".".join(path)
     zarr_dtype = "uint16" if version == 2 and dtype == "bfloat16" else dtype
     data = array.view(np.uint16) if zarr_dtype == "uint16" else array
     chunks = [max(1, s // 2) for s in data.shape]  # several chunk files per array
@@ -112,20 +127,21 @@ def write_legacy(step_dir: str, target: dict, *, version: int = 3, inline: bool 
       spec["kvstore"] = {"driver": "gcs", "bucket": "t5x-dummy-bucket"}
       spec["path"] = name
     _set(stored, path, spec)
-  state = {"target": stored, "state": {"step": np.int32(7), "param_states": {}}}
-  top = state if version == 0 else {"version": version, "optimizer": state}
-  with open(os.path.join(step_dir, "checkpoint"), "wb") as f:
-    f.write(flax.serialization.msgpack_serialize(top))
+  return stored
 
 
-def write_orbax(step_dir: str, target: dict, dtype: str = "bfloat16") -> None:
-  """An Orbax t5x step: `state/` (OCDBT, zarr) holding {"target", "state"}, as t5x ≥2024 writes."""
+def write_orbax(step_dir: str, target: dict, dtype: str = "bfloat16", step: int = 7,
+                param_states: Optional[dict] = None) -> None:
+  """An Orbax t5x step: `state/` (OCDBT, zarr) holding {"target", "state"}, as t5x ≥2024 writes
+  (`param_states`: Adafactor's slots, float32)."""
   import orbax.checkpoint as ocp
   cast = {p: (v.astype(ml_dtypes.bfloat16) if dtype == "bfloat16" else v) for p, v in _flat(target)}
   tree: dict = {}
   for path, value in cast.items():
     _set(tree, ("target",) + path, value)
-  tree["state"] = {"step": np.array(7, np.int32)}
+  tree["state"] = {"step": np.array(step, np.int32)}
+  if param_states:
+    tree["state"]["param_states"] = param_states
   checkpointer = ocp.PyTreeCheckpointer()
   checkpointer.save(os.path.join(step_dir, "state"), tree)
   checkpointer.close()

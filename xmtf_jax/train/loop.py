@@ -29,6 +29,7 @@ from xmtf_jax.errors import UserError
 from xmtf_jax.model import family
 from xmtf_jax.parallel import partitioning
 from xmtf_jax.train import checkpoints, hooks, losses, optim, pretrained, preemption, reporting, step_assembly, trainer
+from xmtf_jax.train import t5x_optimizer
 from xmtf_jax.train.run_checks import TaskFeatures, check_same_shapes, task_features
 from xmtf_jax.train.run_loop import NonFiniteLossError, Periodic, Run, TrainResult, train_loop
 
@@ -42,11 +43,15 @@ class TrainConfig:
 
   model_dir: where checkpoints, metrics, TensorBoard events and plots go (MODEL_DIR).
   mixture_or_task_name, task_feature_lengths, use_packing: the data (seqio names, {'inputs', 'targets'}).
-  train_steps: total optimizer steps (counted from 0 for a run started from an initial checkpoint).
+  train_steps: total optimizer steps (counted from 0 for a run started from an initial checkpoint;
+    from the t5x step with restore_step).
   batch_size: global batch in sequences (rows, packed or not); num_microbatches splits it for
     gradient accumulation.
   initial_checkpoint_path: an HF mT5/mT0 folder or one of our checkpoints (MODEL_DIR or
-    checkpoint_<step>); only its parameters are used. Ignored when MODEL_DIR holds a checkpoint.
+    checkpoint_<step>) or a t5x checkpoint; only its parameters are used unless
+    restore_optimizer_state / restore_step (t5x checkpoints; t5x's own default is both): continue
+    its Adafactor slots (their decay at t5x's step) / its step (then TRAIN_STEPS counts on from it).
+    Default weights only: our runs are finetunes. Ignored when MODEL_DIR holds a checkpoint.
   data_seed / dropout_seed / init_seed: shuffling, dropout masks (per step: (dropout_seed, step)), and
     the random initialisation when there is no initial checkpoint.
   input_pipeline: 'indexed' (default; data/indexed_pipeline.py: the order is a function of the seed,
@@ -79,6 +84,8 @@ class TrainConfig:
   use_packing: bool = False
   num_microbatches: int = 1
   initial_checkpoint_path: Optional[str] = None
+  restore_optimizer_state: bool = False
+  restore_step: bool = False
   data_seed: int = 0
   dropout_seed: int = 0
   init_seed: int = 0
@@ -197,7 +204,7 @@ def train(config: TrainConfig, model_config: family.ModelConfig,
   # This process's training batches (their source counts truncation and bad lines for this run).
   data = source_factory.make_batch_source(source_config(config, model_config), "train")
   metrics_log = reporting.MetricsLog(config.model_dir)
-  state = restore_or_initialize(config, assembly, checkpointer, data, metrics_log)
+  state = restore_or_initialize(config, assembly, checkpointer, data, metrics_log, optimizer_config)
   start_step = int(jax.device_get(state.step))
 
   evaluations = build_eval_hooks(config, assembly.model, vocabulary_path, num_data_shards, loss_config)
@@ -249,13 +256,15 @@ def make_meter(config: TrainConfig, model_config: family.ModelConfig) -> reporti
 
 
 def restore_or_initialize(config, assembly: step_assembly.StepAssembly, checkpointer, data,
-                          metrics_log) -> trainer.TrainState:
+                          metrics_log, optimizer_config=None) -> trainer.TrainState:
   """The state to train from: MODEL_DIR's newest checkpoint that restores (params, optimizer state
-  and data position all of that one step), else the initial parameters when MODEL_DIR holds none."""
+  and data position all of that one step), else the initial parameters when MODEL_DIR holds none
+  (with a t5x run's step / Adafactor state when asked: `t5x_optimizer.continue_initial_checkpoint`)."""
   restored = restore_newest_intact(config, assembly, checkpointer)
   if restored is None:
     metrics_log.truncate_after(0)  # a run killed before its first checkpoint starts over
-    return assembly.init_state(initial_params(config, assembly.model))
+    state = assembly.init_state(initial_params(config, assembly.model))
+    return t5x_optimizer.continue_initial_checkpoint(config, state, optimizer_config or optim.OptimizerConfig())
   if restored.input_position is not None:
     data.set_state(restored.input_position)
   metrics_log.truncate_after(restored.step)
