@@ -299,3 +299,21 @@ def test_each_host_reads_only_its_part(base):
       raise
   for i, (process, output) in enumerate(zip(workers, outputs)):
     assert process.returncode == 0 and f"process {i}: OK" in output, output[-3000:]
+
+
+def test_training_init_takes_the_gin_models_table_layout(base):
+  """INITIAL_CHECKPOINT_PATH of a t5x checkpoint whose layers' tables are equal (mT5's one table)
+  loads into a gin model with per-layer tables too: each layer gets the same table, same logits."""
+  import types
+  from xmtf_jax.model.family import model_for
+  from xmtf_jax.train import loop
+  step_dir = os.path.join(base["root"], "init_layout", "checkpoint_2")
+  t5x_fixtures.write_legacy(step_dir, base["tree"])
+  config = base["config"].replace(relative_attention_per_layer=True)
+  model = model_for(config)
+  params = loop.initial_params(types.SimpleNamespace(initial_checkpoint_path=step_dir), model)
+  tables = [np.asarray(params["encoder"][f"layers_{i}"]["relpos_bias"]["embedding"])
+            for i in range(config.num_encoder_layers)]
+  assert all(np.array_equal(t, tables[0]) for t in tables) and "relpos_bias" not in params["encoder"]
+  got = np.asarray(model.logits(params, base["enc"], base["dec"]))
+  np.testing.assert_allclose(got, base["want"], atol=TOL, rtol=0)

@@ -23,7 +23,7 @@ import numpy as np
 
 from xmtf_jax import paths
 from xmtf_jax.checkpoint import xmtf_format
-from xmtf_jax.checkpoint.model_path import ModelPathError, open_model_path
+from xmtf_jax.checkpoint.model_path import T5X, ModelPathError, open_model_path
 from xmtf_jax.data import batch_source, source_factory, truncation
 from xmtf_jax.errors import UserError
 from xmtf_jax.model import family
@@ -142,10 +142,13 @@ def initial_params(config: TrainConfig, model: Any) -> Any:
     opened = open_model_path(path)
   except ModelPathError as e:  # name the setting the path came from
     raise ModelPathError(f"INITIAL_CHECKPOINT_PATH={path!r}: {e}") from None
-  check_same_shapes(pretrained.read_config(opened), model.config, path)
+  # A t5x checkpoint whose layers' tables are equal loads either way: the gin model's layout decides.
+  layout = ({"relative_attention_per_layer": model.config.relative_attention_per_layer}
+            if opened.kind == T5X else {})
+  check_same_shapes(pretrained.read_config(opened, **layout), model.config, path)
   logging.info("initial parameters from %s", opened.describe())
   _, params = pretrained.load_params(opened, model.mesh, model.logical_axis_rules,
-                                     scan_layers=model.config.scan_layers)
+                                     scan_layers=model.config.scan_layers, **layout)
   return params
 
 
