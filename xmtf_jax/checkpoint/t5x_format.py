@@ -249,16 +249,23 @@ class T5xCheckpoint:
                       f"spec says {list(expected)}")
     return array
 
-  def read(self, name: str, index: Any = (), where: str = "target") -> np.ndarray:
-    """One array, or `array[index]` (a tuple of ints/slices: only that part is read from storage)."""
+  def read(self, name: str, index: Any = (), where: str = "target", dtype: Any = None) -> np.ndarray:
+    """One array, or `array[index]` (a tuple of ints/slices: only that part is read from storage), in
+    its stored dtype or `dtype`: tensorstore then converts each chunk into the output as it decodes
+    it, so no whole array in the stored dtype is ever held beside the converted one."""
     leaf = self._leaf(name, where)
     if isinstance(leaf, (np.ndarray, np.generic, int, float)):
-      return np.asarray(leaf)[index]
+      return np.asarray(np.asarray(leaf)[index], dtype)
     array = self._open(name, where)
-    data = np.asarray(array[index].read().result() if index != () else array.read().result())
-    if data.dtype == np.uint16 and self.version == 2:  # version 2 stored bfloat16 bits as uint16
+    view = array[index] if index != () else array
+    bits = self.version == 2 and view.dtype.numpy_dtype == np.uint16  # v2: bfloat16 bits as uint16
+    if dtype is not None and not bits and view.dtype.numpy_dtype != np.dtype(dtype):
+      import tensorstore as ts
+      view = ts.cast(view, np.dtype(dtype))
+    data = np.asarray(view.read().result())
+    if bits:
       data = data.view(ml_dtypes.bfloat16)
-    return data
+    return data if dtype is None else np.asarray(data, dtype)
 
   def gin_text(self) -> Optional[str]:
     """The run's operative gin (`config.gin` in the model dir), if t5x wrote one."""

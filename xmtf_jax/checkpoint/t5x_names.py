@@ -185,16 +185,18 @@ class T5xLayout:
     return read
 
   def _tied_head(self, config: T5Config) -> np.ndarray:
-    """embedding.T / sqrt(d_model) (t5x's logits via the embedding), scaled in place: two copies of
-    the largest array at most (benchmarks/t5x_load_memory.py)."""
-    head = np.ascontiguousarray(self._read("token_embedder/embedding").T)
+    """embedding.T / sqrt(d_model) (t5x's logits via the embedding), transposed while cast to float32
+    and scaled in place: the stored array (bfloat16: half a copy) beside one float32 copy."""
+    stored = self.ckpt.read("token_embedder/embedding")  # bfloat16 as t5x stores it: half a copy
+    head = stored.T.astype(np.float32, order="C")  # transposed and cast in one copy
+    del stored
     head *= np.float32(1.0 / np.sqrt(config.d_model))
     return head
 
   def _read(self, name: str, index: Any = ()) -> np.ndarray:
     if name not in self.names:
       raise UserError(f"{self.ckpt.describe()}: no array {name}")
-    return np.asarray(self.ckpt.read(name, index), np.float32)
+    return self.ckpt.read(name, index, dtype=np.float32)
 
   def _tables(self, stack: str, config: T5Config) -> Optional[np.ndarray]:
     """[layers, heads, buckets]: the stack's per-layer tables (read once); None for a shared table."""
@@ -329,7 +331,10 @@ def load_params(ckpt: T5xCheckpoint, mesh: Any = None, logical_axis_rules=None, 
       array = read_param(plan, leaf, box)
     else:
       layers = per_layer if box is None else per_layer[box[0]]
-      array = np.stack([read_param(plan, p, None if box is None else box[1:]) for p in layers])
+      array = np.empty((len(layers),) + (shape[1:] if box is None else tuple(
+          b.stop - b.start for b in box[1:])), np.float32)
+      for i, p in enumerate(layers):  # into the stacked array: no list of layers beside it
+        array[i] = read_param(plan, p, None if box is None else box[1:])
     if target is None:
       placed = jax.device_put(array)
     else:
