@@ -25,8 +25,8 @@ SIZES = {  # d_model, d_ff, heads, layers (T5.1.1 shapes, vocabulary 32128)
     "small": (512, 1024, 6, 8), "base": (768, 2048, 12, 12)}
 
 
-def child(kind: str, workdir: str) -> None:
-  sys.path.insert(0, REPO)
+def child(kind: str, workdir: str, code: str) -> None:
+  sys.path.insert(0, code)
   os.environ["JAX_PLATFORMS"] = "cpu"
   import jax
   import tensorstore  # noqa: F401  (the reader imports it when it opens an array: part of the floor)
@@ -82,24 +82,33 @@ def main() -> None:
   parser.add_argument("--size", default="base", choices=sorted(SIZES))
   parser.add_argument("--format", default="legacy", choices=("legacy", "orbax"))
   parser.add_argument("--workdir", default="/tmp/t5x_bench")
+  parser.add_argument("--baseline", default=None,
+                      help="another checkout (e.g. `git worktree add /tmp/old main`): its reader is "
+                           "measured too, on the same checkpoint, in the same run")
   parser.add_argument("--child", default=None)
+  parser.add_argument("--code", default=REPO)
   args = parser.parse_args()
   if args.child:
-    return child(args.child, args.workdir)
+    return child(args.child, args.workdir, args.code)
   shutil.rmtree(args.workdir, ignore_errors=True)
   os.makedirs(args.workdir)
   facts = make_checkpoint(args.size, args.format, args.workdir)
-  kinds = ("imports", "read", "load")
-  for kind in kinds:
-    out = subprocess.run([sys.executable, __file__, f"--child={kind}", f"--workdir={args.workdir}"],
-                         check=True, capture_output=True, text=True).stdout
-    facts[kind] = json.loads(out.strip().splitlines()[-1])["peak_rss_bytes"]
+  codes = {"this checkout": REPO, **({"baseline": os.path.abspath(args.baseline)} if args.baseline else {})}
+  peaks = {}
+  for label, code in codes.items():
+    for kind in ("imports", "read", "load"):
+      out = subprocess.run([sys.executable, __file__, f"--child={kind}", f"--workdir={args.workdir}",
+                            f"--code={code}"], check=True, capture_output=True, text=True).stdout
+      peaks[label, kind] = json.loads(out.strip().splitlines()[-1])["peak_rss_bytes"]
   mb = lambda b: f"{b / 1e6:.0f} MB"
+  model, largest = facts["model_bytes"], facts["largest_tensor_bytes"]
   print(f"t5x {args.format} checkpoint, T5.1.1-{args.size} shapes: stored {mb(facts['stored_bytes'])} "
-        f"(bfloat16), model {mb(facts['model_bytes'])} float32, largest array "
-        f"{mb(facts['largest_tensor_bytes'])} float32")
-  for kind in kinds:
-    print(f"  peak RSS {kind:8s} {mb(facts[kind])}  (above imports: {mb(facts[kind] - facts['imports'])})")
+        f"(bfloat16), model {mb(model)} float32, largest array {mb(largest)} float32")
+  for (label, kind), peak in peaks.items():
+    above = peak - peaks[label, "imports"]
+    extra = above - model if kind == "load" else above  # load: what is held beside the model
+    print(f"  {label:13s} peak RSS {kind:8s} {mb(peak)}  (above imports: {mb(above)}; "
+          f"{'model + ' if kind == 'load' else ''}{mb(extra)} = {extra / largest:.2f} largest arrays)")
   shutil.rmtree(args.workdir, ignore_errors=True)
 
 
