@@ -275,15 +275,18 @@ class T5xCheckpoint:
     its stored dtype or `dtype`: tensorstore then converts each chunk into the (aligned) output as it
     decodes it, so no whole array in the stored dtype is held beside the converted one."""
     leaf = self._leaf(name, where)
-    if isinstance(leaf, (np.ndarray, np.generic, int, float)):
-      return np.asarray(np.asarray(leaf)[index], dtype)
-    array = self._open(name, where)
-    view = array[index] if index != () else array
-    bits = self.version == 2 and view.dtype.numpy_dtype == np.uint16  # v2: bfloat16 bits as uint16
-    if dtype is None or bits:
-      data = np.asarray(view.read().result())
+    inline = isinstance(leaf, (np.ndarray, np.generic, int, float))
+    view = None if inline else self._open(name, where)
+    view = view[index] if view is not None and index != () else view
+    bits = not inline and self.version == 2 and view.dtype.numpy_dtype == np.uint16  # bfloat16 bits
+    if inline or dtype is None or bits:
+      data = np.asarray(leaf)[index] if inline else np.asarray(view.read().result())
       data = data.view(ml_dtypes.bfloat16) if bits else data
-      return data if dtype is None else np.asarray(data, dtype)
+      if dtype is None:
+        return data
+      out = empty_aligned(data.shape, dtype)
+      np.copyto(out, data)
+      return out
     import tensorstore as ts
     out = empty_aligned(view.shape, dtype)
     source = view.translate_to[0] if view.rank else view

@@ -270,8 +270,9 @@ def _stored_shape(layout: T5xLayout, path: Path) -> Optional[tuple]:
 def read_param(plan, path: Path, box: Optional[tuple] = None) -> np.ndarray:
   """One of our per-layer parameters, float32, in our layout (or its part `box`: slices, steps 1)."""
   read, shape = plan[path]
-  array = np.ascontiguousarray(read(box)) if box is not None else np.ascontiguousarray(read()).reshape(shape)
-  release_freed_memory()
+  array = np.ascontiguousarray(read(box) if box is not None else read()).reshape(
+      shape if box is None else [b.stop - b.start for b in box])
+  release_freed_memory()  # what tensorstore's threads freed, before the next array is read
   return array
 
 
