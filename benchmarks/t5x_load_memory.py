@@ -13,13 +13,13 @@ tests/t5x_fixtures.py writes them. Then, in fresh processes, peak resident memor
      host memory (floor + the float32 model is then the least possible).
 
 Measured (2 CPU cores, glibc 2.36, jax 0.10.2, tensorstore 0.1.86; `--baseline` = the reader before
-issue 21's memory work, same checkpoint, same run), T5.1.1-base: model 990 MB float32, largest
-array 99 MB, imports 238 MB:
-                 read (above imports)          load (above imports)
-  legacy before  236 MB = 2.39 largest         model + 221 MB = 2.24 largest
-  legacy now     190 MB = 1.93 largest         model +  96 MB = 0.97 largest
-  orbax  before  215 MB = 2.18 largest         model + 186 MB = 1.88 largest
-  orbax  now     194 MB = 1.96 largest         model +  95 MB = 0.96 largest
+issue 21's memory work, same checkpoint, same run; two runs, ~15 MB apart), T5.1.1-base: model
+990 MB float32, largest array 99 MB, imports 238 MB:
+                 read (above imports)                load (above imports)
+  legacy before  236-253 MB = 2.39-2.57 largest      model + 221-236 MB = 2.24-2.39 largest
+  legacy now     190-202 MB = 1.93-2.05 largest      model +  72-96 MB  = 0.73-0.97 largest
+  orbax  before  215-217 MB = 2.18-2.20 largest      model + 186-187 MB = 1.88-1.89 largest
+  orbax  now     194 MB     = 1.96 largest           model +  95 MB     = 0.96 largest
 Where it goes now: tensorstore converts each chunk to float32 as it decodes it, straight into one
 64-byte-aligned output, which jax's CPU backend keeps without a copy (no bfloat16 copy of the array,
 no second float32 one); the read still holds ~30 MB of jax state from building the parameter plan

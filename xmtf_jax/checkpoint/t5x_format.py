@@ -151,7 +151,7 @@ def release_freed_memory() -> None:
   import ctypes
   try:
     ctypes.CDLL(None).malloc_trim(0)
-  except (AttributeError, OSError):
+  except (AttributeError, OSError, TypeError):  # no glibc (macOS, musl; Windows: no CDLL(None))
     pass
 
 
