@@ -145,9 +145,9 @@ def empty_aligned(shape: tuple, dtype: Any) -> np.ndarray:
 
 
 def release_freed_memory() -> None:
-  """Hands the heap memory freed by the last read back to the system (glibc's malloc_trim; nowhere
-  else a no-op): tensorstore decodes chunks on its own threads, whose malloc arenas otherwise keep
-  the freed chunk buffers, and they add up over a checkpoint's arrays."""
+  """Hands the heap memory freed by the last read back to the system (glibc's malloc_trim; elsewhere
+  a no-op): tensorstore decodes chunks on its own threads, whose malloc arenas otherwise keep the
+  freed chunk buffers, and they add up over a checkpoint's arrays (a part stays: an arena's top)."""
   import ctypes
   try:
     ctypes.CDLL(None).malloc_trim(0)
