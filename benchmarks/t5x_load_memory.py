@@ -1,6 +1,7 @@
 """Host memory of loading a t5x checkpoint against the size of the model and of its largest array.
 
-    .venv/bin/python benchmarks/t5x_load_memory.py [--size=base] [--format=legacy] [--workdir=/tmp/t5x_bench]
+    .venv/bin/python benchmarks/t5x_load_memory.py [--size=base] [--format=legacy|orbax]
+        [--workdir=/tmp/t5x_bench] [--baseline=OTHER_CHECKOUT]
 
 Writes a random-weight T5.1.1-shaped model (vocabulary 32128) as a t5x checkpoint, bfloat16 as t5x
 stores it: `legacy` (msgpack + tensorstore zarr directories, gzip) or `orbax` (OCDBT), as
@@ -10,8 +11,23 @@ tests/t5x_fixtures.py writes them. Then, in fresh processes, peak resident memor
      a load onto an accelerator (the array leaves the host) do;
   3. `load`: `pretrained.load_params` onto the CPU device, where the loaded model itself lives in
      host memory (floor + the float32 model is then the least possible).
-The reader should stay near floor + a few copies of the largest array (read as stored, cast to
-float32, transposed for the LM head), far below floor + the model.
+
+Measured (2 CPU cores, glibc 2.36, jax 0.10.2, tensorstore 0.1.86; `--baseline` = the reader before
+issue 21's memory work, same checkpoint, same run; two runs, ~15 MB apart), T5.1.1-base: model
+990 MB float32, largest array 99 MB, imports 238 MB:
+                 read (above imports)                load (above imports)
+  legacy before  236-253 MB = 2.39-2.57 largest      model + 221-236 MB = 2.24-2.39 largest
+  legacy now     190-202 MB = 1.93-2.05 largest      model +  72-96 MB  = 0.73-0.97 largest
+  orbax  before  215-217 MB = 2.18-2.20 largest      model + 186-187 MB = 1.88-1.89 largest
+  orbax  now     194 MB     = 1.96 largest           model +  95 MB     = 0.96 largest
+Where it goes now: tensorstore converts each chunk to float32 as it decodes it, straight into one
+64-byte-aligned output, which jax's CPU backend keeps without a copy (no bfloat16 copy of the array,
+no second float32 one); the read still holds ~30 MB of jax state from building the parameter plan
+(abstract params), the decoded chunks in flight (a whole-array chunk, as Orbax and a one-host t5x
+save write it: half the array in bfloat16) and ~40 MB that glibc keeps in tensorstore's threads'
+malloc arenas (malloc_trim cannot return an arena's top). With MALLOC_MMAP_THRESHOLD_=1048576 in
+the environment (no dynamic threshold: large buffers go straight back) read is 168 / 181 MB, load
+model + 55 / 83 MB (legacy / orbax).
 """
 import argparse
 import json
@@ -25,8 +41,8 @@ SIZES = {  # d_model, d_ff, heads, layers (T5.1.1 shapes, vocabulary 32128)
     "small": (512, 1024, 6, 8), "base": (768, 2048, 12, 12)}
 
 
-def child(kind: str, workdir: str) -> None:
-  sys.path.insert(0, REPO)
+def child(kind: str, workdir: str, code: str) -> None:
+  sys.path.insert(0, code)
   os.environ["JAX_PLATFORMS"] = "cpu"
   import jax
   import tensorstore  # noqa: F401  (the reader imports it when it opens an array: part of the floor)
@@ -82,24 +98,33 @@ def main() -> None:
   parser.add_argument("--size", default="base", choices=sorted(SIZES))
   parser.add_argument("--format", default="legacy", choices=("legacy", "orbax"))
   parser.add_argument("--workdir", default="/tmp/t5x_bench")
+  parser.add_argument("--baseline", default=None,
+                      help="another checkout (e.g. `git worktree add /tmp/old main`): its reader is "
+                           "measured too, on the same checkpoint, in the same run")
   parser.add_argument("--child", default=None)
+  parser.add_argument("--code", default=REPO)
   args = parser.parse_args()
   if args.child:
-    return child(args.child, args.workdir)
+    return child(args.child, args.workdir, args.code)
   shutil.rmtree(args.workdir, ignore_errors=True)
   os.makedirs(args.workdir)
   facts = make_checkpoint(args.size, args.format, args.workdir)
-  kinds = ("imports", "read", "load")
-  for kind in kinds:
-    out = subprocess.run([sys.executable, __file__, f"--child={kind}", f"--workdir={args.workdir}"],
-                         check=True, capture_output=True, text=True).stdout
-    facts[kind] = json.loads(out.strip().splitlines()[-1])["peak_rss_bytes"]
+  codes = {"this checkout": REPO, **({"baseline": os.path.abspath(args.baseline)} if args.baseline else {})}
+  peaks = {}
+  for label, code in codes.items():
+    for kind in ("imports", "read", "load"):
+      out = subprocess.run([sys.executable, __file__, f"--child={kind}", f"--workdir={args.workdir}",
+                            f"--code={code}"], check=True, capture_output=True, text=True).stdout
+      peaks[label, kind] = json.loads(out.strip().splitlines()[-1])["peak_rss_bytes"]
   mb = lambda b: f"{b / 1e6:.0f} MB"
+  model, largest = facts["model_bytes"], facts["largest_tensor_bytes"]
   print(f"t5x {args.format} checkpoint, T5.1.1-{args.size} shapes: stored {mb(facts['stored_bytes'])} "
-        f"(bfloat16), model {mb(facts['model_bytes'])} float32, largest array "
-        f"{mb(facts['largest_tensor_bytes'])} float32")
-  for kind in kinds:
-    print(f"  peak RSS {kind:8s} {mb(facts[kind])}  (above imports: {mb(facts[kind] - facts['imports'])})")
+        f"(bfloat16), model {mb(model)} float32, largest array {mb(largest)} float32")
+  for (label, kind), peak in peaks.items():
+    above = peak - peaks[label, "imports"]
+    extra = above - model if kind == "load" else above  # load: what is held beside the model
+    print(f"  {label:13s} peak RSS {kind:8s} {mb(peak)}  (above imports: {mb(above)}; "
+          f"{'model + ' if kind == 'load' else ''}{mb(extra)} = {extra / largest:.2f} largest arrays)")
   shutil.rmtree(args.workdir, ignore_errors=True)
 
 

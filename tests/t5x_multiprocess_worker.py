@@ -27,8 +27,8 @@ read_elements = []
 original = t5x_format.T5xCheckpoint.read
 
 
-def counting_read(self, name, index=(), where="target"):
-  data = original(self, name, index, where)
+def counting_read(self, name, index=(), where="target", dtype=None):
+  data = original(self, name, index, where, dtype)
   read_elements.append(data.size)
   return data
 

@@ -71,6 +71,23 @@ def test_legacy_checkpoints_give_hf_logits(base, variant):
   assert xmtf_jax.train.pretrained.read_config(opened.step_dir) == base["config"].replace(dropout_rate=0.1)
 
 
+@pytest.mark.parametrize("variant", ["v3_tensorstore_zstd_bfloat16_path_gcs", "v2_tensorstore_uint16",
+                                     "v3_inline_bfloat16"])
+def test_read_as_float32_chunk_by_chunk(base, variant, tmp_path):
+  """read(dtype=float32) (tensorstore converting each chunk into an aligned output, what load_params
+  uses to keep one copy of an array in memory) gives the stored values, whole or a slice."""
+  step_dir = os.path.join(tmp_path, "checkpoint_1")
+  t5x_fixtures.write_legacy(step_dir, base["tree"], **LEGACY[variant])
+  ckpt = open_model_path(step_dir).t5x()
+  name = "encoder/layers_0/mlp/wi_0/kernel"
+  stored = ckpt.read(name)
+  assert stored.dtype == ml_dtypes.bfloat16
+  for index in ((), (slice(1, 5), slice(3, 40))):
+    got = ckpt.read(name, index, dtype=np.float32)
+    assert got.dtype == np.float32 and got.ctypes.data % 64 == 0
+    np.testing.assert_array_equal(got, stored[index].astype(np.float32))
+
+
 def test_chunked_inline_arrays(base, monkeypatch):
   import flax.serialization
   monkeypatch.setattr(flax.serialization, "MAX_CHUNK_SIZE", 1000)  # flax chunks arrays over this size

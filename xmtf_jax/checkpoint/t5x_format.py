@@ -134,6 +134,27 @@ def _kvstore(path: str) -> dict:
   return {"driver": "file", "path": paths.abspath(path).rstrip("/") + "/"}
 
 
+def empty_aligned(shape: tuple, dtype: Any) -> np.ndarray:
+  """np.empty aligned to 64 bytes, which jax's CPU backend can hold without copying it
+  (`jax.device_put(x, may_alias=True)`): a loaded array then is not held twice."""
+  dtype = np.dtype(dtype)
+  size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+  raw = np.empty(size + 64, np.uint8)
+  start = -raw.ctypes.data % 64
+  return raw[start:start + size].view(dtype).reshape(shape)
+
+
+def release_freed_memory() -> None:
+  """Hands the heap memory freed by the last read back to the system (glibc's malloc_trim; elsewhere
+  a no-op): tensorstore decodes chunks on its own threads, whose malloc arenas otherwise keep the
+  freed chunk buffers, and they add up over a checkpoint's arrays (a part stays: an arena's top)."""
+  import ctypes
+  try:
+    ctypes.CDLL(None).malloc_trim(0)
+  except (AttributeError, OSError, TypeError):  # no glibc (macOS, musl; Windows: no CDLL(None))
+    pass
+
+
 # ---- one checkpoint ----------------------------------------------------------------------------------
 
 class T5xCheckpoint:
@@ -249,16 +270,30 @@ class T5xCheckpoint:
                       f"spec says {list(expected)}")
     return array
 
-  def read(self, name: str, index: Any = (), where: str = "target") -> np.ndarray:
-    """One array, or `array[index]` (a tuple of ints/slices: only that part is read from storage)."""
+  def read(self, name: str, index: Any = (), where: str = "target", dtype: Any = None) -> np.ndarray:
+    """One array, or `array[index]` (a tuple of ints/slices: only that part is read from storage), in
+    its stored dtype or `dtype`: tensorstore then converts each chunk into the (aligned) output as it
+    decodes it, so no whole array in the stored dtype is held beside the converted one."""
     leaf = self._leaf(name, where)
-    if isinstance(leaf, (np.ndarray, np.generic, int, float)):
-      return np.asarray(leaf)[index]
-    array = self._open(name, where)
-    data = np.asarray(array[index].read().result() if index != () else array.read().result())
-    if data.dtype == np.uint16 and self.version == 2:  # version 2 stored bfloat16 bits as uint16
-      data = data.view(ml_dtypes.bfloat16)
-    return data
+    inline = isinstance(leaf, (np.ndarray, np.generic, int, float))
+    view = None if inline else self._open(name, where)
+    view = view[index] if view is not None and index != () else view
+    bits = not inline and self.version == 2 and view.dtype.numpy_dtype == np.uint16  # bfloat16 bits
+    if inline or dtype is None or bits:
+      data = np.asarray(leaf)[index] if inline else np.asarray(view.read().result())
+      data = data.view(ml_dtypes.bfloat16) if bits else data
+      if dtype is None:
+        return data
+      out = empty_aligned(data.shape, dtype)
+      np.copyto(out, data)
+      return out
+    import tensorstore as ts
+    out = empty_aligned(view.shape, dtype)
+    source = view.translate_to[0] if view.rank else view
+    if view.dtype.numpy_dtype != np.dtype(dtype):
+      source = ts.cast(source, np.dtype(dtype))
+    ts.array(out, copy=False, write=True).write(source).result()  # chunk by chunk into `out`
+    return out
 
   def gin_text(self) -> Optional[str]:
     """The run's operative gin (`config.gin` in the model dir), if t5x wrote one."""

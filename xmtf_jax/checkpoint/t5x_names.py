@@ -28,7 +28,7 @@ from typing import Any, Callable, Optional
 import jax
 import numpy as np
 
-from xmtf_jax.checkpoint.t5x_format import T5xCheckpoint
+from xmtf_jax.checkpoint.t5x_format import T5xCheckpoint, empty_aligned, release_freed_memory
 from xmtf_jax.errors import UserError
 from xmtf_jax.model import family, layer_stacking
 from xmtf_jax.model.config import T5Config
@@ -185,16 +185,19 @@ class T5xLayout:
     return read
 
   def _tied_head(self, config: T5Config) -> np.ndarray:
-    """embedding.T / sqrt(d_model) (t5x's logits via the embedding), scaled in place: two copies of
-    the largest array at most (benchmarks/t5x_load_memory.py)."""
-    head = np.ascontiguousarray(self._read("token_embedder/embedding").T)
+    """embedding.T / sqrt(d_model) (t5x's logits via the embedding), transposed while cast to float32
+    and scaled in place: the stored array (bfloat16: half a copy) beside one float32 copy."""
+    stored = self.ckpt.read("token_embedder/embedding")  # bfloat16 as t5x stores it: half a copy
+    head = empty_aligned(stored.shape[::-1], np.float32)
+    np.copyto(head, stored.T)  # transposed and cast in one copy
+    del stored
     head *= np.float32(1.0 / np.sqrt(config.d_model))
     return head
 
   def _read(self, name: str, index: Any = ()) -> np.ndarray:
     if name not in self.names:
       raise UserError(f"{self.ckpt.describe()}: no array {name}")
-    return np.asarray(self.ckpt.read(name, index), np.float32)
+    return self.ckpt.read(name, index, dtype=np.float32)
 
   def _tables(self, stack: str, config: T5Config) -> Optional[np.ndarray]:
     """[layers, heads, buckets]: the stack's per-layer tables (read once); None for a shared table."""
@@ -267,9 +270,10 @@ def _stored_shape(layout: T5xLayout, path: Path) -> Optional[tuple]:
 def read_param(plan, path: Path, box: Optional[tuple] = None) -> np.ndarray:
   """One of our per-layer parameters, float32, in our layout (or its part `box`: slices, steps 1)."""
   read, shape = plan[path]
-  if box is not None:
-    return np.ascontiguousarray(read(box))
-  return np.ascontiguousarray(read()).reshape(shape)
+  array = np.ascontiguousarray(read(box) if box is not None else read()).reshape(
+      shape if box is None else [b.stop - b.start for b in box])
+  release_freed_memory()  # what tensorstore's threads freed, before the next array is read
+  return array
 
 
 def _cut(whole: Callable[[], np.ndarray]) -> Callable[..., np.ndarray]:
@@ -329,9 +333,12 @@ def load_params(ckpt: T5xCheckpoint, mesh: Any = None, logical_axis_rules=None, 
       array = read_param(plan, leaf, box)
     else:
       layers = per_layer if box is None else per_layer[box[0]]
-      array = np.stack([read_param(plan, p, None if box is None else box[1:]) for p in layers])
-    if target is None:
-      placed = jax.device_put(array)
+      array = empty_aligned((len(layers),) + (shape[1:] if box is None else tuple(
+          b.stop - b.start for b in box[1:])), np.float32)
+      for i, p in enumerate(layers):  # into the stacked array: no list of layers beside it
+        array[i] = read_param(plan, p, None if box is None else box[1:])
+    if target is None:  # the CPU backend keeps an aligned host array without a copy
+      placed = jax.device_put(array, may_alias=True)
     else:
       start = [0] * len(shape) if box is None else [b.start for b in box]
       placed = jax.make_array_from_callback(shape, target, lambda index, a=array, s=start: a[tuple(
