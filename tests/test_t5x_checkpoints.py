@@ -4,6 +4,7 @@ random tiny HF mT5 whose weights are bfloat16-exact (so bfloat16 storage loses n
 import json
 import os
 
+import ml_dtypes
 import numpy as np
 import pytest
 import torch
