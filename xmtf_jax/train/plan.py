@@ -87,7 +87,7 @@ class Plan:
   collectives_error: str = ""  # why the compiled program's collectives could not be read
   bytes_accessed: float = 0.0  # XLA's cost analysis, per device (a loop body counted once)
   optimal_seconds: Optional[float] = None  # XLA's cost-model step time, where the backend reports it
-  collectives_by_axis: dict = dataclasses.field(default_factory=dict)  # mesh axes -> kind -> stats
+  collectives_by_axis: Optional[dict] = None  # mesh axes -> kind -> stats (hlo_collectives)
   estimate: Optional[step_time.StepTimeEstimate] = None  # None: no chip numbers (cpu targets)
 
   @property
@@ -138,7 +138,7 @@ class Plan:
     for kind, stats in sorted(self.collectives.items()):
       dtypes = ", ".join(f"{d} {b / 2**20:.1f}" for d, b in sorted(stats["dtypes"].items()))
       lines.append(f"  {kind:<20}{stats['count']:>7}{stats['bytes'] / 2**20:>12.1f}   ({dtypes})")
-    for axes, kinds in sorted(self.collectives_by_axis.items()):
+    for axes, kinds in sorted((self.collectives_by_axis or {}).items()):
       parts = ", ".join(f"{kind} {s['bytes'] / 2**20:.1f}" for kind, s in sorted(kinds.items()))
       lines.append(f"  on mesh axes {axes:<11} ({parts}) MiB")
     if self.estimate:

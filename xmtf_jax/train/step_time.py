@@ -108,7 +108,7 @@ def estimate(plan, chip: hardware.Chip) -> StepTimeEstimate:
   bytes_accessed = plan.bytes_accessed * loop_scale
   compute = flops / chip.peak_flops
   hbm = bytes_accessed / chip.hbm_bytes_per_second
-  communication = {axes: axis_seconds(kinds, chip) for axes, kinds in plan.collectives_by_axis.items()}
+  communication = {axes: axis_seconds(kinds, chip) for axes, kinds in (plan.collectives_by_axis or {}).items()}
   total_comm = sum(communication.values())
   seconds = max(compute, hbm) + total_comm
   overlapped = max(compute, hbm, total_comm)
