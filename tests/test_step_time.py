@@ -9,7 +9,7 @@ import pytest
 from xmtf_jax.errors import UserError
 from xmtf_jax.model.config import T5Config
 from xmtf_jax.parallel import hlo_collectives, partitioning
-from xmtf_jax.train import hardware, losses, optim, step_time
+from xmtf_jax.train import hardware, losses, optim, step_time, trainer
 from xmtf_jax.train import plan as train_plan
 
 
@@ -69,7 +69,7 @@ def test_estimate_equals_a_hand_computation(tiny_plan):
 
 
 def test_loops_scale_flops_and_bytes_to_the_model_count():
-  # A scanned program: XLA counted the layer body once, so its FLOPs are a quarter of the model's.
+  # A scanned program: XLA counted the layer body once, a quarter of the model's FLOPs.
   plan = train_plan.Plan(
       target="v4-8", device_kind="TPU v4", num_devices=4, mesh={"data": 4, "model": 1}, model={},
       step={"loops": ["layers"]}, num_parameters=0, parameter_bytes=0, optimizer_state_bytes=0,
@@ -78,10 +78,10 @@ def test_loops_scale_flops_and_bytes_to_the_model_count():
       flops_model=16e12, collectives={}, lower_seconds=0, compile_seconds=0, bytes_accessed=3e9,
       collectives_by_axis={"data": {"all-gather": {"count": 1, "bytes": 9e9, "group_size": 4}},
                            "data+model": {"collective-permute": {"count": 2, "bytes": 1e9, "group_size": 4}}},
-      optimal_seconds=0.5)
+      optimal_seconds=0.5, flops_model_counted=4e12)
   v4 = hardware.CHIPS["v4"]
   estimate = step_time.estimate(plan, v4)
-  assert estimate.loop_scale == 4.0
+  assert estimate.loop_scale == 4.0  # XLA's 1e12 per device -> 4e12 (the model's 16e12 / 4 devices)
   assert estimate.compute_seconds == pytest.approx(4e12 / 275e12)
   assert estimate.hbm_seconds == pytest.approx(12e9 / 1.2e12)
   # all-gather over 4: 3/4 of the gathered bytes over two links; the permute over one link.
@@ -157,3 +157,23 @@ def test_chip_for_cpu_and_unknown():
   assert hardware.chip_for("cpu") is None and hardware.chip_for("cpu:8") is None
   with pytest.raises(UserError, match="no peak numbers"):
     hardware.chip_for("TPU v2")
+
+
+def test_scanned_layers_scale_to_the_unrolled_count():
+  """XLA counts a scanned layer once; scaled by the model's FLOPs it matches the unrolled program."""
+  def plan(scan):
+    config = T5Config(vocab_size=256, d_model=64, d_kv=16, d_ff=128, num_heads=4, num_encoder_layers=4,
+                      num_decoder_layers=4, dropout_rate=0.0, scan_layers=scan)
+    shape = train_plan.StepShape(batch_size=16, task_feature_lengths={"inputs": 32, "targets": 16})
+    return train_plan.plan_train_step(config, optim.OptimizerConfig(), losses.LossConfig(),
+                                      partitioning.PartitioningConfig(num_partitions=2), shape,
+                                      jax.devices(), hbm_bytes=32 * 2**30, target="cpu:8", chip=CHIP)
+
+  scanned, unrolled = plan(True), plan(False)
+  assert scanned.step["loops"] == ["layers"] and unrolled.step["loops"] == []
+  one_layer = T5Config(vocab_size=256, d_model=64, d_kv=16, d_ff=128, num_heads=4, num_encoder_layers=1,
+                       num_decoder_layers=1)
+  assert scanned.flops_model_counted == trainer.training_flops_per_step(one_layer, 16, 32, 16)
+  assert scanned.flops_per_device < 0.6 * unrolled.flops_per_device  # 1 of 4 layers counted
+  assert scanned.estimate.loop_scale == pytest.approx(scanned.flops_model / scanned.flops_model_counted)
+  assert scanned.estimate.flops == pytest.approx(unrolled.estimate.flops, rel=0.15)

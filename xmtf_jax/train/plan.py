@@ -89,6 +89,9 @@ class Plan:
   optimal_seconds: Optional[float] = None  # XLA's cost-model step time, where the backend reports it
   collectives_by_axis: Optional[dict] = None  # mesh axes -> kind -> stats (hlo_collectives)
   estimate: Optional[step_time.StepTimeEstimate] = None  # None: no chip numbers (cpu targets)
+  # training_flops_per_step of what XLA's cost analysis counts: one iteration of each loop (one layer
+  # per scanned stack, one micro-batch); flops_model / this scales XLA's counts to the whole step.
+  flops_model_counted: float = 0.0
 
   @property
   def fits(self) -> bool:
@@ -292,6 +295,11 @@ def plan_train_step(model_config: family.ModelConfig, optimizer_config: optim.Op
   tokens = shape.batch_size * (lengths["inputs"] + lengths["targets"])
   loops = [name for name, on in (("layers", model_config.scan_layers),
                                  ("micro-batches", shape.num_microbatches > 1)) if on]
+  counted_config = model_config
+  if model_config.scan_layers:
+    counted_config = dataclasses.replace(model_config,
+                                         num_encoder_layers=min(1, model_config.num_encoder_layers),
+                                         num_decoder_layers=min(1, model_config.num_decoder_layers))
   plan = Plan(
       target=target, device_kind=str(getattr(devices[0], "device_kind", "?")), num_devices=len(devices),
       mesh=dict(mesh.shape),
@@ -313,7 +321,9 @@ def plan_train_step(model_config: family.ModelConfig, optimizer_config: optim.Op
       compile_error=compile_error,
       bytes_accessed=float(cost.get("bytes accessed", 0.0)) if cost else 0.0,
       optimal_seconds=float(cost["optimal_seconds"]) if cost and "optimal_seconds" in cost else None,
-      collectives_by_axis=by_axis)
+      collectives_by_axis=by_axis,
+      flops_model_counted=trainer.training_flops_per_step(
+          counted_config, shape.batch_size // shape.num_microbatches, lengths["inputs"], lengths["targets"]))
   chip = chip or _chip(plan.device_kind)
   if chip is not None and compiled is not None:
     plan.estimate = step_time.estimate(plan, chip)

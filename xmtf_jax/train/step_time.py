@@ -17,10 +17,12 @@ Per device, from the `Plan` (XLA's cost analysis and the program's collectives):
                        6ND-style count of useful work: recomputation under remat lowers the MFU).
 Collectives spanning several mesh axes are charged at one axis' bandwidth; '?' (groups not read) too.
 
-XLA's cost analysis counts a `while` body once. When the plan has loops (scanned layers,
-micro-batches) and XLA's FLOPs per device fall short of the model's, FLOPs and bytes accessed are both
-scaled by that ratio (`loop_scale`): an estimate that assumes the loop bodies hold the same share of
-bytes as of FLOPs. Collectives need no scaling: `hlo_collectives` multiplies by trip counts.
+XLA's cost analysis counts a `while` body once. With loops (scanned layers, micro-batches), FLOPs
+and bytes accessed are both scaled by `loop_scale` = the model's FLOPs of the whole step / those of
+what XLA counted (one layer per scanned stack, one micro-batch: `Plan.flops_model_counted`). This
+keeps XLA's own ratio of executed to model FLOPs (remat recomputation, elementwise work) and assumes
+the loop bodies hold the same share of bytes as of FLOPs: an estimate. Collectives need no scaling:
+`hlo_collectives` multiplies by trip counts.
 `xla_optimal_seconds` is XLA's own cost-model time where the backend reports it (None elsewhere).
 """
 from __future__ import annotations
@@ -102,8 +104,8 @@ def estimate(plan, chip: hardware.Chip) -> StepTimeEstimate:
   """The estimate of `plan` (a `train.plan.Plan`) on `chip`."""
   loop_scale = 1.0
   model_per_device = plan.flops_model / plan.num_devices
-  if plan.step.get("loops") and 0 < plan.flops_per_device < model_per_device:
-    loop_scale = model_per_device / plan.flops_per_device
+  if plan.step.get("loops") and plan.flops_model_counted > 0:
+    loop_scale = plan.flops_model / plan.flops_model_counted
   flops = plan.flops_per_device * loop_scale
   bytes_accessed = plan.bytes_accessed * loop_scale
   compute = flops / chip.peak_flops
