@@ -3,9 +3,11 @@ equals a hand computation from the plan's FLOPs, bytes and collectives and the c
 collective is attributed to the mesh axes its device groups span, in every spelling XLA prints."""
 import json
 
+import gin
 import jax
 import pytest
 
+from xmtf_jax.cli import plan as plan_cli
 from xmtf_jax.errors import UserError
 from xmtf_jax.model.config import T5Config
 from xmtf_jax.parallel import hlo_collectives, partitioning
@@ -177,3 +179,24 @@ def test_scanned_layers_scale_to_the_unrolled_count():
   assert scanned.flops_per_device < 0.6 * unrolled.flops_per_device  # 1 of 4 layers counted
   assert scanned.estimate.loop_scale == pytest.approx(scanned.flops_model / scanned.flops_model_counted)
   assert scanned.estimate.flops == pytest.approx(unrolled.estimate.flops, rel=0.15)
+
+
+def test_cli_prints_the_estimate_with_chip_flag(tmp_path, capsys):
+  gin.clear_config()
+  out = tmp_path / "plan.json"
+  args = ["--gin_file=gin/models/mt5_tiny.gin", "--gin_file=gin/runs/finetune.gin",
+          "--gin_file=gin/partitioning/model_parallel_2.gin", "--gin.VOCAB_SIZE=256",
+          "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 16}", "--gin.BATCH_SIZE=16", "--topology=cpu:8"]
+  try:
+    with pytest.raises(UserError, match="--chip=tpu9"):
+      plan_cli.run(args + ["--chip=tpu9"])
+    gin.clear_config()
+    assert plan_cli.main(args + ["--chip=v4", f"--output_json={out}"]) == plan_cli.EXIT_FITS
+  finally:
+    gin.clear_config()
+  text = capsys.readouterr().out
+  assert "step time (estimate, TPU v4 peaks; roofline, not a measurement)" in text
+  assert "without overlap" in text and "with full overlap" in text and "communication" in text
+  saved = json.loads(out.read_text())["estimate"]
+  assert saved["label"] == "estimate" and saved["chip"] == "TPU v4"
+  assert saved["compute_seconds"] == pytest.approx(saved["flops"] / 275e12)
