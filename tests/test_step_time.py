@@ -125,6 +125,11 @@ HLO = """HloModule step
   %ar = f32[64]{0} all-reduce(f32[64]{0} %ag), channel_id=3, replica_groups=[2,4]<=[4,2]T(1,0), use_global_device_ids=true, to_apply=%add
 }
 
+%all-reduce-scatter.1 (q: f32[64]) -> f32[16] {
+  %inner = f32[64]{0} all-reduce(f32[64]{0} %q), channel_id=6, replica_groups=[2,4]<=[4,2]T(1,0), use_global_device_ids=true, to_apply=%add
+  ROOT %ds = f32[16]{0} dynamic-slice(f32[64]{0} %inner, s32[] %o), dynamic_slice_sizes={16}
+}
+
 %cond (p: (s32[], f32[64])) -> pred[] {
   %n = s32[] constant(3)
   ROOT %lt = pred[] compare(s32[] %i, s32[] %n), direction=LT
@@ -133,6 +138,7 @@ HLO = """HloModule step
 ENTRY %main (x: f32[16]) -> f32[16] {
   %w = (s32[], f32[64]) while((s32[], f32[64]) %t), condition=%cond, body=%body
   %g = bf16[16]{0} all-reduce(bf16[16]{0} %x), channel_id=4, replica_groups={}, use_global_device_ids=true, to_apply=%add
+  %rs = f32[16]{0} fusion(f32[64]{0} %y), kind=kCustom, calls=%all-reduce-scatter.1
   %cp = f32[16]{0} collective-permute(f32[16]{0} %x), channel_id=5, source_target_pairs={{0,1},{1,0},{2,3},{3,2}}
 }
 """
@@ -142,7 +148,9 @@ def test_collectives_by_axis_multiplies_loop_bodies():
   assert hlo_collectives.collectives_by_axis(HLO, MESH) == {
       "model": {"all-gather": {"count": 3, "bytes": 3 * 64 * 4, "group_size": 2},
                 "collective-permute": {"count": 1, "bytes": 16 * 4, "group_size": 2}},
-      "data": {"all-reduce": {"count": 3, "bytes": 3 * 64 * 4, "group_size": 4}},
+      "data": {"all-reduce": {"count": 3, "bytes": 3 * 64 * 4, "group_size": 4},
+               # XLA:TPU's reduce-scatter fusion: the groups are the inner all-reduce's
+               "reduce-scatter": {"count": 1, "bytes": 16 * 4, "group_size": 4}},
       "data+model": {"all-reduce": {"count": 1, "bytes": 16 * 2, "group_size": 8}},
   }
 
@@ -200,3 +208,9 @@ def test_cli_prints_the_estimate_with_chip_flag(tmp_path, capsys):
   saved = json.loads(out.read_text())["estimate"]
   assert saved["label"] == "estimate" and saved["chip"] == "TPU v4"
   assert saved["compute_seconds"] == pytest.approx(saved["flops"] / 275e12)
+
+
+def test_xla_optimal_seconds_only_when_meaningful():
+  assert train_plan._optimal_seconds({"optimal_seconds": 0.25, "flops": 1.0}) == 0.25
+  assert train_plan._optimal_seconds({"optimal_seconds": -73.7}) is None  # libtpu, mt5-xxl on v4-256
+  assert train_plan._optimal_seconds({"flops": 1.0}) is None and train_plan._optimal_seconds(None) is None

@@ -210,6 +210,13 @@ def compiled_collectives(compiled: Any) -> tuple[dict, str]:
   return (collectives(text) if text else {}), error
 
 
+def _optimal_seconds(cost: Optional[Mapping]) -> Optional[float]:
+  """XLA's cost-model time, or None where the backend reports none (XLA:CPU) or a meaningless one
+  (libtpu 0.0.52 reported -73.7 s for the mt5-xxl step on v4-256)."""
+  value = float((cost or {}).get("optimal_seconds", 0.0))
+  return value if value > 0 else None
+
+
 def _chip(device_kind: str) -> Optional[hardware.Chip]:
   try:
     return hardware.chip_for(device_kind)
@@ -320,7 +327,7 @@ def plan_train_step(model_config: family.ModelConfig, optimizer_config: optim.Op
       lower_seconds=lowered_at - started, compile_seconds=compiled_at - lowered_at,
       compile_error=compile_error,
       bytes_accessed=float(cost.get("bytes accessed", 0.0)) if cost else 0.0,
-      optimal_seconds=float(cost["optimal_seconds"]) if cost and "optimal_seconds" in cost else None,
+      optimal_seconds=_optimal_seconds(cost),
       collectives_by_axis=by_axis,
       flops_model_counted=trainer.training_flops_per_step(
           counted_config, shape.batch_size // shape.num_microbatches, lengths["inputs"], lengths["targets"]))
