@@ -1,6 +1,7 @@
 """The plan's step-time estimate: on a tiny program compiled for a 4 x 2 mesh of 8 CPU devices it
 equals a hand computation from the plan's FLOPs, bytes and collectives and the chip's numbers; each
 collective is attributed to the mesh axes its device groups span, in every spelling XLA prints."""
+import dataclasses
 import json
 
 import gin
@@ -90,6 +91,9 @@ def test_loops_scale_flops_and_bytes_to_the_model_count():
   assert estimate.communication_seconds == pytest.approx({"data": 0.75 * 9e9 / 9e10, "data+model": 1e9 / 4.5e10})
   assert estimate.xla_optimal_seconds == 0.5
   assert estimate.mfu == pytest.approx(4e12 / estimate.seconds / 275e12)
+  # XLA's count, scaled, below the model's own FLOPs: the model's count is the floor.
+  low = step_time.estimate(dataclasses.replace(plan, flops_per_device=0.5e12), v4)
+  assert low.flops == 4e12 and low.hbm_seconds == estimate.hbm_seconds
 
 
 @pytest.mark.parametrize("groups, axes, size", [

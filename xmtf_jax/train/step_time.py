@@ -21,7 +21,10 @@ XLA's cost analysis counts a `while` body once. With loops (scanned layers, micr
 and bytes accessed are both scaled by `loop_scale` = the model's FLOPs of the whole step / those of
 what XLA counted (one layer per scanned stack, one micro-batch: `Plan.flops_model_counted`). This
 keeps XLA's own ratio of executed to model FLOPs (remat recomputation, elementwise work) and assumes
-the loop bodies hold the same share of bytes as of FLOPs: an estimate. Collectives need no scaling:
+the loop bodies hold the same share of bytes as of FLOPs: an estimate. The FLOPs are never taken below
+the model's own (`training_flops_per_step` / devices): XLA:TPU's count for the scanned mt5-xxl step
+on v4-256 (2.77e13 per device) is below the model FLOPs of one layer per stack plus the LM head
+(3.69e13), so its loop bodies are not simply counted once there. Collectives need no scaling:
 `hlo_collectives` multiplies by trip counts.
 `xla_optimal_seconds` is XLA's own cost-model time where the backend reports it (None elsewhere).
 """
@@ -106,7 +109,7 @@ def estimate(plan, chip: hardware.Chip) -> StepTimeEstimate:
   model_per_device = plan.flops_model / plan.num_devices
   if plan.step.get("loops") and plan.flops_model_counted > 0:
     loop_scale = plan.flops_model / plan.flops_model_counted
-  flops = plan.flops_per_device * loop_scale
+  flops = max(plan.flops_per_device * loop_scale, model_per_device)
   bytes_accessed = plan.bytes_accessed * loop_scale
   compute = flops / chip.peak_flops
   hbm = bytes_accessed / chip.hbm_bytes_per_second
