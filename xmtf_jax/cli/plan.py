@@ -1,5 +1,5 @@
 """`python -m xmtf_jax.plan`: compile the real train step ahead of time for a TPU slice (or simulated
-CPUs) and say whether it fits, without owning the hardware.
+CPUs) and say whether it fits, and an estimate of its step time and MFU, without owning the hardware.
 
   python -m xmtf_jax.plan --gin_file=gin/models/mt5_xxl.gin --gin_file=gin/runs/mt0_recipe.gin \
       --gin_file=gin/partitioning/model_parallel_8.gin --gin_file=gin/partitioning/fsdp.gin \
@@ -15,6 +15,10 @@ checked.
 
 The plan goes to stdout, logs to stderr. Exit status: 0 it fits, 3 it does not fit, 2 a mistake in
 the command (gin, flags, topology).
+
+The step time is an estimate (a roofline from the chip's peak FLOP/s, HBM and interconnect bandwidth in
+xmtf_jax/train/hardware.py; see xmtf_jax/train/step_time.py), printed with its parts; --chip=NAME
+picks the chip's numbers (cpu:N targets get none unless it is given).
 """
 from __future__ import annotations
 
@@ -70,6 +74,7 @@ from xmtf_jax import paths  # noqa: E402
 from xmtf_jax.cli import configurables, gin_flags, usage  # noqa: E402
 from xmtf_jax.errors import UserError  # noqa: E402
 from xmtf_jax.parallel import topologies  # noqa: E402
+from xmtf_jax.train import hardware  # noqa: E402
 from xmtf_jax.train import plan as train_plan  # noqa: E402
 
 # Read before the user's gin files: every run file includes it, and it gives a model file alone a step.
@@ -91,6 +96,9 @@ def run(argv: list[str]) -> train_plan.Plan:
     raise UserError(f"--topology={args.topology} needs libtpu to compile for TPUs: {_INSTALL}")
   if args.hbm_gib is not None and not args.hbm_gib > 0:
     raise UserError(f"--hbm_gib={args.hbm_gib}: give the memory per device in GiB, e.g. --hbm_gib=16")
+  if args.chip is not None and args.chip.lower() not in hardware.CHIPS:
+    raise UserError(f"--chip={args.chip}: give one of {', '.join(hardware.CHIPS)}")
+  chip = hardware.CHIPS[args.chip.lower()] if args.chip else None
   train_config = configurables.TrainConfig()
   if not train_config.task_feature_lengths:
     raise UserError("TrainConfig.task_feature_lengths is not set: the plan needs the step's token "
@@ -103,7 +111,8 @@ def run(argv: list[str]) -> train_plan.Plan:
   hbm_bytes = int(args.hbm_gib * topologies.GIB) if args.hbm_gib else target.hbm_bytes_per_device
   plan = train_plan.plan_train_step(
       configurables.model_config(), configurables.OptimizerConfig(), configurables.LossConfig(),
-      configurables.PartitioningConfig(), shape, devices, hbm_bytes=hbm_bytes, target=target.name)
+      configurables.PartitioningConfig(), shape, devices, hbm_bytes=hbm_bytes, target=target.name,
+      chip=chip)
   if args.output_json:
     paths.write_text(args.output_json, json.dumps(plan.to_dict(), indent=1))
   return plan

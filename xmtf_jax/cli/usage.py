@@ -51,6 +51,9 @@ def plan_parser() -> argparse.ArgumentParser:
                       help="memory per device in GiB to plan against (default: the chip's HBM; for "
                            "cpu:N a v4 chip's 32 GiB)")
   parser.add_argument("--output_json", default=None, help="also write the plan as JSON here")
+  parser.add_argument("--chip", default=None,
+                      help="peak numbers for the step-time estimate: v4, v5e, v5p, v6e, h100 or h200 "
+                           "(default: the topology's chip; cpu:N gets no estimate unless given)")
   return parser
 
 
