@@ -24,9 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from xmtf_jax.data import batch_source
+from xmtf_jax.errors import UserError
 from xmtf_jax.model import family
 from xmtf_jax.parallel import hlo_collectives, partitioning
-from xmtf_jax.train import losses, optim, step_assembly, trainer
+from xmtf_jax.train import hardware, losses, optim, step_assembly, step_time, trainer
 
 GIB = 2**30
 # Leave this much of HBM for XLA's runtime reservations and fragmentation.
@@ -84,6 +85,10 @@ class Plan:
   suggestion: str = ""
   compile_error: str = ""  # XLA's out-of-memory refusal, when it refused (the numbers are its estimate)
   collectives_error: str = ""  # why the compiled program's collectives could not be read
+  bytes_accessed: float = 0.0  # XLA's cost analysis, per device (a loop body counted once)
+  optimal_seconds: Optional[float] = None  # XLA's cost-model step time, where the backend reports it
+  collectives_by_axis: dict = dataclasses.field(default_factory=dict)  # mesh axes -> kind -> stats
+  estimate: Optional[step_time.StepTimeEstimate] = None  # None: no chip numbers (cpu targets)
 
   @property
   def fits(self) -> bool:
@@ -92,6 +97,7 @@ class Plan:
   def to_dict(self) -> dict:
     out = dataclasses.asdict(self)
     out["fits"] = self.fits
+    out["estimate"] = self.estimate.to_dict() if self.estimate else None
     return out
 
   def _peak_source(self) -> str:
@@ -132,6 +138,13 @@ class Plan:
     for kind, stats in sorted(self.collectives.items()):
       dtypes = ", ".join(f"{d} {b / 2**20:.1f}" for d, b in sorted(stats["dtypes"].items()))
       lines.append(f"  {kind:<20}{stats['count']:>7}{stats['bytes'] / 2**20:>12.1f}   ({dtypes})")
+    for axes, kinds in sorted(self.collectives_by_axis.items()):
+      parts = ", ".join(f"{kind} {s['bytes'] / 2**20:.1f}" for kind, s in sorted(kinds.items()))
+      lines.append(f"  on mesh axes {axes:<11} ({parts}) MiB")
+    if self.estimate:
+      lines.append(self.estimate.render())
+    elif not self.compile_error:
+      lines.append("step time: no estimate (no peak numbers for this device kind; cpu targets get none)")
     lines.append(f"lower {self.lower_seconds:.1f} s, compile {self.compile_seconds:.1f} s")
     if self.compile_error:
       lines.append(f"XLA refused to compile: {self.compile_error}")
@@ -176,17 +189,29 @@ def collectives(hlo_text: str) -> dict:
   return hlo_collectives.count_collectives(hlo_text)
 
 
-def compiled_collectives(compiled: Any) -> tuple[dict, str]:
-  """(collectives, "") of a compiled step, or ({}, XLA's first error line) when XLA cannot print the
+def program_text(compiled: Any) -> tuple[Optional[str], str]:
+  """(the compiled step's HLO text, "") or (None, XLA's first error line) when XLA cannot print the
   program: libtpu 0.0.52 compiles for v5p but fails a RET_CHECK on an async-update instruction when
   converting it to text. The memory and FLOPs are read before, so the plan still has its verdict."""
   if compiled is None:
-    return {}, ""
+    return None, ""
   try:
-    text = compiled.as_text()
+    return compiled.as_text(), ""
   except jax.errors.JaxRuntimeError as e:
-    return {}, str(e).splitlines()[0]
-  return collectives(text), ""
+    return None, str(e).splitlines()[0]
+
+
+def compiled_collectives(compiled: Any) -> tuple[dict, str]:
+  """(collectives, "") of a compiled step, or ({}, why not) as `program_text` says."""
+  text, error = program_text(compiled)
+  return (collectives(text) if text else {}), error
+
+
+def _chip(device_kind: str) -> Optional[hardware.Chip]:
+  try:
+    return hardware.chip_for(device_kind)
+  except UserError:  # a device the table lacks: the plan stands without an estimate
+    return None
 
 
 def suggest(plan: Plan, model_config: family.ModelConfig, partitioning_config: partitioning.PartitioningConfig,
@@ -224,8 +249,9 @@ def suggest(plan: Plan, model_config: family.ModelConfig, partitioning_config: p
 def plan_train_step(model_config: family.ModelConfig, optimizer_config: optim.OptimizerConfig,
                     loss_config: losses.LossConfig, partitioning_config: partitioning.PartitioningConfig,
                     shape: StepShape, devices: Sequence[Any], *, hbm_bytes: int,
-                    target: str = "") -> Plan:
-  """Lowers and compiles the real train step for `devices` from abstract inputs; see the module doc."""
+                    target: str = "", chip: Optional[hardware.Chip] = None) -> Plan:
+  """Lowers and compiles the real train step for `devices` from abstract inputs; see the module doc.
+  The step-time estimate uses `chip`, or the table's entry for the devices' kind (none for CPUs)."""
   assembly = step_assembly.assemble_step(model_config, partitioning_config, optimizer_config,
                                          loss_config, shape.settings, devices=devices)
   mesh, state = assembly.mesh, assembly.abstract_state
@@ -258,7 +284,9 @@ def plan_train_step(model_config: family.ModelConfig, optimizer_config: optim.Op
     argument = output = alias = state_bytes + bytes_per_device(batch)
     temp = temporaries
   peak = max(xla_peak, argument + output - alias + temp + code)
-  found_collectives, collectives_error = compiled_collectives(compiled)
+  text, collectives_error = program_text(compiled)
+  found_collectives = collectives(text) if text else {}
+  by_axis = hlo_collectives.collectives_by_axis(text, dict(mesh.shape)) if text else {}
   lengths = shape.task_feature_lengths
   num_parameters = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
   tokens = shape.batch_size * (lengths["inputs"] + lengths["targets"])
@@ -282,7 +310,13 @@ def plan_train_step(model_config: family.ModelConfig, optimizer_config: optim.Op
                                                   lengths["targets"]),
       collectives=found_collectives, collectives_error=collectives_error,
       lower_seconds=lowered_at - started, compile_seconds=compiled_at - lowered_at,
-      compile_error=compile_error)
+      compile_error=compile_error,
+      bytes_accessed=float(cost.get("bytes accessed", 0.0)) if cost else 0.0,
+      optimal_seconds=float(cost["optimal_seconds"]) if cost and "optimal_seconds" in cost else None,
+      collectives_by_axis=by_axis)
+  chip = chip or _chip(plan.device_kind)
+  if chip is not None and compiled is not None:
+    plan.estimate = step_time.estimate(plan, chip)
   if not plan.fits:
     plan.suggestion = suggest(plan, model_config, partitioning_config, shape, mesh.shape["data"])
   return plan
