@@ -19,7 +19,8 @@ def _cells(rank: int, row: Row) -> tuple[str, ...]:
   if row.plan is None:
     peak = fits = "-"
   else:
-    peak = f"{row.plan.peak_bytes / GIB:.2f}" + (" (XLA refused)" if row.plan.compile_error else "")
+    gib = row.plan.peak_bytes / GIB
+    peak = (f"{gib:.2f}" if gib >= 0.1 else f"{gib:.5f}") + (" (XLA refused)" if row.plan.compile_error else "")
     fits = "yes" if row.fits else "no"
   est = row.estimate
   seconds = f"{est.seconds_overlapped:.4g}" if est is not None else "-"
