@@ -119,6 +119,9 @@ def run(argv: list[str]) -> train_plan.Plan:
 def search(argv: list[str], progress=lambda line: print(line, file=sys.stderr, flush=True)
            ) -> tuple[str, list, Optional[plan_search.Row]]:
   """`--search`: compiles the candidates, returns (what to print, rows, the best fitting row)."""
+  # Worker processes each load libtpu to compile (no TPU is opened): without this, the second one
+  # stops at libtpu's one-process lockfile.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   args, target, devices, hbm_bytes, shape = _setup(argv)
   model_config = configurables.model_config()
   base = plan_search.SearchBase(model_config, configurables.OptimizerConfig(), configurables.LossConfig(),

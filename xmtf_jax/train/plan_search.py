@@ -323,6 +323,9 @@ def run_search(base: SearchBase, groups: list[list[Candidate]], *, workers: int 
     if not cached:
       cache.put(candidate, result)
       compile_times.append(seconds)
+    following = None if exhaustive else _next_rung(ladder_of[candidate], row, exhaustive)
+    if following is not None and following not in rows:
+      pending.append(following)
     left = len(pending) + len(running)
     eta = (sum(compile_times) / len(compile_times) * left / max(workers, 1)) if compile_times else 0.0
     what = ("error: " + row.error) if row.error else (
@@ -332,10 +335,6 @@ def run_search(base: SearchBase, groups: list[list[Candidate]], *, workers: int 
              f" remat={candidate.remat} micro-batches={candidate.microbatches}: {what}"
              f" ({'cached' if cached else f'{seconds:.0f} s'}; elapsed {time.perf_counter() - started:.0f} s,"
              f" ETA {eta:.0f} s)")
-    if not exhaustive:
-      following = _next_rung(ladder_of[candidate], row, exhaustive)
-      if following is not None and following not in rows:
-        pending.append(following)
 
   running: dict[Any, tuple[Candidate, float]] = {}
   pool = None
