@@ -1,15 +1,18 @@
 """The plan's step-time estimate: on a tiny program compiled for a 4 x 2 mesh of 8 CPU devices it
 equals a hand computation from the plan's FLOPs, bytes and collectives and the chip's numbers; each
 collective is attributed to the mesh axes its device groups span, in every spelling XLA prints."""
+import dataclasses
 import json
 
+import gin
 import jax
 import pytest
 
+from xmtf_jax.cli import plan as plan_cli
 from xmtf_jax.errors import UserError
 from xmtf_jax.model.config import T5Config
 from xmtf_jax.parallel import hlo_collectives, partitioning
-from xmtf_jax.train import hardware, losses, optim, step_time
+from xmtf_jax.train import hardware, losses, optim, step_time, trainer
 from xmtf_jax.train import plan as train_plan
 
 
@@ -69,7 +72,7 @@ def test_estimate_equals_a_hand_computation(tiny_plan):
 
 
 def test_loops_scale_flops_and_bytes_to_the_model_count():
-  # A scanned program: XLA counted the layer body once, so its FLOPs are a quarter of the model's.
+  # A scanned program: XLA counted the layer body once, a quarter of the model's FLOPs.
   plan = train_plan.Plan(
       target="v4-8", device_kind="TPU v4", num_devices=4, mesh={"data": 4, "model": 1}, model={},
       step={"loops": ["layers"]}, num_parameters=0, parameter_bytes=0, optimizer_state_bytes=0,
@@ -78,16 +81,19 @@ def test_loops_scale_flops_and_bytes_to_the_model_count():
       flops_model=16e12, collectives={}, lower_seconds=0, compile_seconds=0, bytes_accessed=3e9,
       collectives_by_axis={"data": {"all-gather": {"count": 1, "bytes": 9e9, "group_size": 4}},
                            "data+model": {"collective-permute": {"count": 2, "bytes": 1e9, "group_size": 4}}},
-      optimal_seconds=0.5)
+      optimal_seconds=0.5, flops_model_counted=4e12)
   v4 = hardware.CHIPS["v4"]
   estimate = step_time.estimate(plan, v4)
-  assert estimate.loop_scale == 4.0
+  assert estimate.loop_scale == 4.0  # XLA's 1e12 per device -> 4e12 (the model's 16e12 / 4 devices)
   assert estimate.compute_seconds == pytest.approx(4e12 / 275e12)
   assert estimate.hbm_seconds == pytest.approx(12e9 / 1.2e12)
   # all-gather over 4: 3/4 of the gathered bytes over two links; the permute over one link.
   assert estimate.communication_seconds == pytest.approx({"data": 0.75 * 9e9 / 9e10, "data+model": 1e9 / 4.5e10})
   assert estimate.xla_optimal_seconds == 0.5
   assert estimate.mfu == pytest.approx(4e12 / estimate.seconds / 275e12)
+  # XLA's count, scaled, below the model's own FLOPs: the model's count is the floor.
+  low = step_time.estimate(dataclasses.replace(plan, flops_per_device=0.5e12), v4)
+  assert low.flops == 4e12 and low.hbm_seconds == estimate.hbm_seconds
 
 
 @pytest.mark.parametrize("groups, axes, size", [
@@ -123,6 +129,11 @@ HLO = """HloModule step
   %ar = f32[64]{0} all-reduce(f32[64]{0} %ag), channel_id=3, replica_groups=[2,4]<=[4,2]T(1,0), use_global_device_ids=true, to_apply=%add
 }
 
+%all-reduce-scatter.1 (q: f32[64]) -> f32[16] {
+  %inner = f32[64]{0} all-reduce(f32[64]{0} %q), channel_id=6, replica_groups=[2,4]<=[4,2]T(1,0), use_global_device_ids=true, to_apply=%add
+  ROOT %ds = f32[16]{0} dynamic-slice(f32[64]{0} %inner, s32[] %o), dynamic_slice_sizes={16}
+}
+
 %cond (p: (s32[], f32[64])) -> pred[] {
   %n = s32[] constant(3)
   ROOT %lt = pred[] compare(s32[] %i, s32[] %n), direction=LT
@@ -131,6 +142,7 @@ HLO = """HloModule step
 ENTRY %main (x: f32[16]) -> f32[16] {
   %w = (s32[], f32[64]) while((s32[], f32[64]) %t), condition=%cond, body=%body
   %g = bf16[16]{0} all-reduce(bf16[16]{0} %x), channel_id=4, replica_groups={}, use_global_device_ids=true, to_apply=%add
+  %rs = f32[16]{0} fusion(f32[64]{0} %y), kind=kCustom, calls=%all-reduce-scatter.1
   %cp = f32[16]{0} collective-permute(f32[16]{0} %x), channel_id=5, source_target_pairs={{0,1},{1,0},{2,3},{3,2}}
 }
 """
@@ -140,7 +152,9 @@ def test_collectives_by_axis_multiplies_loop_bodies():
   assert hlo_collectives.collectives_by_axis(HLO, MESH) == {
       "model": {"all-gather": {"count": 3, "bytes": 3 * 64 * 4, "group_size": 2},
                 "collective-permute": {"count": 1, "bytes": 16 * 4, "group_size": 2}},
-      "data": {"all-reduce": {"count": 3, "bytes": 3 * 64 * 4, "group_size": 4}},
+      "data": {"all-reduce": {"count": 3, "bytes": 3 * 64 * 4, "group_size": 4},
+               # XLA:TPU's reduce-scatter fusion: the groups are the inner all-reduce's
+               "reduce-scatter": {"count": 1, "bytes": 16 * 4, "group_size": 4}},
       "data+model": {"all-reduce": {"count": 1, "bytes": 16 * 2, "group_size": 8}},
   }
 
@@ -157,3 +171,50 @@ def test_chip_for_cpu_and_unknown():
   assert hardware.chip_for("cpu") is None and hardware.chip_for("cpu:8") is None
   with pytest.raises(UserError, match="no peak numbers"):
     hardware.chip_for("TPU v2")
+
+
+def test_scanned_layers_scale_to_the_unrolled_count():
+  """XLA counts a scanned layer once; scaled by the model's FLOPs it matches the unrolled program."""
+  def plan(scan):
+    config = T5Config(vocab_size=256, d_model=64, d_kv=16, d_ff=128, num_heads=4, num_encoder_layers=4,
+                      num_decoder_layers=4, dropout_rate=0.0, scan_layers=scan)
+    shape = train_plan.StepShape(batch_size=16, task_feature_lengths={"inputs": 32, "targets": 16})
+    return train_plan.plan_train_step(config, optim.OptimizerConfig(), losses.LossConfig(),
+                                      partitioning.PartitioningConfig(num_partitions=2), shape,
+                                      jax.devices(), hbm_bytes=32 * 2**30, target="cpu:8", chip=CHIP)
+
+  scanned, unrolled = plan(True), plan(False)
+  assert scanned.step["loops"] == ["layers"] and unrolled.step["loops"] == []
+  one_layer = T5Config(vocab_size=256, d_model=64, d_kv=16, d_ff=128, num_heads=4, num_encoder_layers=1,
+                       num_decoder_layers=1)
+  assert scanned.flops_model_counted == trainer.training_flops_per_step(one_layer, 16, 32, 16)
+  assert scanned.flops_per_device < 0.6 * unrolled.flops_per_device  # 1 of 4 layers counted
+  assert scanned.estimate.loop_scale == pytest.approx(scanned.flops_model / scanned.flops_model_counted)
+  assert scanned.estimate.flops == pytest.approx(unrolled.estimate.flops, rel=0.15)
+
+
+def test_cli_prints_the_estimate_with_chip_flag(tmp_path, capsys):
+  gin.clear_config()
+  out = tmp_path / "plan.json"
+  args = ["--gin_file=gin/models/mt5_tiny.gin", "--gin_file=gin/runs/finetune.gin",
+          "--gin_file=gin/partitioning/model_parallel_2.gin", "--gin.VOCAB_SIZE=256",
+          "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 16}", "--gin.BATCH_SIZE=16", "--topology=cpu:8"]
+  try:
+    with pytest.raises(UserError, match="--chip=tpu9"):
+      plan_cli.run(args + ["--chip=tpu9"])
+    gin.clear_config()
+    assert plan_cli.main(args + ["--chip=v4", f"--output_json={out}"]) == plan_cli.EXIT_FITS
+  finally:
+    gin.clear_config()
+  text = capsys.readouterr().out
+  assert "step time (estimate, TPU v4 peaks; roofline, not a measurement)" in text
+  assert "without overlap" in text and "with full overlap" in text and "communication" in text
+  saved = json.loads(out.read_text())["estimate"]
+  assert saved["label"] == "estimate" and saved["chip"] == "TPU v4"
+  assert saved["compute_seconds"] == pytest.approx(saved["flops"] / 275e12)
+
+
+def test_xla_optimal_seconds_only_when_meaningful():
+  assert train_plan._optimal_seconds({"optimal_seconds": 0.25, "flops": 1.0}) == 0.25
+  assert train_plan._optimal_seconds({"optimal_seconds": -73.7}) is None  # libtpu, mt5-xxl on v4-256
+  assert train_plan._optimal_seconds({"flops": 1.0}) is None and train_plan._optimal_seconds(None) is None

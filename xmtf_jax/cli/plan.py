@@ -1,5 +1,5 @@
 """`python -m xmtf_jax.plan`: compile the real train step ahead of time for a TPU slice (or simulated
-CPUs) and say whether it fits, without owning the hardware.
+CPUs) and say whether it fits, and an estimate of its step time and MFU, without owning the hardware.
 
   python -m xmtf_jax.plan --gin_file=gin/models/mt5_xxl.gin --gin_file=gin/runs/mt0_recipe.gin \
       --gin_file=gin/partitioning/model_parallel_8.gin --gin_file=gin/partitioning/fsdp.gin \
@@ -15,6 +15,10 @@ checked.
 
 The plan goes to stdout, logs to stderr. Exit status: 0 it fits, 3 it does not fit, 2 a mistake in
 the command (gin, flags, topology).
+
+The step time is an estimate (a roofline from the chip's peak FLOP/s, HBM and interconnect bandwidth in
+xmtf_jax/train/hardware.py; see xmtf_jax/train/step_time.py), printed with its parts; --chip=NAME
+picks the chip's numbers (cpu:N targets get none unless it is given).
 """
 from __future__ import annotations
 
@@ -70,6 +74,7 @@ from xmtf_jax import paths  # noqa: E402
 from xmtf_jax.cli import configurables, gin_flags, usage  # noqa: E402
 from xmtf_jax.errors import UserError  # noqa: E402
 from xmtf_jax.parallel import topologies  # noqa: E402
+from xmtf_jax.train import hardware  # noqa: E402
 from xmtf_jax.train import plan as train_plan  # noqa: E402
 from xmtf_jax.train import plan_search, search_report  # noqa: E402
 
@@ -82,7 +87,7 @@ PLACEHOLDERS = ("--gin.MODEL_DIR='/nonexistent/plan'", "--gin.MIXTURE_OR_TASK_NA
 
 
 def _setup(argv: list[str]) -> tuple:
-  """Parses gin and flags: (args, target, devices, hbm_bytes, shape)."""
+  """Parses gin and flags: (args, target, devices, hbm_bytes, shape, chip or None)."""
   parser = usage.plan_parser()
   parser.parse_known_args(argv)  # --topology is checked before gin is read
   rest = gin_flags.parse_gin(list(PLACEHOLDERS) + list(argv), default_files=[RUN_DEFAULTS])
@@ -92,6 +97,9 @@ def _setup(argv: list[str]) -> tuple:
     raise UserError(f"--topology={args.topology} needs libtpu to compile for TPUs: {_INSTALL}")
   if args.hbm_gib is not None and not args.hbm_gib > 0:
     raise UserError(f"--hbm_gib={args.hbm_gib}: give the memory per device in GiB, e.g. --hbm_gib=16")
+  if args.chip is not None and args.chip.lower() not in hardware.CHIPS:
+    raise UserError(f"--chip={args.chip}: give one of {', '.join(hardware.CHIPS)}")
+  chip = hardware.CHIPS[args.chip.lower()] if args.chip else None
   train_config = configurables.TrainConfig()
   if not train_config.task_feature_lengths:
     raise UserError("TrainConfig.task_feature_lengths is not set: the plan needs the step's token "
@@ -102,15 +110,16 @@ def _setup(argv: list[str]) -> tuple:
   except RuntimeError as e:
     raise UserError(str(e)) from None
   hbm_bytes = int(args.hbm_gib * topologies.GIB) if args.hbm_gib else target.hbm_bytes_per_device
-  return args, target, devices, hbm_bytes, shape
+  return args, target, devices, hbm_bytes, shape, chip
 
 
 def run(argv: list[str]) -> train_plan.Plan:
   """Parses gin and flags, compiles, returns the plan (printing is `main`'s)."""
-  args, target, devices, hbm_bytes, shape = _setup(argv)
+  args, target, devices, hbm_bytes, shape, chip = _setup(argv)
   plan = train_plan.plan_train_step(
       configurables.model_config(), configurables.OptimizerConfig(), configurables.LossConfig(),
-      configurables.PartitioningConfig(), shape, devices, hbm_bytes=hbm_bytes, target=target.name)
+      configurables.PartitioningConfig(), shape, devices, hbm_bytes=hbm_bytes, target=target.name,
+      chip=chip)
   if args.output_json:
     paths.write_text(args.output_json, json.dumps(plan.to_dict(), indent=1))
   return plan
@@ -122,7 +131,8 @@ def search(argv: list[str], progress=lambda line: print(line, file=sys.stderr, f
   # Worker processes each load libtpu to compile (no TPU is opened): without this, the second one
   # stops at libtpu's one-process lockfile.
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-  args, target, devices, hbm_bytes, shape = _setup(argv)
+  args, target, devices, hbm_bytes, shape, chip = _setup(argv)
+  chip = chip or plan_search.chip_of(target.name)
   model_config = configurables.model_config()
   base = plan_search.SearchBase(model_config, configurables.OptimizerConfig(), configurables.LossConfig(),
                                 configurables.PartitioningConfig(), shape, target.name, hbm_bytes)
@@ -137,10 +147,10 @@ def search(argv: list[str], progress=lambda line: print(line, file=sys.stderr, f
   progress(f"search: {len(groups)} (mesh, fsdp, remat) settings, micro-batches "
            f"{'every count' if args.search_exhaustive else 'until one fits'}, {workers} worker(s)"
            + (f", cache {cache}" if cache else ""))
-  rows = plan_search.run_search(base, groups, workers=workers, cache_folder=cache,
+  rows = plan_search.run_search(base, groups, chip, workers=workers, cache_folder=cache,
                                 exhaustive=args.search_exhaustive, progress=progress)
-  chip = plan_search.chip_of(target.name)
-  chip_name = chip.name + (" (assumed for cpu:N)" if target.platform == "cpu" else "")
+  chip_name = chip.name + (" (assumed for cpu:N; --chip picks another)"
+                           if target.platform == "cpu" and not args.chip else "")
   text = [memory_note(argv), search_report.render_table(rows, target.name, chip_name)]
   best = search_report.best_fitting(rows)
   files, bindings, _ = gin_flags.split_gin_args(argv)

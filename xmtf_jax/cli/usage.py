@@ -63,6 +63,9 @@ def plan_parser() -> argparse.ArgumentParser:
                       help="compiles at once (default: min(cores, available memory / 6 GiB) for TPUs)")
   parser.add_argument("--search_exhaustive", action="store_true",
                       help="compile every micro-batch count, not only up to the first that fits")
+  parser.add_argument("--chip", default=None,
+                      help="peak numbers for the step-time estimate: v4, v5e, v5p, v6e, h100 or h200 "
+                           "(default: the topology's chip; cpu:N gets no estimate unless given)")
   return parser
 
 

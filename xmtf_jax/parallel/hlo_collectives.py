@@ -149,7 +149,8 @@ def _walk(text: str, loops: bool, key) -> dict:
         continue
       called = re.findall(r"(?:calls|body|to_apply)=%([\w.\-]+)", rest)
       if op == "fusion" and "kind=kCustom" in rest and called and called[0].startswith("all-reduce-scatter"):
-        add(key("reduce-scatter", line), _arrays(shape))
+        inner = " ".join(l for l in computations.get(called[0], []) if "replica_groups=" in l)
+        add(key("reduce-scatter", inner or line), _arrays(shape))  # the groups are the inner op's
         continue
       if op == "while":
         body = re.search(r"body=%([\w.\-]+)", rest).group(1)

@@ -87,8 +87,11 @@ class Plan:
   collectives_error: str = ""  # why the compiled program's collectives could not be read
   bytes_accessed: float = 0.0  # XLA's cost analysis, per device (a loop body counted once)
   optimal_seconds: Optional[float] = None  # XLA's cost-model step time, where the backend reports it
-  collectives_by_axis: dict = dataclasses.field(default_factory=dict)  # mesh axes -> kind -> stats
+  collectives_by_axis: Optional[dict] = None  # mesh axes -> kind -> stats (hlo_collectives)
   estimate: Optional[step_time.StepTimeEstimate] = None  # None: no chip numbers (cpu targets)
+  # training_flops_per_step of what XLA's cost analysis counts: one iteration of each loop (one layer
+  # per scanned stack, one micro-batch); flops_model / this scales XLA's counts to the whole step.
+  flops_model_counted: float = 0.0
 
   @property
   def fits(self) -> bool:
@@ -138,7 +141,7 @@ class Plan:
     for kind, stats in sorted(self.collectives.items()):
       dtypes = ", ".join(f"{d} {b / 2**20:.1f}" for d, b in sorted(stats["dtypes"].items()))
       lines.append(f"  {kind:<20}{stats['count']:>7}{stats['bytes'] / 2**20:>12.1f}   ({dtypes})")
-    for axes, kinds in sorted(self.collectives_by_axis.items()):
+    for axes, kinds in sorted((self.collectives_by_axis or {}).items()):
       parts = ", ".join(f"{kind} {s['bytes'] / 2**20:.1f}" for kind, s in sorted(kinds.items()))
       lines.append(f"  on mesh axes {axes:<11} ({parts}) MiB")
     if self.estimate:
@@ -205,6 +208,13 @@ def compiled_collectives(compiled: Any) -> tuple[dict, str]:
   """(collectives, "") of a compiled step, or ({}, why not) as `program_text` says."""
   text, error = program_text(compiled)
   return (collectives(text) if text else {}), error
+
+
+def _optimal_seconds(cost: Optional[Mapping]) -> Optional[float]:
+  """XLA's cost-model time, or None where the backend reports none (XLA:CPU) or a meaningless one
+  (libtpu 0.0.52 reported -73.7 s for the mt5-xxl step on v4-256)."""
+  value = float((cost or {}).get("optimal_seconds", 0.0))
+  return value if value > 0 else None
 
 
 def _chip(device_kind: str) -> Optional[hardware.Chip]:
@@ -292,6 +302,11 @@ def plan_train_step(model_config: family.ModelConfig, optimizer_config: optim.Op
   tokens = shape.batch_size * (lengths["inputs"] + lengths["targets"])
   loops = [name for name, on in (("layers", model_config.scan_layers),
                                  ("micro-batches", shape.num_microbatches > 1)) if on]
+  counted_config = model_config
+  if model_config.scan_layers:
+    counted_config = dataclasses.replace(model_config,
+                                         num_encoder_layers=min(1, model_config.num_encoder_layers),
+                                         num_decoder_layers=min(1, model_config.num_decoder_layers))
   plan = Plan(
       target=target, device_kind=str(getattr(devices[0], "device_kind", "?")), num_devices=len(devices),
       mesh=dict(mesh.shape),
@@ -312,8 +327,10 @@ def plan_train_step(model_config: family.ModelConfig, optimizer_config: optim.Op
       lower_seconds=lowered_at - started, compile_seconds=compiled_at - lowered_at,
       compile_error=compile_error,
       bytes_accessed=float(cost.get("bytes accessed", 0.0)) if cost else 0.0,
-      optimal_seconds=float(cost["optimal_seconds"]) if cost and "optimal_seconds" in cost else None,
-      collectives_by_axis=by_axis)
+      optimal_seconds=_optimal_seconds(cost),
+      collectives_by_axis=by_axis,
+      flops_model_counted=trainer.training_flops_per_step(
+          counted_config, shape.batch_size // shape.num_microbatches, lengths["inputs"], lengths["targets"]))
   chip = chip or _chip(plan.device_kind)
   if chip is not None and compiled is not None:
     plan.estimate = step_time.estimate(plan, chip)

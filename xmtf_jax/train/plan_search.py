@@ -90,8 +90,10 @@ class SearchBase:
   hbm_bytes: int
 
   def fingerprint(self) -> str:
-    """Changes whenever the compiled program may: the configs, the target, HBM, jax's version."""
-    text = repr((self, jax.__version__, topologies.libtpu_available()))
+    """Changes whenever the compiled program or its recorded fields may: the configs, the target, HBM,
+    jax's version, the fields of `Plan`."""
+    plan_fields = [f.name for f in dataclasses.fields(train_plan.Plan)]  # a cached plan's schema
+    text = repr((self, jax.__version__, topologies.libtpu_available(), plan_fields))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -232,7 +234,9 @@ def compile_candidate(base: SearchBase, candidate: Candidate) -> dict:
 
 
 def plan_from_dict(data: dict) -> train_plan.Plan:
-  return train_plan.Plan(**{f.name: data[f.name] for f in dataclasses.fields(train_plan.Plan)})
+  """The plan of a cached result, without its own estimate (the search makes one for its chip)."""
+  fields = {f.name: data[f.name] for f in dataclasses.fields(train_plan.Plan) if f.name in data}
+  return train_plan.Plan(**dict(fields, estimate=None))
 
 
 def default_workers(num_devices_platform: str) -> int:
@@ -274,7 +278,8 @@ class _Cache:
 
 
 def chip_of(target: str) -> hardware.Chip:
-  """The chip the estimates use: the target's, or for cpu:N a v4 chip (as its HBM is assumed)."""
+  """The chip the estimates use without --chip: the target's, or for cpu:N a v4 chip (as the plan
+  assumes its HBM there)."""
   return hardware.chip_for(target) or hardware.chip_for("v4")
 
 
@@ -307,12 +312,11 @@ def _next_rung(ladder: list[Candidate], row: Row, exhaustive: bool) -> Optional[
   return ladder[position + 1]
 
 
-def run_search(base: SearchBase, groups: list[list[Candidate]], *, workers: int = 1,
+def run_search(base: SearchBase, groups: list[list[Candidate]], chip: hardware.Chip, *, workers: int = 1,
                cache_folder: Optional[str] = None, exhaustive: bool = False,
                progress: Callable[[str], None] = lambda line: None) -> list[Row]:
   """Compiles the ladders' rungs (see the module doc); returns every row, sorted (`sort_rows`)."""
   cache = _Cache(cache_folder, base.fingerprint())
-  chip = chip_of(base.target)
   ladder_of = {c: ladder for ladder in groups for c in ladder}
   pending = [ladder[0] for ladder in groups] if not exhaustive else [c for g in groups for c in g]
   rows: dict[Candidate, Row] = {}
