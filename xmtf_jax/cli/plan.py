@@ -76,6 +76,7 @@ from xmtf_jax.errors import UserError  # noqa: E402
 from xmtf_jax.parallel import topologies  # noqa: E402
 from xmtf_jax.train import hardware  # noqa: E402
 from xmtf_jax.train import plan as train_plan  # noqa: E402
+from xmtf_jax.train import plan_search, search_report  # noqa: E402
 
 # Read before the user's gin files: every run file includes it, and it gives a model file alone a step.
 RUN_DEFAULTS = "gin/runs/finetune.gin"
@@ -85,8 +86,8 @@ PLACEHOLDERS = ("--gin.MODEL_DIR='/nonexistent/plan'", "--gin.MIXTURE_OR_TASK_NA
                 "--gin.VOCABULARY_PATH='/nonexistent/plan'")
 
 
-def run(argv: list[str]) -> train_plan.Plan:
-  """Parses gin and flags, compiles, returns the plan (printing is `main`'s)."""
+def _setup(argv: list[str]) -> tuple:
+  """Parses gin and flags: (args, target, devices, hbm_bytes, shape, chip or None)."""
   parser = usage.plan_parser()
   parser.parse_known_args(argv)  # --topology is checked before gin is read
   rest = gin_flags.parse_gin(list(PLACEHOLDERS) + list(argv), default_files=[RUN_DEFAULTS])
@@ -109,6 +110,12 @@ def run(argv: list[str]) -> train_plan.Plan:
   except RuntimeError as e:
     raise UserError(str(e)) from None
   hbm_bytes = int(args.hbm_gib * topologies.GIB) if args.hbm_gib else target.hbm_bytes_per_device
+  return args, target, devices, hbm_bytes, shape, chip
+
+
+def run(argv: list[str]) -> train_plan.Plan:
+  """Parses gin and flags, compiles, returns the plan (printing is `main`'s)."""
+  args, target, devices, hbm_bytes, shape, chip = _setup(argv)
   plan = train_plan.plan_train_step(
       configurables.model_config(), configurables.OptimizerConfig(), configurables.LossConfig(),
       configurables.PartitioningConfig(), shape, devices, hbm_bytes=hbm_bytes, target=target.name,
@@ -116,6 +123,51 @@ def run(argv: list[str]) -> train_plan.Plan:
   if args.output_json:
     paths.write_text(args.output_json, json.dumps(plan.to_dict(), indent=1))
   return plan
+
+
+def search(argv: list[str], progress=lambda line: print(line, file=sys.stderr, flush=True)
+           ) -> tuple[str, list, Optional[plan_search.Row]]:
+  """`--search`: compiles the candidates, returns (what to print, rows, the best fitting row)."""
+  # Worker processes each load libtpu to compile (no TPU is opened): without this, the second one
+  # stops at libtpu's one-process lockfile.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  args, target, devices, hbm_bytes, shape, chip = _setup(argv)
+  chip = chip or plan_search.chip_of(target.name)
+  model_config = configurables.model_config()
+  base = plan_search.SearchBase(model_config, configurables.OptimizerConfig(), configurables.LossConfig(),
+                                configurables.PartitioningConfig(), shape, target.name, hbm_bytes)
+  space = plan_search.parse_space(args.search_space or "")
+  groups = plan_search.candidate_groups(space, model_config, len(devices), shape.batch_size)
+  if args.search_workers is not None and args.search_workers < 1:
+    raise UserError(f"--search_workers={args.search_workers}: give 1 or more")
+  workers = args.search_workers or plan_search.default_workers(target.platform)
+  cache = None
+  if args.output_json:
+    cache = (args.output_json[:-5] if args.output_json.endswith(".json") else args.output_json) + ".candidates"
+  progress(f"search: {len(groups)} (mesh, fsdp, remat) settings, micro-batches "
+           f"{'every count' if args.search_exhaustive else 'until one fits'}, {workers} worker(s)"
+           + (f", cache {cache}" if cache else ""))
+  rows = plan_search.run_search(base, groups, chip, workers=workers, cache_folder=cache,
+                                exhaustive=args.search_exhaustive, progress=progress)
+  chip_name = chip.name + (" (assumed for cpu:N; --chip picks another)"
+                           if target.platform == "cpu" and not args.chip else "")
+  text = [memory_note(argv), search_report.render_table(rows, target.name, chip_name)]
+  best = search_report.best_fitting(rows)
+  files, bindings, _ = gin_flags.split_gin_args(argv)
+  config_name = type(model_config).__name__
+  command = f"python -m xmtf_jax.plan --search --topology={target.name}"
+  body = search_report.gin_body(best, files, bindings, config_name, command) if best else ""
+  if best:
+    text += ["", "best as flags (after the run's own):", "  " + search_report.gin_flags(best, config_name),
+             "", "best as a gin file:", body.rstrip()]
+  else:
+    text += ["", "nothing fits: widen --search_space (more micro-batches, remat, model axes) or use more devices"]
+  if args.output_json:
+    paths.write_text(args.output_json, json.dumps(
+        {"target": target.name, "chip": chip.name, "rows": [row.to_dict() for row in rows],
+         "best": best.candidate.key if best else None, "gin_file": body,
+         "gin_flags": search_report.gin_flags(best, config_name) if best else ""}, indent=1))
+  return "\n".join(text), rows, best
 
 
 def memory_note(argv: list[str]) -> str:
@@ -139,6 +191,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     return EXIT_FITS
   prepare_environment(_topology_argument(argv))  # a no-op if jax was imported already with them
   logging.basicConfig(level=logging.WARNING)
+  if "--search" in argv:
+    text, _, best = search(argv)
+    print(text, flush=True)
+    return EXIT_FITS if best else EXIT_DOES_NOT_FIT
   plan = run(argv)
   print(memory_note(argv))
   print(plan.render(), flush=True)

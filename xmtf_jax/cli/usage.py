@@ -50,7 +50,19 @@ def plan_parser() -> argparse.ArgumentParser:
   parser.add_argument("--hbm_gib", type=float, default=None,
                       help="memory per device in GiB to plan against (default: the chip's HBM; for "
                            "cpu:N a v4 chip's 32 GiB)")
-  parser.add_argument("--output_json", default=None, help="also write the plan as JSON here")
+  parser.add_argument("--output_json", default=None, help="also write the plan as JSON here (with "
+                      "--search: every row, and one cached JSON per candidate in OUTPUT.candidates/)")
+  parser.add_argument("--search", action="store_true",
+                      help="compile every mesh, FSDP, remat and micro-batch setting the topology allows "
+                           "and rank those that fit by estimated step time")
+  parser.add_argument("--search_space", default=None,
+                      help="narrow the search: model=2,4;fsdp=on,off;remat=minimal,dots;microbatches=1,2 "
+                           "(default: model axes up to 16 dividing heads, MLP and vocabulary; FSDP both; "
+                           "remat minimal, dots and the model's own; micro-batches 1,2,4,8)")
+  parser.add_argument("--search_workers", type=int, default=None,
+                      help="compiles at once (default: min(cores, available memory / 6 GiB) for TPUs)")
+  parser.add_argument("--search_exhaustive", action="store_true",
+                      help="compile every micro-batch count, not only up to the first that fits")
   parser.add_argument("--chip", default=None,
                       help="peak numbers for the step-time estimate: v4, v5e, v5p, v6e, h100 or h200 "
                            "(default: the topology's chip; cpu:N gets no estimate unless given)")
