@@ -34,7 +34,8 @@ def looks_like_hub_id(path: str) -> bool:
   starting with '.', '/' or '~', and nothing of that name on the local disk."""
   text = str(path)
   # os.path, not paths: an id has no scheme, so only the local disk can hold a path of its name
-  return bool(HUB_ID.fullmatch(text)) and not text.startswith(".") and not os.path.exists(text)
+  return (bool(HUB_ID.fullmatch(text)) and not text.startswith(".")
+          and not os.path.exists(text))  # local-only: an id has no scheme
 
 
 def offline() -> bool:
@@ -92,7 +93,7 @@ def snapshot_folder(hub_id: str) -> str:
              f"not in the Hugging Face cache {where}")
       fix = "check the network (or HF_ENDPOINT) and the id"
     raise HubIdError(f"{hub_id}: a Hugging Face Hub id, but {why}. To use it, {fix}, {instead}.") from None
-  names = set(os.listdir(folder))
+  names = set(os.listdir(folder))  # local-only: the HF cache's snapshot folder
   has_weights = any(n.endswith((".safetensors", ".bin")) for n in names)
   if "config.json" not in names or not has_weights:
     missing = " and ".join(what for what, ok in (("config.json", "config.json" in names),
