@@ -11,7 +11,8 @@ The rows carry the traps the expected files in `tests/data/xp3_expected/` were w
 duplicate rows (kept in per-template files, removed from the merged file), more rows than the spec's
 cap of 2 (xquad), code with leading/trailing whitespace, test labels of -1 (boolq), a text longer than
 promptsource's 2,048-character truncation (xlsum), and splits a train build must leave out
-(`validation`). Nothing here renders a template: tests/data/xp3_expected.md says how each expected line follows.
+(`validation`). Nothing here renders a template: tests/data/xp3_expected.md says how each expected
+line follows from the template texts.
 """
 from __future__ import annotations
 
