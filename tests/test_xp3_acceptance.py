@@ -245,14 +245,14 @@ def test_check_passes_on_the_build_and_fails_on_a_damaged_copy(tmp_path, built):
   with open(flores, "rb") as f:
     lines = f.read().splitlines(keepends=True)
   with open(flores, "wb") as f:
-    f.write(b"".join(lines[:2]) + b'{"inputs":"no targets"}\n')  # 3 lines, the last malformed
+    f.write(b"".join(lines[:2]) + b'{"inputs":"no targets"}\n')  # still 3 lines, one malformed
   for split in ("train", "test", "prompt"):  # every file of one template
     os.remove(os.path.join(damaged, "code", f"xp3_Muennighoff_mbpp_sanitized_{split}_function_solved.jsonl"))
   shutil.copyfile(os.path.join(damaged, "en", "xp3_paws-x_en_test_paraphrase-task.jsonl"),
                   os.path.join(damaged, "en", "xp3_paws-x_en_test_Meaning.jsonl"))  # not in the spec
   failed = cli(f"--check={damaged}", *check, check=False)
   assert failed.returncode != 0
-  assert "21 files, 37 rows; 1 missing, 1 unexpected, 1 malformed lines" in failed.stdout, failed.stdout
+  assert "22 files, 39 rows; 1 missing, 1 unexpected, 1 malformed lines" in failed.stdout, failed.stdout
   assert "code/xp3_Muennighoff_mbpp_sanitized_*_function_solved.jsonl" in failed.stdout
   assert "en/xp3_paws-x_en_test_Meaning.jsonl" in failed.stdout
   assert "xp3_facebook_flores_aka_Latn-ibo_Latn_dev_ab-aka_Latn-ibo_Latn.jsonl:3" in failed.stdout
