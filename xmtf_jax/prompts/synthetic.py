@@ -21,6 +21,8 @@ _LIST_FILTERS = {"choice", "join", "first", "last", "random", "sort", "unique", 
                  "list", "min", "max"}
 _NUMBER_FILTERS = {"int", "float", "round", "abs"}
 _DICT_METHODS = {"items", "keys", "values", "get"}
+_LIST_METHODS = {"index", "count", "append", "pop", "copy"}
+_ARITHMETIC = (nodes.Sub, nodes.Mul, nodes.Div, nodes.FloorDiv, nodes.Mod)
 _MAX_VARIANTS = 16
 
 
@@ -31,6 +33,7 @@ class _Shape:
   item: "_Shape | None" = None  # a list (indexed by a number, iterated, ...) with elements so shaped
   index: bool = False           # used as an index into something
   number: bool = False          # piped through int/float or compared with a number
+  long: bool = False            # sliced: long text, so `text[1000:5000]` is not empty
   constants: list[Any] = dataclasses.field(default_factory=list)
 
   def element(self) -> "_Shape":
@@ -45,12 +48,15 @@ class _Reader:
   def __init__(self, variables: set[str]):
     self.variables = variables
     self.shapes: dict[str, _Shape] = {name: _Shape() for name in variables}
+    self.methods: set[int] = set()  # Getattr nodes called as methods (`x.split()`): not fields
 
   def shape(self, node: nodes.Node) -> _Shape | None:
     """The shape a Name/Getattr/Getitem chain rooted at an undeclared variable refers to."""
     if isinstance(node, nodes.Name):
       return self.shapes.get(node.name)
     if isinstance(node, nodes.Getattr):
+      if id(node) in self.methods:
+        return None
       parent = self.shape(node.node)
       return None if parent is None else parent.attrs.setdefault(node.attr, _Shape())
     if isinstance(node, nodes.Getitem):
@@ -59,6 +65,9 @@ class _Reader:
         return None
       if isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
         return parent.attrs.setdefault(node.arg.value, _Shape())
+      if isinstance(node.arg, nodes.Slice):
+        parent.long = True
+        return parent
       return parent.element()
     if isinstance(node, nodes.Filter) and node.name in ("list", "first", "last", "random", "choice"):
       inner = self.shape(node.node) if node.node is not None else None
@@ -66,6 +75,9 @@ class _Reader:
     return None
 
   def read(self, tree: nodes.Template) -> None:
+    for call in tree.find_all(nodes.Call):
+      if isinstance(call.node, nodes.Getattr):
+        self.methods.add(id(call.node))
     for node in tree.find_all(nodes.Node):
       self._visit(node)
 
@@ -75,10 +87,17 @@ class _Reader:
       shape.element()
 
   def _visit(self, node: nodes.Node) -> None:
-    if isinstance(node, nodes.Getitem):
+    if isinstance(node, (nodes.Getattr, nodes.Getitem)):
+      self.shape(node)  # registers the structure (`a.b["c"][0]`)
+    if isinstance(node, nodes.Getitem) and not isinstance(node.arg, nodes.Slice):
       index = self.shape(node.arg)
       if index is not None:
         index.index = True
+    elif isinstance(node, _ARITHMETIC):
+      for operand in (node.left, node.right):
+        shape = self.shape(operand)
+        if shape is not None:
+          shape.number = True
     elif isinstance(node, nodes.For):
       self._as_list(node.iter)
     elif isinstance(node, nodes.Filter):
@@ -90,11 +109,12 @@ class _Reader:
       if isinstance(node.node, nodes.Name) and node.node.name == "zip":
         for arg in node.args:
           self._as_list(arg)
-      elif isinstance(node.node, nodes.Getattr) and node.node.attr in _DICT_METHODS:
+      elif isinstance(node.node, nodes.Getattr):
         receiver = self.shape(node.node.node)
-        if receiver is not None:
-          receiver.attrs.pop(node.node.attr, None)
+        if receiver is not None and node.node.attr in _DICT_METHODS:
           receiver.attrs.setdefault("key", _Shape())
+        elif receiver is not None and node.node.attr in _LIST_METHODS and not receiver.attrs:
+          receiver.element()
     elif isinstance(node, nodes.Compare):
       self._compare(node)
 
@@ -115,15 +135,27 @@ class _Reader:
           shape.number = True
 
 
-def _value(name: str, shape: _Shape, index: int, overrides: dict[int, Any]) -> Any:
+@dataclasses.dataclass(frozen=True)
+class _Variant:
+  index: int = 0          # value of ints (indices, numbers)
+  length: int = 3         # list lengths
+  uniform: bool = False   # every string the same ("a"): equality and `.index(x)` lookups succeed
+  overrides: tuple[tuple[int, Any], ...] = ()  # (id(shape), constant) from comparisons
+
+
+def _value(name: str, shape: _Shape, variant: _Variant, overrides: dict[int, Any]) -> Any:
   if id(shape) in overrides:
     return overrides[id(shape)]
   if shape.attrs:
-    return {key: _value(key, sub, index, overrides) for key, sub in shape.attrs.items()}
+    return {key: _value(key, sub, variant, overrides) for key, sub in shape.attrs.items()}
   if shape.item is not None:
-    return [_value(name, shape.item, index, overrides) for _ in range(3)]
+    return [_value(name, shape.item, variant, overrides) for _ in range(variant.length)]
   if shape.index or shape.number:
-    return index
+    return variant.index
+  if variant.uniform:
+    return "a"
+  if shape.long:
+    return " ".join(f"{name}{i}" for i in range(1500))
   return f"Some {name} text."
 
 
@@ -148,9 +180,11 @@ def synthetic_rows(sources: list[str], environment: jinja2.Environment) -> Itera
     reader.read(tree)
   constant_uses = [(shape, value) for top in reader.shapes.values() for shape in _all_shapes(top)
                    for value in shape.constants]
-  variants: list[tuple[int, dict[int, Any]]] = [(0, {}), (1, {})]
-  variants += [(0, {id(shape): value}) for shape, value in constant_uses]
+  variants = [_Variant(), _Variant(index=1), _Variant(length=1), _Variant(uniform=True),
+              _Variant(uniform=True, length=1)]
+  variants += [_Variant(overrides=((id(shape), value),)) for shape, value in constant_uses]
   if len(constant_uses) > 1:  # every comparison satisfied at once (e.g. `a == "x" and b == "y"`)
-    variants.append((0, {id(shape): value for shape, value in constant_uses}))
-  for index, overrides in variants[:_MAX_VARIANTS]:
-    yield {name: _value(name, shape, index, overrides) for name, shape in reader.shapes.items()}
+    variants.append(_Variant(overrides=tuple((id(shape), value) for shape, value in constant_uses)))
+  for variant in variants[:_MAX_VARIANTS]:
+    overrides = dict(variant.overrides)
+    yield {name: _value(name, shape, variant, overrides) for name, shape in reader.shapes.items()}
