@@ -34,12 +34,22 @@ class _Shape:
   index: bool = False           # used as an index into something
   number: bool = False          # piped through int/float or compared with a number
   long: bool = False            # sliced: long text, so `text[1000:5000]` is not empty
+  separators: list[str] = dataclasses.field(default_factory=list)  # `x.split("___")`: text holding them
   constants: list[Any] = dataclasses.field(default_factory=list)
 
   def element(self) -> "_Shape":
     if self.item is None:
       self.item = _Shape()
     return self.item
+
+
+def _dict_keys(node: nodes.Node) -> list[Any] | None:
+  """The constant keys of a dict literal (jinja's code generator may have folded it into a Const)."""
+  if isinstance(node, nodes.Dict):
+    return [pair.key.value for pair in node.items if isinstance(pair.key, nodes.Const)]
+  if isinstance(node, nodes.Const) and isinstance(node.value, dict):
+    return list(node.value)
+  return None
 
 
 class _Reader:
@@ -49,11 +59,13 @@ class _Reader:
     self.variables = variables
     self.shapes: dict[str, _Shape] = {name: _Shape() for name in variables}
     self.methods: set[int] = set()  # Getattr nodes called as methods (`x.split()`): not fields
+    self.locals: dict[str, _Shape] = {}  # loop variables: the elements of what they iterate
+    self.literal_lists: dict[str, list[Any]] = {}  # `{% set xs = ["A", "B"] %}`
 
   def shape(self, node: nodes.Node) -> _Shape | None:
     """The shape a Name/Getattr/Getitem chain rooted at an undeclared variable refers to."""
     if isinstance(node, nodes.Name):
-      return self.shapes.get(node.name)
+      return self.shapes.get(node.name) or self.locals.get(node.name)
     if isinstance(node, nodes.Getattr):
       if id(node) in self.methods:
         return None
@@ -78,8 +90,27 @@ class _Reader:
     for call in tree.find_all(nodes.Call):
       if isinstance(call.node, nodes.Getattr):
         self.methods.add(id(call.node))
+    for assign in tree.find_all(nodes.Assign):
+      if isinstance(assign.target, nodes.Name) and isinstance(assign.node, (nodes.List, nodes.Tuple)):
+        self.literal_lists[assign.target.name] = [
+            item.value for item in assign.node.items if isinstance(item, nodes.Const)]
+    for loop in tree.find_all(nodes.For):  # outer loops first: an inner loop may iterate an outer item
+      self._bind_loop(loop)
     for node in tree.find_all(nodes.Node):
       self._visit(node)
+
+  def _bind_loop(self, loop: nodes.For) -> None:
+    targets = loop.target.items if isinstance(loop.target, nodes.Tuple) else [loop.target]
+    iterated = loop.iter
+    if isinstance(iterated, nodes.Call) and isinstance(iterated.node, nodes.Name) \
+        and iterated.node.name == "zip":
+      sources = list(iterated.args)
+    else:
+      sources = [iterated] if len(targets) == 1 else []
+    for target, source in zip(targets, sources):
+      shape = self.shape(source)
+      if isinstance(target, nodes.Name) and shape is not None and not shape.attrs:
+        self.locals[target.name] = shape.element()
 
   def _as_list(self, node: nodes.Node | None) -> None:
     shape = self.shape(node) if node is not None else None
@@ -91,7 +122,10 @@ class _Reader:
       self.shape(node)  # registers the structure (`a.b["c"][0]`)
     if isinstance(node, nodes.Getitem) and not isinstance(node.arg, nodes.Slice):
       index = self.shape(node.arg)
-      if index is not None:
+      keys = _dict_keys(node.node)
+      if index is not None and keys is not None:  # {"A": "x", ...}[label]
+        index.constants += keys[:1]
+      elif index is not None:
         index.index = True
     elif isinstance(node, _ARITHMETIC):
       for operand in (node.left, node.right):
@@ -103,6 +137,13 @@ class _Reader:
     elif isinstance(node, nodes.Filter):
       if node.name in _LIST_FILTERS:
         self._as_list(node.node)
+      attribute = [kw.value.value for kw in node.kwargs
+                   if kw.key == "attribute" and isinstance(kw.value, nodes.Const)]
+      if node.name in ("selectattr", "rejectattr") and node.args and isinstance(node.args[0], nodes.Const):
+        attribute.append(node.args[0].value)
+      shape = self.shape(node.node) if node.node is not None else None
+      if shape is not None and attribute and isinstance(attribute[0], str):
+        shape.element().attrs.setdefault(attribute[0], _Shape())
       elif node.name in _NUMBER_FILTERS and self.shape(node.node) is not None:
         self.shape(node.node).number = True
     elif isinstance(node, nodes.Call):
@@ -115,6 +156,13 @@ class _Reader:
           receiver.attrs.setdefault("key", _Shape())
         elif receiver is not None and node.node.attr in _LIST_METHODS and not receiver.attrs:
           receiver.element()
+        elif receiver is not None and node.node.attr == "split" and node.args \
+            and isinstance(node.args[0], nodes.Const) and isinstance(node.args[0].value, str):
+          receiver.separators.append(node.args[0].value)
+        elif node.node.attr == "index" and isinstance(node.node.node, nodes.Name) and node.args:
+          argument = self.shape(node.args[0])  # `poss_ans_list.index(discourse_type)`
+          if argument is not None:
+            argument.constants += self.literal_lists.get(node.node.node.name, [])[:1]
     elif isinstance(node, nodes.Compare):
       self._compare(node)
 
@@ -156,6 +204,8 @@ def _value(name: str, shape: _Shape, variant: _Variant, overrides: dict[int, Any
     return "a"
   if shape.long:
     return " ".join(f"{name}{i}" for i in range(1500))
+  if shape.separators:
+    return shape.separators[0].join(f"Some {name} {i}." for i in range(4))
   return f"Some {name} text."
 
 
