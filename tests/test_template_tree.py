@@ -65,6 +65,15 @@ def test_layout_names_datasets_and_subsets(tree_root):
     tree.templates("GEM/xlsum", "yoruba")
 
 
+def test_a_checkout_root_finds_its_templates_folder(tree_root, tmp_path_factory):
+  checkout = tmp_path_factory.mktemp("checkout")
+  os.makedirs(checkout / "promptsource")
+  os.symlink(tree_root, checkout / "promptsource" / "templates")
+  tree = TemplateTree(checkout)
+  assert tree.root == str(checkout / "promptsource" / "templates")
+  assert ("GEM/xlsum", "swahili") in tree.subsets()
+
+
 def test_duplicate_names_resolve_as_the_forks_name_to_id_lookup(tree_root):
   tree = TemplateTree(tree_root)
   [same] = tree.templates("dup", None)

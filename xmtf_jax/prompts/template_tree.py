@@ -65,7 +65,10 @@ class TemplateTree:
   """The templates of a promptsource `templates/` folder; files are read when first needed, once."""
 
   def __init__(self, root: str | os.PathLike):
-    self.root = os.fspath(root).rstrip("/")
+    """`root`: the `templates` folder of the fork, or the checkout holding `promptsource/templates`."""
+    root = os.fspath(root).rstrip("/")
+    checkout = paths.join(root, "promptsource", "templates")
+    self.root = checkout if paths.isdir(checkout) else root
     self._documents: dict[str, dict] = {}
     self._layout: dict[tuple[str, str | None], str] | None = None
     self._mismatches: list[tuple[str, str]] = []
