@@ -121,3 +121,6 @@ def test_choice_draws_from_the_callers_rng():
   expected = [str(v) for v in (lambda r: [r.choice(range(100)) for _ in range(20)])(random.Random(7))]
   assert draws(7) == draws(7) == expected
   assert draws(7) != draws(8)
+  # As the fork's `random.choice`, no list() first: a generator fails (the build skipped the template).
+  assert render("x ||| {{ xs | select | choice }}", example) == Dropped("render error: TypeError",
+                                                                     skips_template=True)

@@ -164,8 +164,7 @@ RNG_VARIABLE = "_xmtf_choice_rng"
 @jinja2.pass_context
 def choice_filter(context, items):
   """promptsource's random `choice`, drawn from the render's own generator (seeded by the template and
-  the example in `Template._render`, by the caller in xP3 builds): the same example renders the same
-  way in any run and order."""
+  the example in `Template._render`): the same example renders the same way in any run and order."""
   return context[RNG_VARIABLE].choice(list(items))
 
 

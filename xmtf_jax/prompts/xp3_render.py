@@ -33,7 +33,7 @@ from typing import Any, Mapping, Sequence
 import jinja2
 
 from xmtf_jax.prompts.templates import (RNG_VARIABLE, SEPARATOR, TEXT_VAR_LENGTH, PromptTemplate,
-                                        choice_filter, protect_pipes, restore_pipes)
+                                        protect_pipes, restore_pipes)
 
 # The fork's `Template.pipe_protector`: the same token keeps truncation lengths identical when a field
 # holds "|||" (the masked text is what gets truncated).
@@ -71,13 +71,20 @@ def _most_frequent(items: Sequence[Any]) -> list[Any] | None:
   return [item for item, count in counts if count == counts[0][1]]
 
 
+@jinja2.pass_context
+def _choice(context, items):
+  """The fork's `random.choice(items)` on the caller's generator: as the fork, no `list()` first, so a
+  generator (`xs | select(...) | choice`) fails there as it did in the build."""
+  return context[RNG_VARIABLE].choice(items)
+
+
 def _highlight(text: str) -> str:
   return "<span style='color: #F08080'>" + text + "</span>"
 
 
 _ENV = jinja2.Environment(loader=jinja2.BaseLoader())
 _ENV.globals.update(zip=zip)
-_ENV.filters.update(choice=choice_filter, most_frequent=_most_frequent, highlight=_highlight)
+_ENV.filters.update(choice=_choice, most_frequent=_most_frequent, highlight=_highlight)
 
 
 def environment() -> jinja2.Environment:
