@@ -22,7 +22,7 @@ from xmtf_jax.xp3build import languages
 PRESETS = ("xp3", "xp3mt", "xp3all")
 SPLIT_MODES = ("train", "validation")
 PROMPT_LANGUAGES = ("english", "native")
-PRESETS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets.yaml")
+PRESETS_FILE = os.path.join(os.path.dirname(__file__), "presets.yaml")  # bundled with the package
 UNIT_KEYS = ("dataset", "subset", "prompt_dataset", "prompt_subset", "templates", "cap")
 
 
