@@ -26,9 +26,10 @@ BATCH_ROWS = 1000  # rows turned into Python objects at a time
 FILE_FORMATS = ("jsonl", "json", "parquet", "csv")
 SHARD = re.compile(r"^(?P<split>.+?)-\d+-of-\d+.*\.parquet$")
 
-# Datasets the Hub moved under an owner since 2022 (bare ids are rejected now). Builds keep the 2022
-# name for folders and file names (byte compatibility with the published xP3); this is only for
-# fetching. Unknown names are returned unchanged.
+# Datasets the Hub moved under an owner since 2022: bare ids are now rejected ("Repository id must be
+# 'namespace/name'"; the first four as fixed in lm-evaluation-harness #3852/#3870, the others are the
+# canonical ids their old names redirected to). Builds keep the 2022 name for folders and file names
+# (byte compatibility with the published xP3); this is only for fetching. Unknown names pass unchanged.
 HUB_NAMES = {
     "xnli": "facebook/xnli", "paws-x": "google-research-datasets/paws-x", "xquad": "google/xquad",
     "xcopa": "cambridgeltl/xcopa", "mlqa": "facebook/mlqa", "paws": "google-research-datasets/paws",
@@ -259,10 +260,11 @@ def _split_files(folder: str) -> dict:
     found.setdefault(split, (what, reader))
 
   shards: dict[str, list[str]] = {}
+  folders = set(paths.subfolders(folder))  # one listing, not one request per entry on a bucket
   for name in paths.listdir(folder):
     path = paths.join(folder, name)
     stem, _, ext = name.rpartition(".")
-    if paths.isdir(path):
+    if name in folders:
       parquet = paths.glob(paths.join(paths.escape(path), "*.parquet"))
       if parquet:
         add(name, f"{name}/*.parquet", _TableSplit(parquet, "parquet"))
