@@ -24,8 +24,8 @@ import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-LAYERS = ("base", "parallel", "data", "model", "checkpoint", "inference", "hf", "train", "evaluation",
-          "mixtures", "cli")
+LAYERS = ("base", "prompts", "parallel", "data", "model", "checkpoint", "inference", "hf", "train",
+          "evaluation", "xp3build", "mixtures", "cli")
 LEVEL = {name: i for i, name in enumerate(LAYERS)}
 ENTRY = len(LAYERS)  # mixtures, shims and the package face
 
