@@ -51,6 +51,7 @@ class Rendered:
 @dataclasses.dataclass(frozen=True)
 class Dropped:
   reason: str
+  skips_template: bool = False
 
 
 # 20 train rows (2 with empty text), 4 test rows, 3 validation rows; "qa" in English and French.
@@ -62,7 +63,8 @@ RAW = {
                    "validation": [{"text": w, "label": "V"} for w in ("z", "y", "x")]},
     ("qa", "fr"): {"train": [{"text": w, "label": "oui"} for w in ("chat", "chien", "\u00e9t\u00e9", "chat")]},
 }
-TEMPLATES = {("qa", "en"): [Template("plain", "Q:"), Template("same", "Q:"), Template("skipme", "S:")]}
+TEMPLATES = {("qa", "en"): [Template("plain", "Q:"), Template("same", "Q:"), Template("skipme", "S:")],
+             ("qa", "bad"): [Template("broken", "B:"), Template("plain", "Q:")]}
 
 
 class Raw:
@@ -89,6 +91,8 @@ class Tree:
 
 
 def render(template, example, *, code, rng):
+  if template.name == "broken" and example["text"] == "cherry":
+    return Dropped("render error: TypeError", skips_template=True)
   if not example["text"]:
     return Dropped("empty inputs")
   return Rendered(f"{template.prefix} {example['text']}", example["label"])
@@ -173,6 +177,17 @@ def test_files_caps_sort_order_and_counts(fakes, tmp_path):
   merged = lines(os.path.join(en, "merged_en.jsonl"))
   assert len(merged) == len(set(merged)) == 14 and result.merged == {"en": 14, "fr": 3}
   assert result.languages == {"en": 5 + 5 + 4 + 4 + 5, "fr": 4}
+
+
+def test_template_error_skips_the_file_as_the_original(fakes, tmp_path):
+  out, result = run(tmp_path, "b", Spec("bad", (Unit("qa", "en", "qa", "bad", None, 5),)))
+  by_path = {c.path: c for c in result.files}
+  broken = by_path["en/xp3_qa_en_train_broken.jsonl"]  # "cherry" fails: the whole file is skipped
+  assert (broken.failed, broken.written) == ("render error: TypeError", 0)
+  assert by_path["en/xp3_qa_en_test_broken.jsonl"].written == 4 and by_path["en/xp3_qa_en_train_plain.jsonl"].written == 5
+  assert not os.path.exists(os.path.join(out, "en", "xp3_qa_en_train_broken.jsonl"))
+  report = json.load(open(os.path.join(out, "build_report.json")))
+  assert report["failed_templates"] == {"en/xp3_qa_en_train_broken.jsonl": "render error: TypeError"}
 
 
 def test_same_seed_same_bytes_other_seed_same_multiset(fakes, tmp_path):

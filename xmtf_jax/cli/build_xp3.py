@@ -47,8 +47,7 @@ def _vocabulary(path: Optional[str]):
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = usage.build_xp3_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
   if args.check_templates:
-    found = TemplateTree(args.check_templates).check()
-    print(found if isinstance(found, str) else json.dumps(found, indent=1, ensure_ascii=False, default=str))
+    print(TemplateTree(args.check_templates).check().summary())
     return 0
   spec = _spec(args)
   if args.check:

@@ -30,7 +30,7 @@ from xmtf_jax.xp3build import spec as xp3spec
 from xmtf_jax.xp3build.languages import is_code, route
 from xmtf_jax.xp3build.lines import encode_line
 from xmtf_jax.xp3build.prepare import prepare
-from xmtf_jax.xp3build.raw_rows import open_raw
+from xmtf_jax.xp3build.raw_rows import MissingDatasetError, open_raw
 
 BUFFER_FACTOR = 5  # rows rendered per kept row at most (the original's "5x buffer for empties")
 OTHER_DIRECTION = "other direction"
@@ -74,6 +74,10 @@ class BuildResult:
   @property
   def rows_per_second(self) -> float:
     return self.rows_read / max(self.seconds, 1e-9)
+
+
+class _TemplateFailed(Exception):
+  """A row whose error makes the original build skip the whole template (no file)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +129,8 @@ def _render_file(unit, split: str, template, rows: list, count: FileCount, seed:
     result = Dropped(OTHER_DIRECTION) if example is None else render_xp3(template, example, code=code,
                                                                            rng=rng)
     if isinstance(result, Dropped):
+      if result.skips_template:  # the original skipped the whole file on such an error
+        raise _TemplateFailed(result.reason)
       count.dropped[result.reason] = count.dropped.get(result.reason, 0) + 1
       continue
     try:
@@ -162,6 +168,8 @@ def run_job(job: _Job, settings: _Settings) -> dict:
       lines = _render_file(unit, split, template, rows, count, settings.seed)
     except UserError:
       raise
+    except _TemplateFailed as failure:
+      count.failed, lines = str(failure), []
     except Exception as error:  # noqa: BLE001  the original skips a template that raises, so do we
       count.failed, lines = f"{type(error).__name__}: {error}", []
     count.written = len(lines)
@@ -180,7 +188,7 @@ def _plan(spec, data_dir: str, seed: int, skip_missing: bool) -> tuple[list[_Job
   for unit in spec.units:
     try:
       splits = open_raw(data_dir, unit).splits()
-    except UserError as error:
+    except MissingDatasetError as error:
       if not skip_missing:
         raise
       missing.append(f"{unit.dataset}/{unit.subset}: {error}")
