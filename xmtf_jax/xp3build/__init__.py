@@ -1,1 +1,1 @@
-"""Building xP3-style collections from raw datasets and promptsource templates (`python -m xmtf_jax.build_xp3`)."""
+"""Building xP3-style collections from raw datasets and promptsource templates (the `build_xp3` command)."""
