@@ -303,3 +303,17 @@ def test_merged_in_bounded_memory_equals_in_memory(tmp_path):
   for path in (small, big):
     shuffled = open(path, "rb").read().splitlines(keepends=True)
     assert sorted(shuffled) == expected and shuffled != expected
+
+
+def test_output_on_a_bucket_equals_local_and_resumes(fakes, tmp_path, gcs_bucket):
+  from xmtf_jax import paths
+  local, _ = run(tmp_path, "local")
+  remote = f"{gcs_bucket}/xp3-build"
+  for attempt in range(2):
+    result = xp3_build.build(SPEC, templates_root="T", data_dir="D", output_dir=remote, workers=2,
+                             print_fn=None)
+    assert result.jobs_skipped == (0 if attempt == 0 else 3)
+  downloaded = str(tmp_path / "downloaded")
+  paths.copy_to_local(remote, downloaded)
+  assert tree_bytes(downloaded) == tree_bytes(local)
+  assert xp3_check.check(remote, SPEC, templates_root="T", print_fn=None).problems == 0

@@ -278,5 +278,5 @@ def build(spec, *, templates_root: str, data_dir: str, output_dir: str, seed: in
   if print_fn:
     print_fn(f"wrote {sum(languages.values()):,} rows in {sum(1 for c in counts if c.written)} files "
              f"and {len(merged)} merged files to {output_dir} in {format_duration(result.seconds)} "
-             f"({result.rows_per_second:,.0f} rows/s read)")
+             + (f"({result.rows_per_second:,.0f} rows/s read)" if todo else "(every job finished before)"))
   return result
