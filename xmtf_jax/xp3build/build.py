@@ -94,7 +94,6 @@ class _Settings:
   data_dir: str
   output_dir: str
   seed: int
-  native_prompts: bool
 
 
 def _job(unit, split: str, spec, seed: int) -> _Job:
@@ -107,12 +106,11 @@ def _job(unit, split: str, spec, seed: int) -> _Job:
   return _Job(unit, split, f"{label}-{digest}", hashlib.sha256(key.encode("utf-8")).hexdigest())
 
 
-def _templates(unit, settings: _Settings) -> list:
-  """The unit's prompt set in name order: its prompt dataset's templates (the unit's own in native
-  prompt mode), narrowed to the spec's names when it lists some."""
-  dataset, subset = ((unit.dataset, unit.subset) if settings.native_prompts
-                     else (unit.prompt_dataset, unit.prompt_subset))
-  templates = TemplateTree(settings.templates_root).templates(dataset, subset)
+def _templates(unit, templates_root: str) -> list:
+  """The unit's prompt set in name order: its prompt dataset's templates (the spec decides which:
+  the designated English subset for xP3, the unit's own subset in native prompt mode), narrowed to
+  the spec's names when it lists some."""
+  templates = TemplateTree(templates_root).templates(unit.prompt_dataset, unit.prompt_subset)
   if unit.templates is not None:
     templates = [t for t in templates if t.name in set(unit.templates)]
   return sorted(templates, key=lambda t: t.name)
@@ -153,7 +151,7 @@ def run_job(job: _Job, settings: _Settings) -> dict:
   take = min(num_rows, BUFFER_FACTOR * unit.cap)
   all_rows = list(raw.rows(split)) if take == num_rows else None  # read once, shared by templates
   counts, skipped = [], []
-  for template in _templates(unit, settings):
+  for template in _templates(unit, settings.templates_root):
     if xp3spec.skip_template(unit, split, template.name):
       skipped.append(f"{unit.dataset}/{unit.subset} {split} {template.name}")
       continue
@@ -235,7 +233,7 @@ def build(spec, *, templates_root: str, data_dir: str, output_dir: str, seed: in
   language in the report, or None."""
   start = time.perf_counter()
   workers = workers or os.cpu_count() or 1
-  settings = _Settings(templates_root, data_dir, output_dir, seed, spec.prompt_language == "native")
+  settings = _Settings(templates_root, data_dir, output_dir, seed)
   paths.makedirs(output_dir)
   files.remove_stale_temporaries(output_dir)
   jobs, missing = _plan(spec, data_dir, seed, skip_missing)

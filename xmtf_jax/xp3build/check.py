@@ -71,9 +71,7 @@ def _expected(spec, templates_root: str, data_dir: Optional[str]) -> dict[str, t
   tree = TemplateTree(templates_root)
   expected = {}
   for unit in spec.units:
-    dataset, subset = ((unit.dataset, unit.subset) if spec.prompt_language == "native"
-                       else (unit.prompt_dataset, unit.prompt_subset))
-    names = sorted({t.name for t in tree.templates(dataset, subset)
+    names = sorted({t.name for t in tree.templates(unit.prompt_dataset, unit.prompt_subset)
                     if unit.templates is None or t.name in unit.templates})
     splits = (xp3spec.select_splits(unit, list(open_raw(data_dir, unit).splits()), spec.split_mode)
               if data_dir else [_SPLIT])
