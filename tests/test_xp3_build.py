@@ -317,3 +317,12 @@ def test_output_on_a_bucket_equals_local_and_resumes(fakes, tmp_path, gcs_bucket
   paths.copy_to_local(remote, downloaded)
   assert tree_bytes(downloaded) == tree_bytes(local)
   assert xp3_check.check(remote, SPEC, templates_root="T", print_fn=None).problems == 0
+
+
+def test_command_names_what_is_missing(fakes, tmp_path):
+  from xmtf_jax.cli import build_xp3 as cli
+  from xmtf_jax.errors import UserError
+  with pytest.raises(UserError, match="--preset=xp3|xp3mt|xp3all or --spec=FILE"):
+    cli.main(["--templates=T", "--data_dir=D", f"--output_dir={tmp_path}"])
+  with pytest.raises(UserError, match="--templates must be given"):
+    cli.main(["--check", str(tmp_path), "--preset=xp3"])
