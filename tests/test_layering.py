@@ -10,6 +10,7 @@ Layers, bottom to top (docs/architecture.md draws them):
   hf          HF name mapping, reading folders, export, tokenizer files, verification, model card
   train       state, step, optimizer, losses, loop, saving checkpoints, hooks, pretrained loading
   evaluation  rank classification, held-out sets, templates, results, eval during training
+  xp3build    building xP3-style collections: specs, raw rows, language routing, writing files
   mixtures    the top-level `mixtures/` package: task and mixture definitions users copy
   cli         entry points: gin parsing and registration, one library call each
 The package face `xmtf_jax/__init__.py` and the `python -m` shims (`xmtf_jax/<command>.py`,
