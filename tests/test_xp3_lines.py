@@ -3,11 +3,12 @@ writes (the `datasets` JSON writer the published xP3 files came from, facts 1.8)
 
 The expected bytes below are written by hand from pandas' vendored ujson encoder
 (`Buffer_EscapeStringUnvalidated`: `"` `\\` `/` and \\b \\f \\n \\r \\t short, other bytes below 0x20 as
-lowercase \\u00xx, everything else raw); where pandas is installed the same strings are also compared
-with pandas itself.
+lowercase \\u00xx, everything else raw); the same strings, every code point below 128 and more, are
+also compared with pandas itself.
 """
 import json
 
+import pandas
 import pytest
 
 from xmtf_jax.xp3build.lines import MalformedLine, decode_line, encode_line
@@ -30,9 +31,14 @@ def test_encode_line_matches_pandas_bytes(inputs, targets, expected):
   assert decode_line(expected) == {"inputs": inputs, "targets": targets}
 
 
+def _pandas_lines(rows) -> bytes:
+  return pandas.DataFrame(rows).to_json(orient="records", lines=True, force_ascii=False).encode("utf-8")
+
+
 def test_encode_line_against_pandas_itself():
-  pandas = pytest.importorskip("pandas", reason="pandas is the reference where installed")
+  every_ascii = "".join(map(chr, range(128)))
   rows = [{"inputs": i, "targets": t} for i, t, _ in NASTY]
+  rows.append({"inputs": every_ascii, "targets": "\u2028\u2029\ufeff\U0001F600 \u00e9\u0301 \u05d0\u0627 \\/"})
   frame = pandas.DataFrame(rows, columns=["inputs", "targets"])
   written = frame.to_json(orient="records", lines=True, force_ascii=False)
   expected = written.encode("utf-8")
@@ -50,6 +56,8 @@ def test_extra_keys_follow_inputs_and_targets():
 
 
 def test_lone_surrogate_refused_like_pandas():
+  with pytest.raises(UnicodeEncodeError):
+    _pandas_lines([{"inputs": "bad \ud800", "targets": "x"}])
   with pytest.raises(UnicodeEncodeError):
     encode_line("bad \ud800", "x")
   with pytest.raises(TypeError, match="not float"):
@@ -76,3 +84,12 @@ def test_decoded_published_line_round_trips():
   assert row == {"inputs": "Translate to French: I/O", "targets": "E/S \x01 é"}
   assert encode_line(**row) == published
   assert json.loads(published) == row
+
+
+def test_encode_line_against_the_datasets_json_writer(tmp_path):
+  """The writer xP3 itself was written with (facts 1.8: `Dataset.to_json`, records/lines, raw UTF-8)."""
+  datasets = pytest.importorskip("datasets")
+  rows = [{"inputs": i, "targets": t} for i, t, _ in NASTY]
+  path = str(tmp_path / "x.jsonl")
+  datasets.Dataset.from_list(rows).to_json(path, orient="records", lines=True, force_ascii=False)
+  assert open(path, "rb").read() == b"".join(encode_line(r["inputs"], r["targets"]) for r in rows)
