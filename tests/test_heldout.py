@@ -8,7 +8,7 @@ import seqio
 from xmtf_jax.data import records
 from xmtf_jax.evaluation import heldout
 from xmtf_jax.evaluation import heldout_tasks
-from xmtf_jax.evaluation import templates as T
+from xmtf_jax.prompts import templates as T
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "promptsource")
 

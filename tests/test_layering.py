@@ -2,6 +2,7 @@
 
 Layers, bottom to top (docs/architecture.md draws them):
   base        xmtf_jax.paths, xmtf_jax.progress, xmtf_jax.errors  (stdlib-level helpers every layer may use)
+  prompts     promptsource template files and trees, strict (evaluation) and xP3 rendering
   parallel    mesh, logical-axis rules, shardings, multi-host helpers
   data        record sources, xP3 layouts, tasks, mixing, the per-host pipeline, the data report
   model       config, network, dropout, the task-level model, scoring
@@ -9,7 +10,7 @@ Layers, bottom to top (docs/architecture.md draws them):
   inference   decoding algorithms, batched generation
   hf          HF name mapping, reading folders, export, tokenizer files, verification, model card
   train       state, step, optimizer, losses, loop, saving checkpoints, hooks, pretrained loading
-  evaluation  rank classification, held-out sets, templates, results, eval during training
+  evaluation  rank classification, held-out sets, results, eval during training
   xp3build    building xP3-style collections: specs, raw rows, language routing, writing files
   mixtures    the top-level `mixtures/` package: task and mixture definitions users copy
   cli         entry points: gin parsing and registration, one library call each

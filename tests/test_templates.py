@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from xmtf_jax.evaluation import templates as T
+from xmtf_jax.prompts import templates as T
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "promptsource")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -23,7 +23,7 @@ from xmtf_jax import paths
 from xmtf_jax.data import records as records_lib
 from xmtf_jax.data.records import RAW_EXTENSIONS, read_records  # noqa: F401  (heldout.read_records)
 from xmtf_jax.errors import UserError
-from xmtf_jax.evaluation import templates as templates_lib
+from xmtf_jax.prompts import templates as templates_lib
 
 
 class HeldoutDataError(records_lib.RecordsError):
