@@ -15,7 +15,8 @@ from xmtf_jax.hf import safetensors_writer
 from xmtf_jax.train import pretrained
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMMANDS = ("train", "infer", "evaluate", "export_hf", "data_report", "param_count", "plan", "demo")
+COMMANDS = ("train", "infer", "evaluate", "export_hf", "data_report", "param_count", "plan", "demo",
+            "build_xp3")
 NOISE = ("All log messages before absl::InitializeLog()", "cudart_stub.cc", "failed call to cuInit")
 
 
@@ -45,6 +46,7 @@ def test_help_of_every_command_imports_neither_jax_nor_tensorflow():
   for command in COMMANDS:
     assert f"@@ {command} exit=0 heavy=[]" in proc.stdout, proc.stdout[-3000:]
   assert "--topology" in proc.stdout and "--hbm_gib" in proc.stdout and "--checkpoint_dir" in proc.stdout and "--mesh" in proc.stdout
+  assert "--check_templates" in proc.stdout  # build_xp3
   assert proc.stdout.count("gin settings (t5x style, repeatable)") == 5  # the gin-only commands
   assert proc.stderr == ""
 

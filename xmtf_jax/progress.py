@@ -25,11 +25,15 @@ def to_stderr(message: str) -> None:
 
 
 class Progress:
-  """Prints examples/s and the time left every `every_seconds` (or not at all with print_fn None)."""
+  """Prints items/s and the time left every `every_seconds` (or not at all with print_fn None).
+
+  unit: what is counted ("examples", "jobs"); detail: more text for each line (e.g. rows/s)."""
 
   def __init__(self, total: int, print_fn: Callable[[str], None] | None = print,
-               every_seconds: float = 10.0, label: str = "scored"):
+               every_seconds: float = 10.0, label: str = "scored", unit: str = "examples",
+               detail: Callable[[], str] | None = None):
     self.total, self.done, self.print_fn, self.every, self.label = total, 0, print_fn, every_seconds, label
+    self.unit, self.detail = unit, detail
     self.start = self.last = time.perf_counter()
 
   def update(self, count: int) -> None:
@@ -39,5 +43,6 @@ class Progress:
       self.last = now
       rate = self.done / max(now - self.start, 1e-9)
       left = (self.total - self.done) / rate if rate > 0 else float("inf")
-      self.print_fn(f"{self.label} {self.done}/{self.total} examples, {rate:.1f} examples/s, "
-                    f"about {format_duration(left)} left")
+      extra = f"; {self.detail()}" if self.detail else ""
+      self.print_fn(f"{self.label} {self.done}/{self.total} {self.unit}, {rate:.1f} {self.unit}/s, "
+                    f"about {format_duration(left)} left{extra}")

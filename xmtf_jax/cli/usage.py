@@ -114,7 +114,43 @@ def export_hf_parser() -> argparse.ArgumentParser:
   return p
 
 
-PARSERS = {"plan": plan_parser, "param_count": param_count_parser, "export_hf": export_hf_parser}
+def build_xp3_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="python -m xmtf_jax.build_xp3", description=docstring("build_xp3"),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  what = p.add_mutually_exclusive_group()
+  what.add_argument("--preset", choices=("xp3", "xp3mt", "xp3all"), help="the paper's dataset lists")
+  what.add_argument("--spec", help="a YAML or JSON file listing units (your own datasets and templates)")
+  p.add_argument("--templates", help="a promptsource template tree (<dataset>[/<subset>]/templates.yaml), "
+                 "e.g. a checkout of Muennighoff/promptsource@tr13 (xP3) or @xp3mt")
+  p.add_argument("--data_dir", help="raw datasets: {data_dir}/{dataset}/{subset}/ holding a save_to_disk "
+                 "folder or {split}.jsonl/.json/.parquet/.csv files (local or gs://)")
+  p.add_argument("--output_dir", help="the folder to build (local or gs://); rerun into it to resume")
+  p.add_argument("--seed", type=int, default=0, help="decides every sample and order (default 0)")
+  p.add_argument("--split_mode", choices=("train", "validation"), default="train",
+                 help="train: every split but validation (merged files shuffled); validation: only the "
+                      "validation split (merged files sorted)")
+  p.add_argument("--prompt_language", choices=("english", "native"), default=None,
+                 help="english (xP3) or native (xP3mt: the datasets' own translated templates); "
+                      "default: the preset's")
+  p.add_argument("--include_heldout", action="store_true",
+                 help="also build the held-out evaluation datasets (excluded by default)")
+  p.add_argument("--workers", type=int, default=None, help="processes (default: the host's cores)")
+  p.add_argument("--vocabulary", default=None,
+                 help="SentencePiece .model or tokenizer.json: also count tokens per language")
+  p.add_argument("--skip_missing", action="store_true",
+                 help="leave out datasets missing under --data_dir (listed in the report)")
+  p.add_argument("--check", metavar="FOLDER", default=None,
+                 help="check an existing folder (e.g. a downloaded xP3) against --preset/--spec "
+                      "instead of building; exit status 1 when problems are found")
+  p.add_argument("--check_json", metavar="PATH", default=None, help="with --check: write the findings here")
+  p.add_argument("--check_templates", metavar="TREE", default=None,
+                 help="parse every templates.yaml of a tree and render each template on a synthetic "
+                      "row; print the counts")
+  return p
+
+
+PARSERS = {"plan": plan_parser, "param_count": param_count_parser, "export_hf": export_hf_parser,
+           "build_xp3": build_xp3_parser}
 
 
 def help_text(command: str) -> str:
