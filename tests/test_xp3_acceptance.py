@@ -158,8 +158,6 @@ def test_a_heldout_set_is_built_only_when_asked(tmp_path, raw_dir, built):
   assert_as_expected(language_files(str(tmp_path / "out")), expected, shuffled_merged=True)
 
 
-@pytest.mark.xfail(strict=True, reason="build._templates drops names the tree lacks without a word: "
-                   "a misspelt template (or an English name in native mode) builds nothing, exit 0")
 def test_a_template_the_tree_lacks_is_an_error(tmp_path, raw_dir):
   spec_path = tmp_path / "typo.yaml"
   spec_path.write_text('units: [{dataset: paws-x, subset: en, templates: ["PAWS-ANLI GPT-3"]}]\n')
@@ -267,8 +265,6 @@ def test_check_passes_on_the_build_and_fails_on_a_damaged_copy(tmp_path, built):
   assert "xp3_facebook_flores_aka_Latn-ibo_Latn_dev_ab-aka_Latn-ibo_Latn.jsonl:3" in failed.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="check.py with data_dir expects a file for every template and "
-                   "split, also where every row drops (facts 1.5: such a build writes no file)")
 def test_check_with_the_raw_data_passes_on_the_build(built, raw_dir):
   output_dir, _ = built
   passed = cli(f"--check={output_dir}", f"--spec={MINI_SPEC}", f"--templates={TR13}",

@@ -277,11 +277,14 @@ def test_check_finds_removed_file_and_malformed_line(fakes, tmp_path):
   assert found.missing == {"en": ["xp3_qa_en_test_same.jsonl"]}
   assert found.unexpected == {"fr": ["xp3_other.jsonl"]}
   assert found.malformed == ["fr/xp3_qa_fr_train_plain.jsonl:5: no 'targets' field"]
-  assert found.merged_missing == ["fr/merged_fr.jsonl"] and found.problems == 4
-  # without the raw data a template counts as present in any split: only the unexpected file and
-  # the malformed line and merged file remain
+  assert found.merged_missing == ["fr/merged_fr.jsonl"]
+  # the appended line also makes the file disagree with the count build_report.json recorded
+  assert found.count_mismatch == ["fr/xp3_qa_fr_train_plain.jsonl (5 rows, the report counted 4)"]
+  assert found.problems == 5
+  # without the raw data a template counts as present in any split: only the unexpected file,
+  # the malformed line, the count and the merged file remain
   loose = xp3_check.check(out, SPEC, templates_root="T", print_fn=None)
-  assert loose.missing == {} and loose.problems == 3
+  assert loose.missing == {} and loose.problems == 4
   assert "1 malformed lines" in loose.summary()
 
 

@@ -110,8 +110,23 @@ def _templates(unit, templates_root: str) -> list:
   """The unit's prompt set in name order: its prompt dataset's templates (the spec decides which:
   the designated English subset for xP3, the unit's own subset in native prompt mode), narrowed to
   the spec's names when it lists some."""
-  templates = TemplateTree(templates_root).templates(unit.prompt_dataset, unit.prompt_subset)
+  return unit_templates(TemplateTree(templates_root), unit)
+
+
+def unit_templates(tree: TemplateTree, unit) -> list:
+  """`_templates` on an open tree; a name the spec lists that the tree lacks (a typo, or an English
+  name in native prompt mode) is a UserError naming the unit and what the tree has."""
+  templates = tree.templates(unit.prompt_dataset, unit.prompt_subset)
   if unit.templates is not None:
+    have = {t.name for t in templates}
+    unknown = [name for name in unit.templates if name not in have]
+    if unknown:
+      folder = unit.prompt_key
+      raise UserError(
+          f"the spec asks for template(s) {unknown} of {unit.dataset}"
+          f"{'/' + unit.subset if unit.subset else ''}, but the template folder {folder} under "
+          f"{tree.root} has no template of that name; it has {sorted(have)}. Fix the names in the "
+          "spec's `templates:` (in native prompt mode the names carry the `_{lang}mt` suffix).")
     templates = [t for t in templates if t.name in set(unit.templates)]
   return sorted(templates, key=lambda t: t.name)
 
@@ -236,6 +251,9 @@ def build(spec, *, templates_root: str, data_dir: str, output_dir: str, seed: in
   settings = _Settings(templates_root, data_dir, output_dir, seed)
   paths.makedirs(output_dir)
   files.remove_stale_temporaries(output_dir)
+  tree = TemplateTree(templates_root)
+  for unit in spec.units:  # every named template exists, before any job runs
+    unit_templates(tree, unit)
   jobs, missing = _plan(spec, data_dir, seed, skip_missing)
   finished = {job.name: files.read_marker(output_dir, job.name, job.key) for job in jobs}
   todo = [job for job in jobs if finished[job.name] is None]

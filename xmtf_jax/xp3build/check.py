@@ -3,17 +3,21 @@ found file names per language, rows per file, malformed lines and the merged fil
 
 Without the raw data the splits a unit has are unknown, so a (unit, template) counts as present when
 a file of any split exists; with `data_dir` the exact names are expected. Per-template files hold
-at most the unit's cap lines and are sorted by `inputs`; both are checked.
+at most the unit's cap lines and are sorted by `inputs`; both are checked. A folder this builder
+wrote has `build_report.json`: the files it records as empty (every row dropped: no file written)
+are not missing, and every other file must hold the rows the report counted.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Callable, Optional
 
 from xmtf_jax import paths
 from xmtf_jax.progress import Progress
 from xmtf_jax.prompts.template_tree import TemplateTree
 from xmtf_jax.xp3build import spec as xp3spec
+from xmtf_jax.xp3build.build import unit_templates
 from xmtf_jax.xp3build.languages import route
 from xmtf_jax.xp3build.lines import MalformedLine, decode_line
 from xmtf_jax.xp3build.raw_rows import open_raw
@@ -34,11 +38,14 @@ class CheckResult:
   over_cap: list[str]
   unsorted: list[str]
   merged_missing: list[str]
+  recorded_empty: list[str] = dataclasses.field(default_factory=list)  # expected, empty by the report
+  count_mismatch: list[str] = dataclasses.field(default_factory=list)  # rows != the report's count
 
   @property
   def problems(self) -> int:
     return (sum(map(len, self.missing.values())) + sum(map(len, self.unexpected.values()))
-            + self.malformed_count + len(self.over_cap) + len(self.unsorted) + len(self.merged_missing))
+            + self.malformed_count + len(self.over_cap) + len(self.unsorted) + len(self.merged_missing)
+            + len(self.count_mismatch))
 
   def to_json(self) -> dict:
     return {**dataclasses.asdict(self), "problems": self.problems}
@@ -49,7 +56,9 @@ class CheckResult:
     lines = [f"{self.folder} against {self.spec_name}: {len(self.files)} files, "
              f"{sum(self.files.values()):,} rows; {missing} missing, {unexpected} unexpected, "
              f"{self.malformed_count} malformed lines, {len(self.over_cap)} over their cap, "
-             f"{len(self.unsorted)} not sorted by inputs, {len(self.merged_missing)} merged files missing"]
+             f"{len(self.unsorted)} not sorted by inputs, {len(self.merged_missing)} merged files missing, "
+             f"{len(self.count_mismatch)} row counts differ from build_report.json; "
+             f"{len(self.recorded_empty)} expected files empty by the build's report"]
     for lang in sorted(set(self.missing) | set(self.unexpected)):
       lines.append(f"  {lang}: missing {len(self.missing.get(lang, []))}, "
                    f"unexpected {len(self.unexpected.get(lang, []))}")
@@ -57,7 +66,8 @@ class CheckResult:
                         ("unexpected", [f"{l}/{n}" for l, ns in sorted(self.unexpected.items())
                                         for n in ns]),
                         ("malformed", self.malformed), ("over cap", self.over_cap),
-                        ("not sorted", self.unsorted), ("merged missing", self.merged_missing)):
+                        ("not sorted", self.unsorted), ("merged missing", self.merged_missing),
+                        ("rows differ from build_report.json", self.count_mismatch)):
       for item in items[:20]:
         lines.append(f"  {what}: {item}")
       if len(items) > 20:
@@ -71,8 +81,7 @@ def _expected(spec, templates_root: str, data_dir: Optional[str]) -> dict[str, t
   tree = TemplateTree(templates_root)
   expected = {}
   for unit in spec.units:
-    names = sorted({t.name for t in tree.templates(unit.prompt_dataset, unit.prompt_subset)
-                    if unit.templates is None or t.name in unit.templates})
+    names = sorted({t.name for t in unit_templates(tree, unit)})
     splits = (xp3spec.select_splits(unit, list(open_raw(data_dir, unit).splits()), spec.split_mode)
               if data_dir else [_SPLIT])
     for name in names:
@@ -125,6 +134,18 @@ def _check_file(path: str, relative: str, cap: Optional[int], result: CheckResul
     result.unsorted.append(relative)
 
 
+def _recorded_rows(folder: str) -> dict[str, int]:
+  """path -> rows written, from the folder's build_report.json (empty for folders we did not build)."""
+  report_path = paths.join(folder, "build_report.json")
+  if not paths.exists(report_path):
+    return {}
+  try:
+    report = json.loads(paths.read_text(report_path))
+    return {entry["path"]: int(entry["written"]) for entry in report.get("templates", [])}
+  except (ValueError, KeyError, TypeError):
+    return {}  # not our report: check without it
+
+
 def check(folder: str, spec, *, templates_root: str, data_dir: Optional[str] = None,
           print_fn: Optional[Callable[[str], None]] = print) -> CheckResult:
   """Checks `folder` against `spec` (see the module docstring); reads every per-template file."""
@@ -143,9 +164,19 @@ def check(folder: str, spec, *, templates_root: str, data_dir: Optional[str] = N
       result.unexpected.setdefault(rel.split("/")[0], []).append(rel.split("/", 1)[1])
     _check_file(path, rel, expected[hits[0]][3] if hits else None, result)
     progress.update(1)
+  recorded = _recorded_rows(folder)
+  for rel, rows in result.files.items():
+    if rel in recorded and recorded[rel] != rows:
+      result.count_mismatch.append(f"{rel} ({rows:,} rows, the report counted {recorded[rel]:,})")
+  empty = [rel for rel, rows in recorded.items() if rows == 0]
   for key in expected:
     if key not in matched:
-      result.missing.setdefault(key.split("/")[0], []).append(key.split("/", 1)[1])
+      lang, prefix, suffix, _ = expected[key]
+      if any(rel == key or (suffix and rel.startswith(f"{lang}/{prefix}") and rel.endswith(suffix))
+             for rel in empty):
+        result.recorded_empty.append(key)
+      else:
+        result.missing.setdefault(key.split("/")[0], []).append(key.split("/", 1)[1])
   for lang in sorted({rel.split("/")[0] for rel in relative.values()}):
     if not paths.exists(paths.join(folder, lang, f"merged_{lang}.jsonl")):
       result.merged_missing.append(f"{lang}/merged_{lang}.jsonl")
