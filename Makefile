@@ -4,8 +4,11 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-# Tests simulate an 8-device TPU slice on the CPU; see tests/conftest.py.
+# Tests simulate an 8-device TPU slice on the CPU; see tests/conftest.py. They run in one pytest-xdist
+# worker per core (at most 4; each file on one worker, so module fixtures are built once):
+# `make test PYTEST_WORKERS=0` runs them in this process.
 PYTEST_ARGS ?=
+PYTEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(4, len(os.sched_getaffinity(0))))")
 
 .PHONY: demo test venv venv-test clean-demo bench
 
@@ -27,7 +30,7 @@ demo: $(VENV)/.runtime
 	$(PY) -m xmtf_jax.demo
 
 test: $(VENV)/.test
-	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist=loadfile $(PYTEST_ARGS) tests
 
 bench: $(VENV)/.test
 	$(PY) benchmarks/input_pipeline.py

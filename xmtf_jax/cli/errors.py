@@ -94,7 +94,8 @@ def run(main: Callable[[Sequence[str]], Optional[int]], usage: str, argv: Option
     message = None if show_traceback else user_message(error)
     if message is None:
       raise
-    print("error: " + textwrap.fill(message, width=100, subsequent_indent="  ")
+    print("error: " + textwrap.fill(message, width=100, subsequent_indent="  ", break_on_hyphens=False,
+                                    break_long_words=False)
           + "\n(add --traceback to see where it was raised)", file=sys.stderr)
     return EXIT_USER_ERROR
   return int(code or 0)
