@@ -112,3 +112,31 @@ def test_a_compile_past_the_time_limit_is_killed_and_recorded(clean_gin, tmp_pat
   gin.clear_config()
   with pytest.raises(UserError, match="--search_timeout_s=-1"):
     plan_cli.search(argv + ["--search_timeout_s=-1"])
+
+
+def test_ladders_that_keep_more_memory_than_a_timed_out_one_are_not_compiled(monkeypatch):
+  compiled = []
+
+  def fake_compile(base, c):
+    compiled.append((c.fsdp, c.remat, c.microbatches))
+    return {"fake": True}
+
+  def fake_row(c, result, cached, chip):
+    if c.fsdp and c.remat == "minimal":
+      return plan_search.Row(c, error="timed out after 300 s")
+    plan = types.SimpleNamespace(fits=True, peak_bytes=2**30, parameter_bytes=0, optimizer_state_bytes=0,
+                                 hbm_bytes=2**31, compile_error="")
+    estimate = types.SimpleNamespace(seconds_overlapped=1.0, mfu_overlapped=0.5, seconds=1.0, mfu=0.5,
+                                     communication_seconds={"model": 0.1})
+    return plan_search.Row(c, plan=plan, estimate=estimate)
+  monkeypatch.setattr(plan_search, "compile_candidate", fake_compile)
+  monkeypatch.setattr(plan_search, "_row", fake_row)
+  config = T5Config(vocab_size=64, d_model=64, d_ff=64, num_heads=8)
+  space = plan_search.parse_space("model=2;fsdp=on,off;remat=minimal,dots;microbatches=1,2")
+  rows = search_run.run_search(_Base(), plan_search.candidate_groups(space, config, 8, 16), chip=None)
+  # (on, minimal) timed out at 1 micro-batch (its ladder stops); (on, dots) and (off, minimal) keep
+  # more memory than it, and (off, dots) more than those: none compiles, every rung is a skipped row.
+  assert compiled == [(True, "minimal", 1)]
+  assert len(rows) == 1 + 3 * 2 and rows[0].error == "timed out after 300 s"
+  assert all(r.skipped.startswith("not compiled: 4 x 2 fsdp=on remat=minimal keeps less memory and timed out")
+             or "was skipped" in r.skipped for r in rows[1:])

@@ -10,7 +10,8 @@ must finish in the time a user waits for it. Three rules, none of which needs a 
 - Cannot fit: without FSDP a device holds all its FSDP sibling holds and more (parameters, gradients
   and optimizer state unsplit over `data`), and 'dots' keeps all 'minimal' keeps plus the matmul
   outputs. A ladder therefore starts at the micro-batch count at which its dominators first fit, and
-  is skipped when one of them fits at no count tried.
+  is skipped when one of them fits at no count tried, or timed out or failed (nothing is known, and a
+  program that keeps more compiles no faster).
 - Cannot win: the `model`-axis collectives (each layer's activation all-reduces) do not depend on
   FSDP, which splits over `data`; the FSDP sibling's estimated `model`-axis seconds bound the
   estimate of the same mesh without FSDP from below (the estimate overlaps at best). If that bound is
@@ -181,6 +182,11 @@ def run_search(base: plan_search.SearchBase, groups: list[list[Candidate]], chip
     if exhaustive:
       return
     for d in memory_doms[g]:
+      if outcome[d] == "unknown":
+        why = next((r.error for c in groups[d] if (r := rows.get(c)) is not None and r.error), "failed")
+        skip(g, 0, f"not compiled: {_describe(groups[d][0])} keeps less memory and {why} (it would "
+                   "compile no faster; a longer --search_timeout_s compiles both)")
+        return finish(g, "skipped")
       if outcome[d] in ("none", "skipped"):
         skip(g, 0, f"cannot fit: {_describe(groups[d][0])} keeps less memory and "
                    f"{'fits at no micro-batch count tried' if outcome[d] == 'none' else 'was skipped'}")
