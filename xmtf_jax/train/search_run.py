@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.connection
+import os
+import threading
 import time
 from typing import Any, Callable, Optional
 
@@ -67,7 +69,15 @@ def dominators(groups: list[list[Candidate]]) -> tuple[list[list[int]], list[Opt
   return memory, sibling
 
 
-def _worker(base: plan_search.SearchBase, candidate: Candidate, conn: Any) -> None:
+def _exit_with(parent: int) -> None:
+  """A worker outlives no killed search: compiles can run for many minutes."""
+  while os.getppid() == parent:
+    time.sleep(5)
+  os._exit(1)
+
+
+def _worker(base: plan_search.SearchBase, candidate: Candidate, conn: Any, parent: int) -> None:
+  threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
   try:
     conn.send(plan_search.compile_candidate(base, candidate))
   finally:
@@ -97,7 +107,8 @@ class _Compiler:
     if self.in_process:
       return plan_search.compile_candidate(self.base, candidate), time.perf_counter() - begun
     receive, send = self.context.Pipe(duplex=False)
-    process = self.context.Process(target=_worker, args=(self.base, candidate, send), daemon=True)
+    process = self.context.Process(target=_worker, args=(self.base, candidate, send, os.getpid()),
+                                           daemon=True)
     process.start()
     send.close()
     self.running[candidate] = (process, receive, begun)
