@@ -71,7 +71,8 @@ def test_ladders_start_where_less_memory_fit_and_skip_what_cannot_fit_or_win(mon
                                                   "and needs 2 micro-batches")
   assert skipped[(4, False, "minimal", 1)].startswith("cannot win: 2 x 4 fsdp=on remat=minimal spends 1.5 s")
   assert "fits at no micro-batch count tried" in skipped[(4, False, "dots", 4)]
-  assert len(rows) == len(compiled) + len(skipped) == len(lines)
+  assert len(rows) == len(compiled) + len(skipped)
+  assert len(lines) == len(compiled) + 5  # one line per skipped ladder or part of one (5 above)
   assert (rows[0].candidate.model, rows[0].candidate.fsdp, rows[0].estimate.seconds_overlapped) == (2, False, 0.8)
   assert all(r.skipped for r in rows[-len(skipped):])  # skipped rows last
   text = search_report.render_table(rows, "cpu:8", "TPU v4")
@@ -138,5 +139,5 @@ def test_ladders_that_keep_more_memory_than_a_timed_out_one_are_not_compiled(mon
   # more memory than it, and (off, dots) more than those: none compiles, every rung is a skipped row.
   assert compiled == [(True, "minimal", 1)]
   assert len(rows) == 1 + 3 * 2 and rows[0].error == "timed out after 300 s"
-  assert all(r.skipped.startswith("not compiled: 4 x 2 fsdp=on remat=minimal keeps less memory and timed out")
-             or "was skipped" in r.skipped for r in rows[1:])
+  assert rows[1].skipped.startswith("not compiled: 4 x 2 fsdp=on remat=minimal keeps less memory and timed out")
+  assert all(r.skipped.startswith("not compiled: 4 x 2 fsdp=") for r in rows[1:])

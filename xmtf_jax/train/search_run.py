@@ -10,8 +10,8 @@ must finish in the time a user waits for it. Three rules, none of which needs a 
 - Cannot fit: without FSDP a device holds all its FSDP sibling holds and more (parameters, gradients
   and optimizer state unsplit over `data`), and 'dots' keeps all 'minimal' keeps plus the matmul
   outputs. A ladder therefore starts at the micro-batch count at which its dominators first fit, and
-  is skipped when one of them fits at no count tried, or timed out or failed (nothing is known, and a
-  program that keeps more compiles no faster).
+  is skipped when one of them fits at no count tried, or timed out (nothing is known, and a program
+  that keeps more compiles no faster).
 - Cannot win: the `model`-axis collectives (each layer's activation all-reduces) do not depend on
   FSDP, which splits over `data`; the FSDP sibling's estimated `model`-axis seconds bound the
   estimate of the same mesh without FSDP from below (the estimate overlaps at best). If that bound is
@@ -24,6 +24,7 @@ Skipped candidates are rows too ("skipped: why"), so the table shows everything 
 """
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -162,7 +163,8 @@ def run_search(base: plan_search.SearchBase, groups: list[list[Candidate]], chip
   groups = order_groups(groups)
   memory_doms, fsdp_sibling = dominators(groups)
   cursor: list[Optional[int]] = [None] * len(groups)  # the rung to compile next
-  outcome: list[Optional[str]] = [None] * len(groups)  # when finished: fit / none / unknown / skipped
+  # When finished: fit, none (fits nowhere), timeout, unknown (an error), skipped (cannot win).
+  outcome: list[Optional[str]] = [None] * len(groups)
   first_fit = [0] * len(groups)
   group_of = {c: i for i, g in enumerate(groups) for c in g}
   rows: dict[Candidate, Row] = {}
@@ -179,10 +181,13 @@ def run_search(base: plan_search.SearchBase, groups: list[list[Candidate]], chip
              f"{candidate.microbatches}: {what} ({how}; elapsed {time.perf_counter() - started:.0f} s, "
              f"ETA <= {eta:.0f} s)")
 
-  def skip(g: int, first: int, reason: str) -> None:
-    for candidate in groups[g][first:]:
+  def skip(g: int, first: int, reason: str, last: Optional[int] = None) -> None:
+    skipped = groups[g][first:last]
+    for candidate in skipped:
       rows[candidate] = Row(candidate, skipped=reason)
-      say(candidate, rows[candidate], "not compiled")
+    if skipped:
+      counts = ",".join(str(c.microbatches) for c in skipped)
+      say(dataclasses.replace(skipped[0], microbatches=counts), rows[skipped[0]], "not compiled")
 
   def finish(g: int, how: str, fit_at: int = 0) -> None:
     outcome[g], first_fit[g] = how, fit_at
@@ -193,23 +198,20 @@ def run_search(base: plan_search.SearchBase, groups: list[list[Candidate]], chip
     if exhaustive:
       return
     for d in memory_doms[g]:
-      if outcome[d] == "unknown":
-        why = next((r.error for c in groups[d] if (r := rows.get(c)) is not None and r.error), "failed")
-        skip(g, 0, f"not compiled: {_describe(groups[d][0])} keeps less memory and {why} (it would "
-                   "compile no faster; a longer --search_timeout_s compiles both)")
-        return finish(g, "skipped")
-      if outcome[d] in ("none", "skipped"):
-        skip(g, 0, f"cannot fit: {_describe(groups[d][0])} keeps less memory and "
-                   f"{'fits at no micro-batch count tried' if outcome[d] == 'none' else 'was skipped'}")
-        return finish(g, "skipped")
+      if outcome[d] == "timeout":
+        skip(g, 0, f"not compiled: {_describe(groups[d][0])} keeps less memory and timed out (this "
+                   "would compile no faster; a longer --search_timeout_s compiles both)")
+        return finish(g, "timeout")
+      if outcome[d] == "none":
+        skip(g, 0, f"cannot fit: {_describe(groups[d][0])} keeps less memory and fits at no micro-batch "
+                   "count tried")
+        return finish(g, "none")
     need = max([first_fit[d] for d in memory_doms[g] if outcome[d] == "fit"], default=0)
     start = next((i for i, c in enumerate(groups[g]) if c.microbatches >= need), None)
     if start is None or start > 0:
       why = next(d for d in memory_doms[g] if outcome[d] == "fit" and first_fit[d] == need)
-      for candidate in groups[g][:start]:
-        rows[candidate] = Row(candidate, skipped=f"cannot fit: {_describe(groups[why][0])} keeps less "
-                                                 f"memory and needs {need} micro-batches")
-        say(candidate, rows[candidate], "not compiled")
+      skip(g, 0, f"cannot fit: {_describe(groups[why][0])} keeps less memory and needs {need} "
+                 "micro-batches", start)
       if start is None:
         return finish(g, "skipped")
       cursor[g] = start
@@ -236,8 +238,8 @@ def run_search(base: plan_search.SearchBase, groups: list[list[Candidate]], chip
         finish(g, "fit" if row.fits else "unknown")
     elif row.fits:
       finish(g, "fit", candidate.microbatches)
-    elif row.plan is None:
-      finish(g, "unknown")  # an error or the time limit: nothing known about its memory
+    elif row.plan is None:  # nothing known about its memory
+      finish(g, "timeout" if row.error.startswith(TIMED_OUT) else "unknown")
     elif (row.plan.parameter_bytes + row.plan.optimizer_state_bytes > row.plan.hbm_bytes * train_plan.HBM_HEADROOM
           or position + 1 >= len(ladder)):
       finish(g, "none")  # micro-batches cannot shrink parameters and optimizer state
