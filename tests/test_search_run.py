@@ -1,6 +1,7 @@
 """The search's order, skips and time limit (xmtf_jax/train/search_run.py): which candidates are
 compiled against a hand-made memory and step-time table, and a real worker process killed at its limit
 on cpu:8."""
+import dataclasses
 import json
 import types
 
@@ -142,3 +143,19 @@ def test_ladders_that_keep_more_memory_than_a_timed_out_one_are_not_compiled(mon
   direct = "not compiled: 4 x 2 fsdp=on remat=minimal keeps less memory and timed out"
   assert sum(r.skipped.startswith(direct) for r in rows) == 4  # (on, dots) and (off, minimal)
   assert all(r.skipped.startswith("not compiled: 4 x 2 fsdp=") for r in rows[1:])
+
+
+def test_run_gins_that_differ_only_in_searched_fields_share_a_cache():
+  from xmtf_jax.parallel import partitioning
+  from xmtf_jax.train import losses, optim
+  from xmtf_jax.train import plan as train_plan
+  config = T5Config(vocab_size=64, d_model=64, d_ff=64, num_heads=8)
+  shape = train_plan.StepShape(16, {"inputs": 32, "targets": 16})
+
+  def base(num_partitions, remat, microbatches, dropout=0.1):
+    settings = dataclasses.replace(shape.settings, num_microbatches=microbatches)
+    return plan_search.SearchBase(config.replace(remat_policy=remat, dropout_rate=dropout), optim.OptimizerConfig(),
+                                  losses.LossConfig(), partitioning.PartitioningConfig(num_partitions=num_partitions),
+                                  dataclasses.replace(shape, settings=settings), "cpu:8", 2**30)
+  assert base(4, "dots", 2).fingerprint() == base(2, "minimal", 1).fingerprint()
+  assert base(4, "dots", 2).fingerprint() != base(4, "dots", 2, dropout=0.0).fingerprint()

@@ -88,10 +88,17 @@ class SearchBase:
   hbm_bytes: int
 
   def fingerprint(self) -> str:
-    """Changes whenever the compiled program or its recorded fields may: the configs, the target, HBM,
-    jax's version, the fields of `Plan`."""
+    """Changes whenever the compiled program or its recorded fields may: the configs (less what a
+    candidate sets), the target, HBM, jax's version, the fields of `Plan`."""
     plan_fields = [f.name for f in dataclasses.fields(train_plan.Plan)]  # a cached plan's schema
-    text = repr((self, jax.__version__, topologies.libtpu_available(), plan_fields))
+    # Without the fields every candidate sets itself: run gins that differ only in those share a cache.
+    searched = dataclasses.replace(
+        self, model_config=dataclasses.replace(self.model_config, remat_policy="none"),
+        partitioning_config=dataclasses.replace(self.partitioning_config, num_partitions=1,
+                                                num_data_partitions=-1, parameter_sharding_2d=False),
+        shape=dataclasses.replace(self.shape, settings=dataclasses.replace(self.shape.settings,
+                                                                           num_microbatches=1)))
+    text = repr((searched, jax.__version__, topologies.libtpu_available(), plan_fields))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
