@@ -31,6 +31,9 @@ from xmtf_jax.cli import quiet_start  # standard library only until called
 _TPU_ENVIRONMENT = {"TPU_SKIP_MDS_QUERY": "1", "TPU_ACCELERATOR_TYPE": "v4-8",
                     "TPU_WORKER_HOSTNAMES": "localhost"}
 EXIT_FITS, EXIT_USER_ERROR, EXIT_DOES_NOT_FIT = 0, 2, 3
+# --search's time limit per candidate compile on TPU targets (mt5-xl's fitting v4-128 compiles take
+# 1.5 to 5 minutes on a 2-core machine; the pure data-parallel ones that ran past 15 never won).
+DEFAULT_SEARCH_TIMEOUT_S = 300
 _INSTALL = "pip install -r requirements-tpu-plan.txt (in a separate virtual environment)"
 
 
@@ -76,7 +79,7 @@ from xmtf_jax.errors import UserError  # noqa: E402
 from xmtf_jax.parallel import topologies  # noqa: E402
 from xmtf_jax.train import hardware  # noqa: E402
 from xmtf_jax.train import plan as train_plan  # noqa: E402
-from xmtf_jax.train import plan_search, search_report  # noqa: E402
+from xmtf_jax.train import plan_search, search_report, search_run  # noqa: E402
 
 # Read before the user's gin files: every run file includes it, and it gives a model file alone a step.
 RUN_DEFAULTS = "gin/runs/finetune.gin"
@@ -141,14 +144,21 @@ def search(argv: list[str], progress=lambda line: print(line, file=sys.stderr, f
   if args.search_workers is not None and args.search_workers < 1:
     raise UserError(f"--search_workers={args.search_workers}: give 1 or more")
   workers = args.search_workers or plan_search.default_workers(target.platform)
+  if args.search_timeout_s is not None and args.search_timeout_s < 0:
+    raise UserError(f"--search_timeout_s={args.search_timeout_s:g}: give seconds, or 0 for no limit")
+  timeout_s = args.search_timeout_s
+  if timeout_s is None:  # real-size TPU compiles take minutes; cpu:N ones seconds
+    timeout_s = DEFAULT_SEARCH_TIMEOUT_S if target.platform == "tpu" else 0
+  timeout_s = timeout_s or None
   cache = None
   if args.output_json:
     cache = (args.output_json[:-5] if args.output_json.endswith(".json") else args.output_json) + ".candidates"
   progress(f"search: {len(groups)} (mesh, fsdp, remat) settings, micro-batches "
-           f"{'every count' if args.search_exhaustive else 'until one fits'}, {workers} worker(s)"
+           f"{'every count' if args.search_exhaustive else 'until one fits'}, {workers} worker(s), "
+           f"{f'{timeout_s:g} s' if timeout_s else 'no'} time limit per compile"
            + (f", cache {cache}" if cache else ""))
-  rows = plan_search.run_search(base, groups, chip, workers=workers, cache_folder=cache,
-                                exhaustive=args.search_exhaustive, progress=progress)
+  rows = search_run.run_search(base, groups, chip, workers=workers, cache_folder=cache,
+                               exhaustive=args.search_exhaustive, timeout_s=timeout_s, progress=progress)
   chip_name = chip.name + (" (assumed for cpu:N; --chip picks another)"
                            if target.platform == "cpu" and not args.chip else "")
   text = [memory_note(argv), search_report.render_table(rows, target.name, chip_name)]

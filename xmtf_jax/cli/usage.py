@@ -61,6 +61,9 @@ def plan_parser() -> argparse.ArgumentParser:
                            "remat minimal, dots and the model's own; micro-batches 1,2,4,8)")
   parser.add_argument("--search_workers", type=int, default=None,
                       help="compiles at once (default: min(cores, available memory / 6 GiB) for TPUs)")
+  parser.add_argument("--search_timeout_s", type=float, default=None,
+                      help="time limit per candidate compile in seconds; its worker process is killed and "
+                           "the row says 'timed out' (default: 300 for TPU targets, none for cpu:N; 0: none)")
   parser.add_argument("--search_exhaustive", action="store_true",
                       help="compile every micro-batch count, not only up to the first that fits")
   parser.add_argument("--chip", default=None,

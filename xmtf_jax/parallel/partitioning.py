@@ -11,6 +11,13 @@ two mesh axes `data` and `model`:
 split over the data axis; XLA all-gathers them per layer). Activations keep `batch -> data` because rules
 are applied in order and a mesh axis is used once per array: `[batch, length, embed]` shards batch only.
 
+`sequence_parallel=True` maps `length -> model` after the rules that put heads, mlp, joined_kv and vocab
+on `model` (Megatron-style sequence parallelism): inside attention and the MLP those take `model`
+first, so only the residual stream between blocks, `[batch, length, embed]`, is split along its
+sequence. The all-reduce that ends each block becomes a reduce-scatter, and the next block's input an
+all-gather: the same bytes over the wire, but layer norms, dropout and residual adds work on 1/model of
+the tokens and the saved residual stream takes 1/model of the memory.
+
 A dimension that the mesh axis does not divide (e.g. 6 heads over model=4) is left replicated, with a
 log line, instead of failing: `param_shardings` checks shapes.
 """
@@ -49,9 +56,11 @@ DEFAULT_RULES: LogicalRules = (
 
 
 def logical_axis_rules(parameter_sharding_2d: bool = False,
-                       extra_rules: Sequence[tuple[str, Optional[str]]] = ()) -> LogicalRules:
+                       extra_rules: Sequence[tuple[str, Optional[str]]] = (),
+                       sequence_parallel: bool = False) -> LogicalRules:
   """The rules table. `extra_rules` come first and so override the defaults for the names they cover."""
-  rules = list(DEFAULT_RULES)
+  rules = [("length", "model") if sequence_parallel and name == "length" else (name, axis)
+           for name, axis in DEFAULT_RULES]
   if parameter_sharding_2d:
     # Right after `batch -> data`, so activations still shard batch (not embed) over data.
     rules.insert(1, ("embed", "data"))
@@ -95,18 +104,20 @@ class PartitioningConfig:
 
   num_partitions: size of the `model` axis (tensor parallelism); num_data_partitions: size of `data`
   (-1: all remaining devices); parameter_sharding_2d: also shard parameters' `embed` over `data`;
-  extra_rules: (logical name, mesh axis or None) pairs that take precedence over the defaults.
+  extra_rules: (logical name, mesh axis or None) pairs that take precedence over the defaults;
+  sequence_parallel: split the residual stream's `length` over `model` (see the module doc).
   """
   num_partitions: int = 1
   num_data_partitions: int = -1
   parameter_sharding_2d: bool = False
   extra_rules: tuple = ()
+  sequence_parallel: bool = False
 
   def make_mesh(self, devices: Optional[Sequence[Any]] = None) -> Mesh:
     return make_mesh(self.num_partitions, self.num_data_partitions, devices)
 
   def rules(self) -> LogicalRules:
-    return logical_axis_rules(self.parameter_sharding_2d, self.extra_rules)
+    return logical_axis_rules(self.parameter_sharding_2d, self.extra_rules, self.sequence_parallel)
 
 
 @contextlib.contextmanager

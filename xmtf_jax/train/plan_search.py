@@ -9,18 +9,16 @@ Cost control, because each real-size compile takes minutes: micro-batch counts a
 (mesh, FSDP, remat) tried from the fewest up, and the ladder stops at the first count that fits (more
 micro-batches only add FSDP gathers and loop overhead, never FLOPs saved) or when parameters and
 optimizer state alone do not fit (micro-batches cannot help); `exhaustive` compiles every rung.
-Compiles run in worker processes (`workers`), and each result is cached on disk as one JSON per
-candidate (keyed by everything else the step depends on), so a rerun skips the done ones.
+`search_run` orders the ladders, skips those that cannot fit or cannot win, and limits each compile's
+time. Each result is cached on disk as one JSON per candidate (keyed by everything else the step
+depends on), so a rerun skips the done ones.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import hashlib
 import json
-import multiprocessing
 import os
-import time
 from typing import Any, Callable, Optional, Sequence
 
 import jax
@@ -90,10 +88,17 @@ class SearchBase:
   hbm_bytes: int
 
   def fingerprint(self) -> str:
-    """Changes whenever the compiled program or its recorded fields may: the configs, the target, HBM,
-    jax's version, the fields of `Plan`."""
+    """Changes whenever the compiled program or its recorded fields may: the configs (less what a
+    candidate sets), the target, HBM, jax's version, the fields of `Plan`."""
     plan_fields = [f.name for f in dataclasses.fields(train_plan.Plan)]  # a cached plan's schema
-    text = repr((self, jax.__version__, topologies.libtpu_available(), plan_fields))
+    # Without the fields every candidate sets itself: run gins that differ only in those share a cache.
+    searched = dataclasses.replace(
+        self, model_config=dataclasses.replace(self.model_config, remat_policy="none"),
+        partitioning_config=dataclasses.replace(self.partitioning_config, num_partitions=1,
+                                                num_data_partitions=-1, parameter_sharding_2d=False),
+        shape=dataclasses.replace(self.shape, settings=dataclasses.replace(self.shape.settings,
+                                                                           num_microbatches=1)))
+    text = repr((searched, jax.__version__, topologies.libtpu_available(), plan_fields))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -103,8 +108,9 @@ class Row:
   candidate: Candidate
   plan: Optional[train_plan.Plan] = None
   estimate: Optional[Any] = None  # step_time.StepTimeEstimate
-  error: str = ""
+  error: str = ""  # the compile failed, or "timed out after N s" (search_run)
   cached: bool = False
+  skipped: str = ""  # why it was not compiled (search_run: cannot fit, cannot win)
 
   @property
   def fits(self) -> bool:
@@ -112,14 +118,14 @@ class Row:
 
   def sort_key(self) -> tuple:
     seconds = self.estimate.seconds_overlapped if self.estimate is not None else float("inf")
-    group = 0 if self.fits else (1 if self.plan is not None else 2)
+    group = 0 if self.fits else (1 if self.plan is not None else (3 if self.skipped else 2))
     return (group, seconds, self.candidate)
 
   def to_dict(self) -> dict:
     return {"candidate": dataclasses.asdict(self.candidate), "key": self.candidate.key, "fits": self.fits,
             "peak_gib": self.plan.peak_bytes / GIB if self.plan else None,
             "estimate": self.estimate.to_dict() if self.estimate is not None else None, "error": self.error,
-            "cached": self.cached, "plan": self.plan.to_dict() if self.plan else None}
+            "skipped": self.skipped, "cached": self.cached, "plan": self.plan.to_dict() if self.plan else None}
 
 
 def _values(text: str, cast: Callable[[str], Any], key: str) -> tuple:
@@ -298,79 +304,7 @@ def short(estimate: Optional[Any]) -> str:
   return f"estimate {estimate.seconds_overlapped:.3g} s/step, MFU {100 * estimate.mfu_overlapped:.1f}%"
 
 
-def _next_rung(ladder: list[Candidate], row: Row, exhaustive: bool) -> Optional[Candidate]:
-  """The next micro-batch count to compile after `row`, or None (see the module doc)."""
-  position = ladder.index(row.candidate)
-  if position + 1 >= len(ladder):
-    return None
-  if not exhaustive:
-    if row.fits or row.plan is None:
-      return None
-    usable = row.plan.hbm_bytes * train_plan.HBM_HEADROOM
-    if row.plan.parameter_bytes + row.plan.optimizer_state_bytes > usable:
-      return None
-  return ladder[position + 1]
-
-
-def run_search(base: SearchBase, groups: list[list[Candidate]], chip: hardware.Chip, *, workers: int = 1,
-               cache_folder: Optional[str] = None, exhaustive: bool = False,
-               progress: Callable[[str], None] = lambda line: None) -> list[Row]:
-  """Compiles the ladders' rungs (see the module doc); returns every row, sorted (`sort_rows`)."""
-  cache = _Cache(cache_folder, base.fingerprint())
-  ladder_of = {c: ladder for ladder in groups for c in ladder}
-  pending = [ladder[0] for ladder in groups] if not exhaustive else [c for g in groups for c in g]
-  rows: dict[Candidate, Row] = {}
-  started, compile_times = time.perf_counter(), []
-
-  def record(candidate: Candidate, result: dict, cached: bool, seconds: float = 0.0) -> None:
-    row = rows[candidate] = _row(candidate, result, cached, chip)
-    if not cached:
-      cache.put(candidate, result)
-      compile_times.append(seconds)
-    following = None if exhaustive else _next_rung(ladder_of[candidate], row, exhaustive)
-    if following is not None and following not in rows:
-      pending.append(following)
-    left = len(pending) + len(running)
-    eta = (sum(compile_times) / len(compile_times) * left / max(workers, 1)) if compile_times else 0.0
-    what = ("error: " + row.error) if row.error else (
-        f"{'fits' if row.fits else 'does not fit'}, peak {row.plan.peak_bytes / GIB:.2f} GiB, "
-        f"{short(row.estimate)}")
-    progress(f"search [{len(rows)} done, {left} to go] {candidate.mesh} fsdp={'on' if candidate.fsdp else 'off'}"
-             f" remat={candidate.remat} micro-batches={candidate.microbatches}: {what}"
-             f" ({'cached' if cached else f'{seconds:.0f} s'}; elapsed {time.perf_counter() - started:.0f} s,"
-             f" ETA {eta:.0f} s)")
-
-  running: dict[Any, tuple[Candidate, float]] = {}
-  pool = None
-  if workers > 1:
-    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-  try:
-    while pending or running:
-      while pending and (len(running) < max(workers, 1) or pool is None):
-        candidate = pending.pop(0)
-        if candidate in rows or any(c == candidate for c, _ in running.values()):
-          continue
-        saved = cache.get(candidate)
-        if saved is not None:
-          record(candidate, saved, cached=True)
-          continue
-        if pool is None:
-          begun = time.perf_counter()
-          result = compile_candidate(base, candidate)
-          record(candidate, result, cached=False, seconds=time.perf_counter() - begun)
-          continue
-        running[pool.submit(compile_candidate, base, candidate)] = (candidate, time.perf_counter())
-      if running:
-        done, _ = concurrent.futures.wait(list(running), return_when=concurrent.futures.FIRST_COMPLETED)
-        for future in done:
-          candidate, begun = running.pop(future)
-          record(candidate, future.result(), cached=False, seconds=time.perf_counter() - begun)
-  finally:
-    if pool is not None:
-      pool.shutdown(cancel_futures=True)
-  return sort_rows(rows.values())
-
-
 def sort_rows(rows: Sequence[Row]) -> list[Row]:
-  """Fitting rows by estimated (overlapped) step time, then those that do not fit, then failures."""
+  """Fitting rows by estimated (overlapped) step time, then those that do not fit, then failures and
+  time-outs, then the skipped."""
   return sorted(rows, key=Row.sort_key)

@@ -17,7 +17,7 @@ HEADER = ("rank", "mesh data x model", "fsdp", "remat", "micro-batches", "peak G
 def _cells(rank: int, row: Row) -> tuple[str, ...]:
   c = row.candidate
   if row.plan is None:
-    peak = fits = "-"
+    peak, fits = "-", ("skipped" if row.skipped else "timed out" if row.error.startswith("timed out") else "-")
   else:
     gib = row.plan.peak_bytes / GIB
     peak = (f"{gib:.2f}" if gib >= 0.1 else f"{gib:.5f}") + (" (XLA refused)" if row.plan.compile_error else "")
@@ -36,11 +36,13 @@ def render_table(rows: Sequence[Row], target: str, chip_name: str) -> str:
   widths = [max(len(line[i]) for line in body) for i in range(len(HEADER))]
   fitting = sum(row.fits for row in rows)
   cached = sum(row.cached for row in rows)
-  lines = [f"search for {target}: {len(rows)} candidates ({cached} from the cache), {fitting} fit; "
+  skipped = sum(bool(row.skipped) for row in rows)
+  lines = [f"search for {target}: {len(rows)} candidates ({cached} from the cache, {skipped} skipped), {fitting} fit; "
            f"step time (compute, HBM and collectives overlapped) and MFU are estimates for {chip_name}, "
            "sorted by the estimate among those that fit"]
   lines += ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in body]
   lines += [f"  rank {i + 1}: {row.error}" for i, row in enumerate(rows) if row.error]
+  lines += [f"  rank {i + 1}: skipped, {row.skipped}" for i, row in enumerate(rows) if row.skipped]
   return "\n".join(lines)
 
 
