@@ -132,6 +132,34 @@ def test_no_subset_level_and_dataset_owner_folders(tmp_path):
   assert raw_rows.unit_folder("gs://b/raw", unit("GEM/xlsum", "swahili")) == "gs://b/raw/GEM/xlsum/swahili"
 
 
+def test_download_fetches_by_the_current_hub_id_and_saves_where_the_build_looks(tmp_path):
+  """No network in tests: a stand-in for `datasets.load_dataset` records what it was asked for and
+  gives a real DatasetDict, which must land as a save_to_disk folder open_raw reads."""
+  datasets = pytest.importorskip("datasets")
+  asked = []
+
+  def load_dataset(*args):
+    asked.append(args)
+    return datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS),
+                                 "test": datasets.Dataset.from_list(TEST_ROWS)})
+
+  folder = raw_rows.fetch_from_hub(str(tmp_path), unit("paws-x", "fr"), load_dataset=load_dataset)
+  assert asked == [("google-research-datasets/paws-x", "fr")]
+  assert folder == f"{tmp_path}/paws-x/fr" and not (tmp_path / "paws-x" / "fr.partial").exists()
+  raw = raw_rows.open_raw(str(tmp_path), unit("paws-x", "fr"))
+  assert raw.splits() == ["train", "test"] and list(raw.rows("train", [1])) == [ROWS[1]]
+
+  def offline(*args):
+    raise ConnectionError("no network")
+
+  with pytest.raises(raw_rows.MissingDatasetError) as e:
+    raw_rows.fetch_from_hub(str(tmp_path), unit("xnli", "de"), load_dataset=offline)
+  assert "could not download xnli de from the Hub as 'facebook/xnli': ConnectionError: no network" in str(e.value)
+  assert "refs/convert/parquet" in str(e.value) and not (tmp_path / "xnli").exists()
+  with pytest.raises(raw_rows.MissingDatasetError, match="manual download"):
+    raw_rows.fetch_from_hub(str(tmp_path), unit("Muennighoff/xstory_cloze", "sw"), load_dataset=offline)
+
+
 # ---- errors ----------------------------------------------------------------------------------------
 
 def test_missing_dataset_says_what_was_looked_for_and_how_to_fetch_it(tmp_path):
@@ -140,7 +168,7 @@ def test_missing_dataset_says_what_was_looked_for_and_how_to_fetch_it(tmp_path):
   message = str(e.value)
   assert isinstance(e.value, MissingPathError) and isinstance(e.value, UserError)
   assert f"{tmp_path}/xnli/fr does not exist" in message
-  assert "<split>.jsonl" in message and "--skip_missing" in message
+  assert "<split>.jsonl" in message and "--skip_missing" in message and "--download" in message
   assert (f"datasets.load_dataset('facebook/xnli', 'fr').save_to_disk('{tmp_path}/xnli/fr')"
           in message)
   (tmp_path / "xnli" / "fr").mkdir(parents=True)

@@ -60,5 +60,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   _require(args, "templates", "data_dir", "output_dir")
   build(spec, templates_root=args.templates, data_dir=args.data_dir, output_dir=args.output_dir,
         seed=args.seed, workers=args.workers, vocabulary=_vocabulary(args.vocabulary),
-        skip_missing=args.skip_missing)
+        skip_missing=args.skip_missing, download=args.download)
   return 0

@@ -142,6 +142,9 @@ def build_xp3_parser() -> argparse.ArgumentParser:
                  help="SentencePiece .model or tokenizer.json: also count tokens per language")
   p.add_argument("--skip_missing", action="store_true",
                  help="leave out datasets missing under --data_dir (listed in the report)")
+  p.add_argument("--download", action="store_true",
+                 help="fetch datasets missing under --data_dir from the Hub (their current ids, e.g. "
+                      "xnli -> facebook/xnli) and save them there (save_to_disk) first; needs network")
   p.add_argument("--check", metavar="FOLDER", default=None,
                  help="check an existing folder (e.g. a downloaded xP3) against --preset/--spec "
                       "instead of building; exit status 1 when problems are found")

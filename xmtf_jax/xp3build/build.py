@@ -30,7 +30,7 @@ from xmtf_jax.xp3build import spec as xp3spec
 from xmtf_jax.xp3build.languages import is_code, route
 from xmtf_jax.xp3build.lines import encode_line
 from xmtf_jax.xp3build.prepare import prepare
-from xmtf_jax.xp3build.raw_rows import MissingDatasetError, open_raw
+from xmtf_jax.xp3build.raw_rows import MissingDatasetError, fetch_from_hub, open_raw
 
 BUFFER_FACTOR = 5  # rows rendered per kept row at most (the original's "5x buffer for empties")
 OTHER_DIRECTION = "other direction"
@@ -195,12 +195,24 @@ def run_job(job: _Job, settings: _Settings) -> dict:
   return record
 
 
-def _plan(spec, data_dir: str, seed: int, skip_missing: bool) -> tuple[list[_Job], list[str]]:
-  """The jobs of the spec in its order (one per unit and selected split) and the missing units."""
+def _open_or_fetch(data_dir: str, unit, download: bool):
+  try:
+    return open_raw(data_dir, unit)
+  except MissingDatasetError:
+    if not download:
+      raise
+  fetch_from_hub(data_dir, unit)
+  return open_raw(data_dir, unit)
+
+
+def _plan(spec, data_dir: str, seed: int, skip_missing: bool,
+          download: bool = False) -> tuple[list[_Job], list[str]]:
+  """The jobs of the spec in its order (one per unit and selected split) and the missing units
+  (downloaded first with `download`)."""
   jobs, missing, seen = [], [], set()
   for unit in spec.units:
     try:
-      splits = open_raw(data_dir, unit).splits()
+      splits = _open_or_fetch(data_dir, unit, download).splits()
     except MissingDatasetError as error:
       if not skip_missing:
         raise
@@ -239,13 +251,15 @@ def _run(todo: list[_Job], settings: _Settings, workers: int,
 
 def build(spec, *, templates_root: str, data_dir: str, output_dir: str, seed: int = 0,
           workers: Optional[int] = None, vocabulary=None, skip_missing: bool = False,
+          download: bool = False,
           print_fn: Optional[Callable[[str], None]] = print) -> BuildResult:
   """Builds `spec` into `output_dir` (local or gs://) and writes build_report.{json,md,png} there.
 
   Rerunning into the same folder skips the jobs whose markers match (same seed and settings) and
   redoes the others from scratch, so a killed build finishes with the same bytes as an unbroken one.
   vocabulary: a seqio vocabulary (`xmtf_jax.data.tasks.vocabulary(path)`) to count tokens per
-  language in the report, or None."""
+  language in the report, or None. download: fetch units missing under `data_dir` from the Hub
+  first (`raw_rows.fetch_from_hub`), else they are errors (or skipped with skip_missing)."""
   start = time.perf_counter()
   workers = workers or os.cpu_count() or 1
   settings = _Settings(templates_root, data_dir, output_dir, seed)
@@ -254,7 +268,7 @@ def build(spec, *, templates_root: str, data_dir: str, output_dir: str, seed: in
   tree = TemplateTree(templates_root)
   for unit in spec.units:  # every named template exists, before any job runs
     unit_templates(tree, unit)
-  jobs, missing = _plan(spec, data_dir, seed, skip_missing)
+  jobs, missing = _plan(spec, data_dir, seed, skip_missing, download)
   finished = {job.name: files.read_marker(output_dir, job.name, job.key) for job in jobs}
   todo = [job for job in jobs if finished[job.name] is None]
   if print_fn:

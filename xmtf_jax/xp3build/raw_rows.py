@@ -81,6 +81,34 @@ def download_hint(unit, data_dir: str = "DATA_DIR") -> str:
           f"{folder}/<split>/*.parquet.")
 
 
+def fetch_from_hub(data_dir: str, unit, load_dataset=None) -> str:
+  """Downloads a missing unit from the Hub under its current id (`hub_name`) and saves it where the
+  build looks (`save_to_disk` into its folder), so this and every later build read a local copy.
+
+  load_dataset: `datasets.load_dataset` unless given (tests pass a stand-in: no network there).
+  A dataset the Hub cannot give (manual download, a loading script `datasets` 4+ refuses, no network)
+  is a MissingDatasetError with the reason and the manual way."""
+  folder = unit_folder(data_dir, unit)
+  if unit.dataset in MANUAL_DOWNLOAD:
+    raise MissingDatasetError(f"cannot download {unit.dataset}: {download_hint(unit, data_dir)}")
+  if load_dataset is None:
+    import datasets  # heavy; only when something is downloaded
+    load_dataset = datasets.load_dataset
+  name = hub_name(unit.dataset)
+  try:
+    loaded = load_dataset(name, unit.subset) if unit.subset is not None else load_dataset(name)
+  except Exception as error:  # noqa: BLE001  (network, unknown id, refused loading script: the user's to fix)
+    raise MissingDatasetError(
+        f"could not download {unit.dataset} {unit.subset} from the Hub as {name!r}: "
+        f"{type(error).__name__}: {error}. {download_hint(unit, data_dir)}") from error
+  partial = folder + ".partial"
+  if paths.exists(partial):
+    paths.rmtree(partial)
+  loaded.save_to_disk(partial)  # then renamed: a killed download never looks like a dataset
+  paths.rename(partial, folder)
+  return folder
+
+
 # ---- one split -------------------------------------------------------------------------------------
 
 class _TableSplit:
@@ -197,7 +225,8 @@ def open_raw(data_dir: str, unit) -> RawDataset:
     raise MissingDatasetError(
         f"no raw data for {unit.dataset} {unit.subset}: {folder} does not exist. The build looks "
         f"there for a `datasets` save_to_disk folder or files per split ({_looked_for()}). "
-        f"{download_hint(unit, data_dir)} Or pass --skip_missing to build without it.")
+        f"{download_hint(unit, data_dir)} Or pass --download to fetch it, or --skip_missing to "
+        "build without it.")
   if paths.exists(paths.join(folder, "dataset_dict.json")):
     splits = _saved_dataset_dict(folder)
   elif paths.exists(paths.join(folder, "state.json")):
