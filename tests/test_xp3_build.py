@@ -11,6 +11,7 @@ import types
 
 import pytest
 
+from xmtf_jax.prompts.xp3_render import Dropped, Rendered
 from xmtf_jax.xp3build import build as xp3_build
 from xmtf_jax.xp3build import check as xp3_check
 from xmtf_jax.xp3build import files as xp3_files
@@ -40,18 +41,6 @@ class Spec:
 class Template:
   name: str
   prefix: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Rendered:
-  inputs: str
-  targets: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Dropped:
-  reason: str
-  skips_template: bool = False
 
 
 # 20 train rows (2 with empty text), 4 test rows, 3 validation rows; "qa" in English and French.
@@ -123,7 +112,6 @@ def fakes(monkeypatch):
     monkeypatch.setattr(target, "xp3spec", module)
   monkeypatch.setattr(xp3_report, "xp3spec", module)
   monkeypatch.setattr(xp3_build, "render_xp3", render)
-  monkeypatch.setattr(xp3_build, "Dropped", Dropped)
   monkeypatch.setattr(xp3_build, "is_code", lambda lang: lang == "code")
   monkeypatch.setattr(xp3_build, "prepare", lambda unit, split, example, rng: example)
 
